@@ -1,0 +1,119 @@
+"""Per-datapoint (non-amortized) guides: free variational parameters for every datapoint.
+
+Usage::
+
+    guide = MeanField(z_dim=8, num_data=len(train))
+    svi = SVI(vae.model, guide, LazyAdam({"lr": 1e-2}), Trace_ELBO())
+    svi.step(x, idx)                 # idx is required: it picks the rows of the parameters
+
+Parameters are ``(num_data, ...)`` tensors gathered with
+``torch.nn.functional.embedding(idx, ..., sparse=True)``, and constraints are
+applied to the gathered rows only. A step therefore costs O(batch), and the
+gradient is sparse: with :class:`pyro_vae.optim.LazyAdam` (SparseAdam for these
+parameters) a datapoint's parameters and Adam moments move only when it is in
+the batch. Plain Adam on a dense (num_data, K) tensor moves every row every
+step through its momentum (Pyro issue #2386); torch's Adam refuses the sparse
+gradient outright, so use LazyAdam.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+
+from pyro_vae.nets import unique_name
+
+from . import register
+from .base import Guide, inverse_positive, positive, scale_tril, split_scale_tril
+
+
+class LocalGuide(Guide):
+    """Shared machinery: ``idx`` checks and sparse row gathering of ``(num_data, ...)`` parameters."""
+
+    amortized = False
+
+    def __init__(self, z_dim: int, num_data: int, name: str, min_scale: float = 1e-4):
+        if not isinstance(num_data, int) or num_data < 1:
+            raise ValueError(f"{type(self).__name__} needs num_data >= 1 (one set of parameters per datapoint), "
+                             f"got {num_data!r}.")
+        super().__init__(z_dim, num_data, name)
+        self.min_scale = min_scale
+        self.loc = torch.nn.Parameter(torch.zeros(num_data, z_dim))
+        self.scale_raw = torch.nn.Parameter(inverse_positive(torch.ones(num_data, z_dim), min_scale))
+
+    def rows(self, param: torch.Tensor, x: torch.Tensor, idx: Optional[torch.Tensor]) -> torch.Tensor:
+        """``param[idx]`` with a sparse gradient; a clear error when ``idx`` is missing or out of range."""
+        if idx is None:
+            raise ValueError(
+                f"{type(self).__name__} is a per-datapoint guide: call it with idx, the dataset row of "
+                f"each row of x (data.loader yields (x, idx)). It has no parameters for unseen data; "
+                f"fit q* for new points with pyro_vae.gaps.fit_local."
+            )
+        if idx.shape != (len(x),) or (len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= self.num_data)):
+            raise ValueError(f"{type(self).__name__}: idx must have shape ({len(x)},) with values in "
+                             f"[0, {self.num_data}), got shape {tuple(idx.shape)}.")
+        return F.embedding(idx.long(), param, sparse=True)
+
+    def init_from(self, q: torch.distributions.Distribution) -> "LocalGuide":
+        """Set every datapoint's parameters from ``q`` (batch ``(num_data,)``, event ``(z_dim,)``)."""
+        raise NotImplementedError
+
+
+@register("meanfield")
+class MeanField(LocalGuide):
+    """q_i(z) = Normal(loc_i, scale_i).to_event(1): a diagonal Gaussian per datapoint.
+
+    :param int z_dim: latent dimension K.
+    :param int num_data: number of datapoints N; parameters are ``(N, K)``.
+    :param float min_scale: floor of sigma (sigma = softplus(raw) + min_scale).
+    :param x_dim: ignored (accepted so one set of arguments builds any guide).
+    :param hidden: ignored, likewise.
+    """
+
+    def __init__(self, z_dim: int, num_data: int, min_scale: float = 1e-4, name: Optional[str] = None,
+                 x_dim: Optional[int] = None, hidden=None):
+        super().__init__(z_dim, num_data, name or unique_name("meanfield_guide"), min_scale)
+
+    def distribution(self, x, idx=None):
+        loc = self.rows(self.loc, x, idx)
+        scale = positive(self.rows(self.scale_raw, x, idx), self.min_scale)
+        return dist.Normal(loc, scale).to_event(1)
+
+    @torch.no_grad()
+    def init_from(self, q):
+        self.loc.copy_(q.mean)
+        self.scale_raw.copy_(inverse_positive(q.variance.sqrt().clamp_min(2 * self.min_scale), self.min_scale))
+        return self
+
+
+@register("local_mvn")
+class LocalMVN(LocalGuide):
+    """q_i(z) = MultivariateNormal(loc_i, scale_tril=L_i): a full covariance per datapoint.
+
+    L_i = diag(s_i) T_i as in :func:`guides.base.scale_tril`; parameters are
+    ``loc (N, K)``, ``scale_raw (N, K)`` and ``off_diag (N, K(K-1)/2)``.
+    """
+
+    def __init__(self, z_dim: int, num_data: int, min_scale: float = 1e-4, name: Optional[str] = None,
+                 x_dim: Optional[int] = None, hidden=None):
+        super().__init__(z_dim, num_data, name or unique_name("local_mvn_guide"), min_scale)
+        self.off_diag = torch.nn.Parameter(torch.zeros(num_data, z_dim * (z_dim - 1) // 2))
+
+    def distribution(self, x, idx=None):
+        L = scale_tril(self.rows(self.scale_raw, x, idx), self.rows(self.off_diag, x, idx), self.min_scale)
+        return dist.MultivariateNormal(self.rows(self.loc, x, idx), scale_tril=L)
+
+    @torch.no_grad()
+    def init_from(self, q):
+        cov = q.covariance_matrix if hasattr(q, "covariance_matrix") else torch.diag_embed(q.variance)
+        L = torch.linalg.cholesky(cov)
+        diag = torch.diagonal(L, dim1=-2, dim2=-1)
+        L = L + torch.diag_embed((2 * self.min_scale - diag).clamp_min(0))  # keep s above the floor
+        diag_raw, off_diag = split_scale_tril(L, self.min_scale)
+        self.loc.copy_(q.mean)
+        self.scale_raw.copy_(diag_raw)
+        self.off_diag.copy_(off_diag)
+        return self

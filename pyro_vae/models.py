@@ -1,0 +1,231 @@
+"""Generative models p(z) p(x | z) as Pyro programs.
+
+Both models keep the contract of :mod:`pyro_vae.contract`: the latent site
+``"z" ~ Normal(0, I)`` inside ``pyro.plate("data", num_data, subsample=idx)``.
+
+Usage::
+
+    vae = VAE(x_dim=64, z_dim=8, hidden=(128,), num_data=len(train))
+    svi = SVI(vae.model, guide, Adam({"lr": 1e-3}), Trace_ELBO())
+    svi.step(x, idx)                 # x: (batch, 64), idx: (batch,)
+
+    lg = LinearGaussian(W, b, noise_scale=0.5)   # the exact oracle
+    lg.log_marginal(x)               # (batch,) nats, closed form
+    lg.posterior(x)                  # MultivariateNormal p(z | x), batch (batch,)
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.nn import PyroModule, PyroParam
+
+from .contract import SITE, data_plate
+from .nets import mlp, unique_name
+
+#: likelihood name -> (support description, check of the support on a tensor)
+LIKELIHOODS = {
+    "bernoulli": ("{0, 1}", lambda x: ((x == 0) | (x == 1)).all()),
+    "continuous_bernoulli": ("[0, 1]", lambda x: ((x >= 0) & (x <= 1)).all()),
+    "gaussian": ("the real line", lambda x: torch.tensor(True)),
+}
+
+
+def check_data(x: torch.Tensor, x_dim: int, likelihood: str, what: str = "x") -> None:
+    """Raise a ValueError that names the problem and the fix when ``x`` cannot be modelled.
+
+    Checks, in order: a 2-D float tensor ``(n, x_dim)``, at least one row, no
+    NaN or inf, and values inside the likelihood's support.
+    """
+    if not torch.is_tensor(x) or x.dim() != 2:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"{what} must be a 2-D tensor of shape (n, x_dim={x_dim}), got {shape}.")
+    if x.shape[1] != x_dim:
+        raise ValueError(
+            f"{what} has {x.shape[1]} features per row but the model expects x_dim={x_dim}: "
+            f"build the model with x_dim={x.shape[1]} or flatten/resize the data."
+        )
+    if len(x) == 0:
+        raise ValueError(f"{what} is empty (0 rows): there is nothing to train or evaluate on.")
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).any(dim=1).sum())
+        raise ValueError(f"{what} holds NaN or inf in {bad} rows: clean or drop them first.")
+    support, inside = LIKELIHOODS[likelihood]
+    if not bool(inside(x)):
+        hint = (
+            " Binarize it (data.load(..., binarize='static' | 'dynamic' | 'threshold')) or use "
+            "likelihood='continuous_bernoulli' or 'gaussian'."
+            if likelihood == "bernoulli"
+            else ""
+        )
+        raise ValueError(
+            f"{what} has values in [{float(x.min()):g}, {float(x.max()):g}], outside the support "
+            f"{support} of the {likelihood} likelihood.{hint}"
+        )
+
+
+class VAE(PyroModule):
+    """The VAE's generative model: z ~ N(0, I_z_dim), x | z ~ likelihood(decoder(z)).
+
+    :param int x_dim: data dimension D.
+    :param int z_dim: latent dimension K.
+    :param hidden: widths of the decoder's hidden layers.
+    :param str likelihood: ``"bernoulli"`` (logits), ``"continuous_bernoulli"`` (logits)
+        or ``"gaussian"`` (mean from the decoder, a learned per-feature scale kept
+        above ``min_scale``).
+    :param num_data: size of the training set; needed when called with ``idx``.
+    :param float min_scale: floor of the Gaussian likelihood's scale.
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        hidden: Sequence[int] = (256,),
+        likelihood: str = "bernoulli",
+        num_data: Optional[int] = None,
+        min_scale: float = 1e-2,
+        name: Optional[str] = None,
+    ):
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {sorted(LIKELIHOODS)}.")
+        super().__init__(name or unique_name("vae"))
+        self.x_dim, self.z_dim, self.hidden = x_dim, z_dim, tuple(hidden)
+        self.likelihood, self.num_data = likelihood, num_data
+        self.decoder = mlp(z_dim, self.hidden, x_dim)
+        if likelihood == "gaussian":
+            self.scale = PyroParam(torch.ones(x_dim), constraints.greater_than(min_scale))
+
+    def likelihood_dist(self, z: torch.Tensor) -> dist.Distribution:
+        """p(x | z) for ``z: (..., K)``: batch shape ``(...)``, event shape ``(D,)``."""
+        out = self.decoder(z)
+        if self.likelihood == "bernoulli":
+            return dist.Bernoulli(logits=out).to_event(1)
+        if self.likelihood == "continuous_bernoulli":
+            return dist.ContinuousBernoulli(logits=out).to_event(1)
+        return dist.Normal(out, self.scale).to_event(1)
+
+    def forward(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The model p(z) p(x | z) over ``x: (batch, D)``; returns ``z: (batch, K)``."""
+        if x.dim() != 2 or x.shape[-1] != self.x_dim:
+            raise ValueError(f"VAE expects x of shape (batch, {self.x_dim}), got {tuple(x.shape)}.")
+        prior = dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1)
+        with data_plate(x, idx, self.num_data, owner="VAE"):
+            z = pyro.sample(SITE, prior)
+            pyro.sample("x", self.likelihood_dist(z), obs=x)
+        return z
+
+    def model(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The model as a plain callable for ``SVI(vae.model, guide, ...)``."""
+        return self(x, idx)
+
+    def check_data(self, x: torch.Tensor, what: str = "x") -> None:
+        """Raise a clear ValueError if ``x`` does not fit this model (see :func:`check_data`)."""
+        check_data(x, self.x_dim, self.likelihood, what)
+
+    @torch.no_grad()
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x | z] for ``z: (..., K)``, shape ``(..., D)``: the image a latent code decodes to."""
+        return self.likelihood_dist(z).mean
+
+    @torch.no_grad()
+    def sample_mean(self, n: int) -> torch.Tensor:
+        """E[x | z] for ``n`` draws z ~ p(z): ``(n, D)``."""
+        return self.mean(torch.randn(n, self.z_dim))
+
+
+class LinearGaussian(PyroModule):
+    """Probabilistic PCA: z ~ N(0, I_K), x | z ~ N(W z + b, s^2 I_D). The exact oracle.
+
+    p(x) = N(b, W W^T + s^2 I) and p(z | x) = N(m, S) with
+    S = (I + W^T W / s^2)^-1 and m = S W^T (x - b) / s^2, both closed form.
+    ``W``, ``b`` and ``noise_scale`` are learnable parameters (call
+    ``requires_grad_(False)`` to freeze them at the true values).
+
+    :param W: ``(D, K)`` loading matrix.
+    :param b: ``(D,)`` offset.
+    :param float noise_scale: observation noise standard deviation s > 0.
+    """
+
+    likelihood = "gaussian"
+
+    def __init__(self, W: torch.Tensor, b: torch.Tensor, noise_scale: float, num_data: Optional[int] = None,
+                 name: Optional[str] = None):
+        super().__init__(name or unique_name("linear_gaussian"))
+        self.x_dim, self.z_dim = W.shape
+        self.num_data = num_data
+        self.W = torch.nn.Parameter(torch.as_tensor(W, dtype=torch.float32).clone())
+        self.b = torch.nn.Parameter(torch.as_tensor(b, dtype=torch.float32).clone())
+        self.noise_scale = PyroParam(torch.tensor(float(noise_scale)), constraints.positive)
+
+    @classmethod
+    def random(cls, x_dim: int, z_dim: int, noise_scale: float = 0.5, seed: int = 0, **kw) -> "LinearGaussian":
+        """A LinearGaussian with W ~ N(0, 1), b ~ N(0, 1) drawn from ``seed``."""
+        g = torch.Generator().manual_seed(seed)
+        return cls(torch.randn(x_dim, z_dim, generator=g), torch.randn(x_dim, generator=g), noise_scale, **kw)
+
+    def likelihood_dist(self, z: torch.Tensor) -> dist.Distribution:
+        """p(x | z) for ``z: (..., K)``: batch shape ``(...)``, event shape ``(D,)``."""
+        return dist.Normal(z @ self.W.T + self.b, self.noise_scale).to_event(1)
+
+    def forward(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The model p(z) p(x | z) over ``x: (batch, D)``; returns ``z: (batch, K)``."""
+        if x.dim() != 2 or x.shape[-1] != self.x_dim:
+            raise ValueError(f"LinearGaussian expects x of shape (batch, {self.x_dim}), got {tuple(x.shape)}.")
+        prior = dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1)
+        with data_plate(x, idx, self.num_data, owner="LinearGaussian"):
+            z = pyro.sample(SITE, prior)
+            pyro.sample("x", self.likelihood_dist(z), obs=x)
+        return z
+
+    def model(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The model as a plain callable for ``SVI(lg.model, guide, ...)``."""
+        return self(x, idx)
+
+    def check_data(self, x: torch.Tensor, what: str = "x") -> None:
+        """Raise a clear ValueError if ``x`` does not fit this model (see :func:`check_data`)."""
+        check_data(x, self.x_dim, "gaussian", what)
+
+    def _params(self):
+        # Read the constrained noise scale outside Pyro's param store.
+        return self.W, self.b, self.noise_scale
+
+    def marginal(self) -> dist.MultivariateNormal:
+        """p(x) = N(b, W W^T + s^2 I), event shape ``(D,)``."""
+        W, b, s = self._params()
+        cov = W @ W.T + s**2 * torch.eye(self.x_dim)
+        return dist.MultivariateNormal(b, covariance_matrix=cov)
+
+    def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact log p(x) for ``x: (batch, D)``: ``(batch,)``, nats per datapoint."""
+        return self.marginal().log_prob(x)
+
+    def posterior(self, x: torch.Tensor) -> dist.MultivariateNormal:
+        """Exact p(z | x) for ``x: (batch, D)``: batch shape ``(batch,)``, event ``(K,)``."""
+        W, b, s = self._params()
+        precision = torch.eye(self.z_dim) + W.T @ W / s**2
+        cov = torch.linalg.inv(precision)
+        cov = (cov + cov.T) / 2
+        loc = (x - b) @ W @ cov.T / s**2
+        return dist.MultivariateNormal(loc, covariance_matrix=cov.expand(len(x), -1, -1))
+
+    @torch.no_grad()
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x | z] = W z + b for ``z: (..., K)``: ``(..., D)``."""
+        return z @ self.W.T + self.b
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: Optional[torch.Generator] = None):
+        """Draw ``n`` pairs: returns ``(z: (n, K), x: (n, D))``."""
+        z = torch.randn(n, self.z_dim, generator=generator)
+        eps = torch.randn(n, self.x_dim, generator=generator)
+        return z, self.mean(z) + self.noise_scale * eps
+
+    @torch.no_grad()
+    def sample_mean(self, n: int) -> torch.Tensor:
+        """E[x | z] for ``n`` draws z ~ p(z): ``(n, D)``."""
+        return self.mean(torch.randn(n, self.z_dim))
