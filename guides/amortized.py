@@ -51,6 +51,8 @@ class AmortizedNormal(Guide):
     :param num_data: size of the training set; needed when called with ``idx``.
     """
 
+    family = "normal"
+
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (256,), scale: str = "softplus",
                  num_data: Optional[int] = None, name: Optional[str] = None):
         if scale not in SCALE_FNS:
@@ -72,6 +74,8 @@ class AmortizedMVN(Guide):
     raw diagonal and the strict lower triangle of L = diag(s) T (see
     :func:`guides.base.scale_tril`; the diagonal is at least ``min_scale``).
     """
+
+    family = "mvn"
 
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (256,), num_data: Optional[int] = None,
                  min_scale: float = 1e-4, name: Optional[str] = None):

@@ -27,6 +27,8 @@ class Guide(pyro.nn.PyroModule):
 
     #: True when q depends on x through shared weights (one pass infers a new point)
     amortized: bool = True
+    #: the Gaussian family of q: "normal" (diagonal) or "mvn" (full covariance)
+    family: str = ""
 
     def __init__(self, z_dim: int, num_data: Optional[int], name: str):
         super().__init__(name)

@@ -73,6 +73,8 @@ class MeanField(LocalGuide):
     :param hidden: ignored, likewise.
     """
 
+    family = "normal"
+
     def __init__(self, z_dim: int, num_data: int, min_scale: float = 1e-4, name: Optional[str] = None,
                  x_dim: Optional[int] = None, hidden=None):
         super().__init__(z_dim, num_data, name or unique_name("meanfield_guide"), min_scale)
@@ -96,6 +98,8 @@ class LocalMVN(LocalGuide):
     L_i = diag(s_i) T_i as in :func:`guides.base.scale_tril`; parameters are
     ``loc (N, K)``, ``scale_raw (N, K)`` and ``off_diag (N, K(K-1)/2)``.
     """
+
+    family = "mvn"
 
     def __init__(self, z_dim: int, num_data: int, min_scale: float = 1e-4, name: Optional[str] = None,
                  x_dim: Optional[int] = None, hidden=None):

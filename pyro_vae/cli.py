@@ -12,6 +12,7 @@ The only module that parses arguments or prints.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -19,16 +20,12 @@ from typing import List, Optional
 
 import pandas as pd
 import pyro
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 import guides
 
-from . import data, models
+from . import compare, data, models
 from .optim import LazyAdam
 from .train import CHECKPOINT, fit
-
-ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
-
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits", choices=data.names(), help="data set")
@@ -41,7 +38,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, nargs="+", default=[256], help="hidden widths of decoder and encoder")
     p.add_argument("--batch-size", type=int, default=128, help="mini-batch size")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--elbo", default="trace", choices=sorted(ELBOS), help="Trace_ELBO or TraceMeanField_ELBO")
+    p.add_argument("--elbo", default="trace", choices=sorted(compare.ELBOS), help="Trace_ELBO or TraceMeanField_ELBO")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -60,6 +57,19 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/train", help="output folder")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
 
+    c = sub.add_parser("compare", help="the amortization question: train with each guide, decompose the gaps",
+                       formatter_class=fmt)
+    _common(c)
+    c.add_argument("--guides", nargs="+", default=["normal", "mvn", "meanfield"], choices=guides.names(),
+                   help="guides to train decoders with")
+    c.add_argument("--epochs", type=int, default=300, help="passes over the training set, per guide")
+    c.add_argument("--local-lr", type=float, default=1e-2, help="learning rate of per-datapoint parameters and q*")
+    c.add_argument("--n-eval", type=int, default=200, help="train and test points evaluated")
+    c.add_argument("--ll-samples", type=int, default=5000, help="importance samples for log p(x)")
+    c.add_argument("--qstar-steps", type=int, default=2000, help="most optimization steps for q*")
+    c.add_argument("--quick", action="store_true", help="a small budget for smoke tests (under a minute)")
+    c.add_argument("--out", default="runs/compare", help="output folder")
+
     sub.add_parser("guides", help="list the guide registry", formatter_class=fmt)
     sub.add_parser("datasets", help="list the data sets", formatter_class=fmt)
     return top
@@ -68,23 +78,6 @@ def parser() -> argparse.ArgumentParser:
 def load_data(cfg: dict) -> data.Dataset:
     binarize = "none" if cfg["data"] == "linear-gaussian" else cfg["binarize"]
     return data.load(cfg["data"], binarize=binarize, seed=cfg["seed"], root=cfg.get("root"))
-
-
-def build_model(cfg: dict, ds: data.Dataset):
-    """The generative model a config asks for: a learnable LinearGaussian for linear-gaussian data, else a VAE."""
-    n = len(ds.train)
-    if ds.name == "linear-gaussian":
-        return models.LinearGaussian.random(ds.x_dim, cfg["z_dim"], noise_scale=1.0, seed=cfg["seed"] + 10,
-                                            num_data=n)
-    likelihood = cfg.get("likelihood") or ("bernoulli" if ds.binarize != "none" else "continuous_bernoulli")
-    return models.VAE(ds.x_dim, cfg["z_dim"], cfg["hidden"], likelihood=likelihood, num_data=n)
-
-
-def build_guide(cfg: dict, ds: data.Dataset, name: str):
-    kw = dict(x_dim=ds.x_dim, z_dim=cfg["z_dim"], hidden=cfg["hidden"], num_data=len(ds.train))
-    if name == "normal":
-        kw["scale"] = cfg.get("scale", "softplus")
-    return guides.make(name, **kw)
 
 
 def cmd_train(cfg: dict) -> None:
@@ -97,10 +90,12 @@ def cmd_train(cfg: dict) -> None:
         cfg = {**saved, "epochs": cfg["epochs"], "resume": True, "no_progress": cfg["no_progress"]}
     ds = load_data(cfg)
     pyro.clear_param_store()
-    model, guide = build_model(cfg, ds), build_guide(cfg, ds, cfg["guide"])
+    model = compare.build_model(ds, cfg["z_dim"], cfg["hidden"], cfg["likelihood"], cfg["seed"])
+    extra = {"scale": cfg["scale"]} if cfg["guide"] == "normal" else {}
+    guide = compare.build_guide(cfg["guide"], ds, cfg["z_dim"], cfg["hidden"], **extra)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     history = fit(model, guide, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                  optim=LazyAdam({"lr": cfg["lr"]}), loss=ELBOS[cfg["elbo"]](), checkpoint_dir=str(out),
+                  optim=LazyAdam({"lr": cfg["lr"]}), loss=compare.ELBOS[cfg["elbo"]](), checkpoint_dir=str(out),
                   resume=cfg["resume"], progress=not cfg["no_progress"], seed=cfg["seed"], config=cfg)
     history.to_csv(out / "history.csv", index=False)
     plots.save(plots.learning_curves(history.assign(guide=cfg["guide"]),
@@ -109,6 +104,53 @@ def cmd_train(cfg: dict) -> None:
     print(f"{cfg['guide']} on {cfg['data']}: epoch {int(last.epoch)}, train -ELBO {last.train_loss:.3f}, "
           f"test -ELBO {last.test_loss:.3f} nats per datapoint; wrote {out}/"
           f"{{config.json, history.csv, {CHECKPOINT}, learning_curves.png}}")
+
+
+QUICK = {"epochs": 15, "n_eval": 40, "ll_samples": 500, "qstar_steps": 300, "elbo_samples": 100}
+
+
+def cmd_compare(cfg: dict) -> None:
+    from . import plots
+
+    out = Path(cfg["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_data(cfg)
+    settings = compare.Settings(
+        guides=cfg["guides"], z_dim=cfg["z_dim"], hidden=cfg["hidden"], likelihood=cfg["likelihood"],
+        epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], local_lr=cfg["local_lr"],
+        elbo=cfg["elbo"], seed=cfg["seed"], n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"],
+        qstar_steps=cfg["qstar_steps"], progress=not cfg["no_progress"])
+    if cfg["quick"]:
+        settings = dataclasses.replace(settings, **QUICK)
+    (out / "config.json").write_text(json.dumps({"data": cfg["data"], "binarize": ds.binarize,
+                                                 **compare.settings_dict(settings)}, indent=2))
+    result = compare.compare(ds, settings)
+    result.table.to_csv(out / "results.csv", index=False)
+    result.cost.to_csv(out / "cost.csv", index=False)
+    result.per_point.to_csv(out / "per_point.csv", index=False)
+    result.histories.to_csv(out / "history.csv", index=False)
+    figures = {
+        "learning_curves.png": plots.learning_curves(result.histories, title=f"Learning curves on {ds.name}"),
+        "gaps.png": plots.gap_bars(result.table, title=f"Approximation and amortization gaps on {ds.name}"),
+        "latents.png": plots.latent_scatter(compare.latent_frame(result, ds)),
+    }
+    if ds.image_shape:
+        figures["images.png"] = plots.image_grid(compare.image_rows(result, ds), ds.image_shape)
+    for fname, fig in figures.items():
+        plots.save(fig, out / fname)
+    print(format_table(result.table))
+    print()
+    print(result.cost.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"\nwrote {out}/{{results.csv, cost.csv, per_point.csv, history.csv, {', '.join(figures)}}}")
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The headline table: means in nats per datapoint, log p(x) with its standard error."""
+    cols = ["guide", "split", "log_px", "log_px_exact", "elbo_qstar_normal", "elbo_qstar_mvn", "elbo_q",
+            "approximation_gap", "amortization_gap"]
+    view = table[[c for c in cols if c in table]].copy()
+    view.insert(3, "log_px_se", table["log_px_se"])
+    return view.to_string(index=False, float_format=lambda v: f"{v:.3f}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -121,6 +163,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("\n".join(data.names()))
         elif args.command == "train":
             cmd_train(cfg)
+        elif args.command == "compare":
+            cmd_compare(cfg)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"pyro-vae {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -45,15 +45,16 @@ class Estimate(NamedTuple):
         return float(self.value.mean()), float(self.stderr.pow(2).sum().sqrt() / n)
 
 
-def log_joint(model: Callable, x: torch.Tensor, idx: Optional[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
-    """log p(x, z) per datapoint for ``z: (S, B, K)``: ``(S, B)``, nats.
+def log_joint(model: Callable, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log p(x, z) per datapoint for ``x: (B, D)``, ``z: (S, B, K)``: ``(S, B)``, nats.
 
-    Runs ``model(x, idx)`` with site ``"z"`` conditioned on ``z`` under a
+    Runs ``model(x)`` with site ``"z"`` conditioned on ``z`` under a
     ``pyro.plate`` of S particles at dim -2 and sums every sample site's
-    unscaled log-density (the data plate's subsample scaling is left out).
+    log-density. The model is called without ``idx``: these are per-datapoint
+    densities, with no mini-batch scaling.
     """
     with pyro.plate("particles", z.shape[0], dim=-2):
-        trace = poutine.trace(poutine.condition(model, data={SITE: z})).get_trace(x, idx)
+        trace = poutine.trace(poutine.condition(model, data={SITE: z})).get_trace(x)
     trace.compute_log_prob()
     total = 0.0
     for site in trace.nodes.values():
@@ -64,10 +65,13 @@ def log_joint(model: Callable, x: torch.Tensor, idx: Optional[torch.Tensor], z: 
 
 def log_weights(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tensor] = None,
                 num_samples: int = 1) -> torch.Tensor:
-    """log p(x, z_s) - log q(z_s | x) for z_s ~ q, s = 1..S: ``(S, B)``, differentiable (reparameterized)."""
+    """log p(x, z_s) - log q(z_s | x, idx) for z_s ~ q, s = 1..S: ``(S, B)``, differentiable (reparameterized).
+
+    ``idx`` reaches only the guide (per-datapoint guides pick their rows with it).
+    """
     q = guide.distribution(x, idx)
     z = q.rsample((num_samples,))
-    return log_joint(model, x, idx, z) - q.log_prob(z)
+    return log_joint(model, x, z) - q.log_prob(z)
 
 
 def elbo(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tensor] = None,

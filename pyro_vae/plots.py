@@ -57,3 +57,53 @@ def learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
     lo, hi = long["-ELBO"].quantile([0.0, 0.9])
     ax.set_ylim(lo - 0.05 * (hi - lo), hi)
     return fig
+
+
+def gap_bars(table: pd.DataFrame, title: str = "Where the ELBO loses to log p(x)"):
+    """Stacked bars per guide: approximation gap (bottom) and amortization gap (top), one panel per split.
+
+    ``table``: rows (guide, split) with ``approximation_gap`` and ``amortization_gap`` in nats.
+    """
+    df = table.copy()
+    df["total_gap"] = df["approximation_gap"] + df["amortization_gap"].fillna(0.0)
+    splits = list(dict.fromkeys(df["split"]))
+    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4.2), sharey=True, squeeze=False)
+    palette = sns.color_palette("deep")
+    for ax, split in zip(axes[0], splits):
+        part = df[df["split"] == split]
+        with _quiet():
+            sns.barplot(data=part, x="guide", y="total_gap", color=palette[1], ax=ax, label="amortization gap")
+            sns.barplot(data=part, x="guide", y="approximation_gap", color=palette[0], ax=ax,
+                        label="approximation gap")
+        ax.set(title=f"{split} points", xlabel="guide the decoder was trained with",
+               ylabel="gap (nats per datapoint)")
+        ax.legend(loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def latent_scatter(latents: pd.DataFrame, title: str = "Latent means coloured by label"):
+    """One panel per guide: ``latents`` has columns guide, z1, z2, label (2-D projections of q means)."""
+    with _quiet():
+        grid = sns.relplot(data=latents, x="z1", y="z2", hue="label", col="guide", palette="tab10", s=12,
+                           height=3.6, legend="full", facet_kws={"sharex": False, "sharey": False})
+    grid.set_axis_labels("latent direction 1 (first principal axis of the means)", "latent direction 2")
+    grid.figure.suptitle(title, y=1.03)
+    return grid.figure
+
+
+def image_grid(rows: dict, image_shape, title: str = "Data, reconstructions and samples"):
+    """A grid of images: ``rows`` maps a row label to a ``(n, H*W)`` tensor of pixel means in [0, 1]."""
+    n = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), n, figsize=(0.9 * n, 0.95 * len(rows)), squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(images):
+                ax.imshow(images[c].reshape(image_shape).clamp(0, 1).numpy(), cmap="gray_r", vmin=0, vmax=1)
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title)
+    return fig

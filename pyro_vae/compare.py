@@ -1,0 +1,181 @@
+"""The comparison behind ``pyro-vae compare``: decoders trained with each guide, judged alike.
+
+Usage::
+
+    ds = data.load("digits", binarize="static")
+    result = compare(ds, Settings(epochs=300))
+    result.table                     # one row per (guide, split): log p(x), L[q*], L[q], gaps (nats)
+    result.cost                      # one row per guide: parameters, inference time per new point
+
+Each guide in ``settings.guides`` trains its own decoder (same architecture,
+same epochs, same optimizer) by ``fit``; then, for ``n_eval`` train and test
+points, :func:`pyro_vae.gaps.decompose` splits log p(x) - L[q] into the
+approximation and the amortization gap.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional, Sequence
+
+import pandas as pd
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from tqdm.auto import tqdm
+
+import guides
+
+from . import data, gaps, models
+from .optim import LazyAdam
+from .train import fit
+
+ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
+
+
+@dataclass
+class Settings:
+    """Everything a comparison run depends on; saved as ``config.json``."""
+
+    guides: Sequence[str] = ("normal", "mvn", "meanfield")
+    z_dim: int = 8
+    hidden: Sequence[int] = (256,)
+    likelihood: Optional[str] = None
+    epochs: int = 300
+    batch_size: int = 128
+    lr: float = 1e-3
+    local_lr: float = 1e-2
+    elbo: str = "trace"
+    seed: int = 0
+    n_eval: int = 200
+    ll_samples: int = 5000
+    elbo_samples: int = 500
+    qstar_steps: int = 2000
+    progress: bool = True
+
+
+@dataclass
+class Result:
+    histories: pd.DataFrame
+    table: pd.DataFrame
+    cost: pd.DataFrame
+    per_point: pd.DataFrame
+    models: Dict
+    guides: Dict
+
+
+def build_model(ds: data.Dataset, z_dim: int, hidden: Sequence[int], likelihood: Optional[str] = None, seed: int = 0):
+    """A learnable LinearGaussian (pPCA) for linear-gaussian data, else a VAE; ``num_data = len(ds.train)``."""
+    n = len(ds.train)
+    if ds.name == "linear-gaussian":
+        return models.LinearGaussian.random(ds.x_dim, z_dim, noise_scale=1.0, seed=seed + 10, num_data=n)
+    likelihood = likelihood or ("bernoulli" if ds.binarize != "none" else "continuous_bernoulli")
+    return models.VAE(ds.x_dim, z_dim, hidden, likelihood=likelihood, num_data=n)
+
+
+def build_guide(name: str, ds: data.Dataset, z_dim: int, hidden: Sequence[int], **kw):
+    """Guide ``name`` from the registry, sized for ``ds`` (``num_data = len(ds.train)``)."""
+    return guides.make(name, x_dim=ds.x_dim, z_dim=z_dim, hidden=tuple(hidden), num_data=len(ds.train), **kw)
+
+
+def inference_seconds(model, guide, x1: torch.Tensor, qstar_steps: int) -> float:
+    """Seconds to infer q(z | x) for one new datapoint ``x1: (1, D)``: an encoder pass, or a q* fit."""
+    t0 = time.perf_counter()
+    if guide.amortized:
+        repeats = 100
+        with torch.no_grad():
+            for _ in range(repeats):
+                guide.distribution(x1)
+    else:
+        repeats = 1
+        gaps.fit_local(model.model, x1, guide.family, steps=qstar_steps)
+    return (time.perf_counter() - t0) / repeats
+
+
+def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
+    """Train a decoder with each guide in ``settings.guides`` and decompose its gaps on train and test points."""
+    s = settings
+    torch.manual_seed(s.seed)
+    exact = None
+    histories, tables, per_point, cost, trained_models, trained_guides = [], [], [], [], {}, {}
+    n_eval = min(s.n_eval, len(ds.train), len(ds.test))
+    phases = tqdm(s.guides, desc="compare", disable=not s.progress)
+    for name in phases:
+        phases.set_postfix(guide=name)
+        model = build_model(ds, s.z_dim, s.hidden, s.likelihood, s.seed)
+        guide = build_guide(name, ds, s.z_dim, s.hidden)
+        lr = s.lr if guide.amortized else s.local_lr
+        history = fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, optim=LazyAdam({"lr": lr}),
+                      loss=ELBOS[s.elbo](), progress=s.progress, seed=s.seed)
+        histories.append(history.assign(guide=name))
+        exact = getattr(model, "log_marginal", None)
+        splits = {"train": (ds.train[:n_eval], torch.arange(n_eval)), "test": (ds.test[:n_eval], None)}
+        for split, (x, idx) in splits.items():
+            table = gaps.decompose(model.model, guide, x, idx, ll_samples=s.ll_samples, elbo_samples=s.elbo_samples,
+                                   exact=exact, steps=s.qstar_steps, lr=s.local_lr, progress=s.progress)
+            per_point.append(table.assign(guide=name, split=split))
+            summary = gaps.summarize(table)
+            row = {"guide": name, "split": split}
+            for quantity, (mean, se) in summary[["mean", "se"]].iterrows():
+                row[quantity], row[f"{quantity}_se"] = mean, se
+            tables.append(row)
+        n_params = sum(p.numel() for p in guide.parameters())
+        per_point_params = not guide.amortized
+        cost.append({
+            "guide": name,
+            "amortized": guide.amortized,
+            "guide_params": n_params,
+            "guide_params_at_60000": n_params * 60000 // len(ds.train) if per_point_params else n_params,
+            "decoder_params": sum(p.numel() for p in model.parameters()),
+            "infer_ms_per_new_point": 1e3 * inference_seconds(model, guide, ds.test[:1], s.qstar_steps),
+            "train_seconds": float(history["seconds"].sum()),
+        })
+        trained_models[name], trained_guides[name] = model, guide
+    return Result(
+        histories=pd.concat(histories, ignore_index=True),
+        table=pd.DataFrame(tables),
+        cost=pd.DataFrame(cost),
+        per_point=pd.concat(per_point).reset_index(),
+        models=trained_models,
+        guides=trained_guides,
+    )
+
+
+def settings_dict(s: Settings) -> dict:
+    out = asdict(s)
+    out["guides"], out["hidden"] = list(s.guides), list(s.hidden)
+    return out
+
+
+@torch.no_grad()
+def latent_frame(result: Result, ds: data.Dataset, n: int = 500) -> pd.DataFrame:
+    """Means of q(z | x) for the first ``n`` training points, per guide, projected on their two principal axes.
+
+    Columns: guide, z1, z2, label. Training points, because every guide (the
+    per-datapoint ones too) has a q for them.
+    """
+    n = min(n, len(ds.train))
+    x, idx = ds.train[:n], torch.arange(n)
+    labels = ds.train_labels[:n] if ds.train_labels is not None else torch.zeros(n, dtype=torch.long)
+    frames = []
+    for name, guide in result.guides.items():
+        means = guide.distribution(x, idx).mean
+        centred = means - means.mean(0)
+        _, _, V = torch.linalg.svd(centred, full_matrices=False)
+        proj = centred @ V[:2].T if means.shape[1] > 1 else torch.cat([centred, torch.zeros_like(centred)], 1)
+        frames.append(pd.DataFrame({"guide": name, "z1": proj[:, 0].numpy(), "z2": proj[:, 1].numpy(),
+                                    "label": labels.numpy()}))
+    return pd.concat(frames, ignore_index=True)
+
+
+@torch.no_grad()
+def image_rows(result: Result, ds: data.Dataset, n: int = 10) -> dict:
+    """Rows for :func:`pyro_vae.plots.image_grid`: training images, each guide's reconstructions
+    (decoder mean at the mean of q) and samples (decoder mean at z ~ p(z))."""
+    x, idx = ds.train[:n], torch.arange(n)
+    rows = {"data": x}
+    for name, guide in result.guides.items():
+        rows[f"{name}: reconstruction"] = result.models[name].mean(guide.distribution(x, idx).mean)
+    for name, model in result.models.items():
+        rows[f"{name}: sample"] = model.sample_mean(n)
+    return rows

@@ -1,0 +1,168 @@
+"""The amortization question: q* per datapoint with the decoder frozen, and the gap decomposition.
+
+For a trained decoder p and data x (Cremer, Li & Duvenaud 2018)::
+
+    log p(x) - L[q] = (log p(x) - L[q*])  +  (L[q*] - L[q])
+                       approximation gap     amortization gap
+
+where q is the guide being judged and q* the best member of its Gaussian
+family for each datapoint. Usage::
+
+    qstar = fit_local(vae.model, x, family="normal", init=guide)   # a MeanField over the rows of x
+    table = decompose(vae.model, guide, x)        # one row per datapoint, nats
+    summarize(table)                               # means and standard errors
+
+References: Cremer, Li & Duvenaud (2018), Inference Suboptimality in Variational Autoencoders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Optional, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+import guides
+
+from . import estimators
+
+#: Gaussian family -> the per-datapoint guide that represents it
+FAMILIES = {"normal": "meanfield", "mvn": "local_mvn"}
+
+
+@contextlib.contextmanager
+def frozen(model: Callable):
+    """Turn off gradients of the module behind ``model`` (a module or a bound method) for the block."""
+    module = getattr(model, "__self__", model)
+    params = [p for p in module.parameters() if p.requires_grad] if isinstance(module, torch.nn.Module) else []
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=None, *, steps: int = 2000,
+              lr: float = 1e-2, num_samples: int = 50, check_every: int = 10, patience: int = 10,
+              z_dim: Optional[int] = None, progress: bool = False):
+    """Fit q*_i, the best ``family`` Gaussian for each row of ``x: (n, D)``, with the decoder frozen.
+
+    All rows are optimized together as one ``(n, K)`` parameter tensor by
+    SparseAdam on the ``num_samples``-sample reparameterized ELBO. Every
+    ``check_every`` steps each row's mean ELBO over those steps is compared with
+    its best so far; a row that has not improved for ``patience`` checks stops
+    (its parameters and Adam moments no longer move, and it leaves the batch).
+
+    :param family: ``"normal"`` (diagonal, a :class:`guides.MeanField`) or ``"mvn"``
+        (full covariance, a :class:`guides.LocalMVN`).
+    :param init: None (start at the prior N(0, I)), a guide (its
+        ``distribution(x)``), or a distribution with batch shape ``(n,)``.
+    :returns: the fitted per-datapoint guide over rows ``0..n-1`` of ``x``;
+        ``guide.steps_taken`` (``(n,)``) counts each row's steps.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}.")
+    module = getattr(model, "__self__", model)
+    z_dim = z_dim or module.z_dim
+    n = len(x)
+    guide = guides.make(FAMILIES[family], z_dim=z_dim, num_data=n)
+    if init is not None:
+        with torch.no_grad():
+            guide.init_from(init.distribution(x) if hasattr(init, "distribution") else init)
+    optimizer = torch.optim.SparseAdam(list(guide.parameters()), lr=lr)
+    rows = torch.arange(n)
+    best = torch.full((n,), -math.inf)
+    stale = torch.zeros(n, dtype=torch.long)
+    active = torch.ones(n, dtype=torch.bool)
+    running = torch.zeros(n)
+    steps_taken = torch.zeros(n, dtype=torch.long)
+    with frozen(model):
+        for step in tqdm(range(steps), desc=f"q* {family}", disable=not progress, leave=False):
+            idx = rows[active]
+            elbo = estimators.log_weights(model, guide, x[idx], idx, num_samples).mean(0)
+            optimizer.zero_grad()
+            (-elbo.sum()).backward()
+            optimizer.step()
+            running[idx] += elbo.detach()
+            steps_taken[idx] += 1
+            if (step + 1) % check_every == 0:
+                current = running[idx] / check_every
+                improved = current > best[idx]
+                best[idx] = torch.where(improved, current, best[idx])
+                stale[idx] = torch.where(improved, 0, stale[idx] + 1)
+                active[idx] = stale[idx] < patience
+                running.zero_()
+                if not active.any():
+                    break
+    guide.steps_taken = steps_taken
+    return guide
+
+
+def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tensor] = None, *,
+              families: Sequence[str] = ("normal", "mvn"), ll_samples: int = 5000, elbo_samples: int = 500,
+              chunk_size: int = 250, exact: Optional[Callable] = None, progress: bool = False, **fit_kwargs
+              ) -> pd.DataFrame:
+    """The gap decomposition for ``guide`` on ``x: (n, D)``: one row per datapoint, in nats.
+
+    Columns: ``log_px`` (importance-weighted, ``ll_samples`` samples, proposal
+    the best q found), ``elbo_q`` (L[q] of ``guide``; NaN when a per-datapoint
+    guide has no parameters for these rows, i.e. ``idx`` is None),
+    ``elbo_qstar_<family>`` for each family, ``approximation_gap`` =
+    log_px - L[q*] and ``amortization_gap`` = L[q*] - L[q] with q* in the
+    guide's own family, each with a ``_se`` Monte Carlo standard error column;
+    ``log_px_exact`` when ``exact`` (a function x -> exact log p(x)) is given.
+    ``fit_kwargs`` go to :func:`fit_local`.
+    """
+    has_q = guide.amortized or idx is not None
+    with torch.no_grad():
+        init = guide.distribution(x, idx) if has_q else None
+    out = pd.DataFrame(index=pd.RangeIndex(len(x), name="row"))
+
+    def put(name, est):
+        out[name], out[f"{name}_se"] = est.value.numpy(), est.stderr.numpy()
+
+    if has_q:
+        put("elbo_q", estimators.elbo(model, guide, x, idx, elbo_samples))
+    else:
+        out["elbo_q"] = out["elbo_q_se"] = math.nan
+    best_guide, best_elbo = (guide, out["elbo_q"].mean()) if has_q else (None, -math.inf)
+    qstars = {}
+    for family in families:
+        qstar = fit_local(model, x, family, init=init, progress=progress, **fit_kwargs)
+        rows = torch.arange(len(x))
+        put(f"elbo_qstar_{family}", estimators.elbo(model, qstar, x, rows, elbo_samples))
+        qstars[family] = qstar
+        if out[f"elbo_qstar_{family}"].mean() > best_elbo:
+            best_guide, best_elbo = qstar, out[f"elbo_qstar_{family}"].mean()
+    proposal_idx = torch.arange(len(x)) if best_guide is not guide else idx
+    put("log_px", estimators.log_likelihood(model, best_guide, x, proposal_idx, ll_samples, chunk_size))
+    if exact is not None:
+        out["log_px_exact"] = exact(x).detach().numpy()
+    own = f"elbo_qstar_{guide.family}" if guide.family in families else f"elbo_qstar_{families[0]}"
+    out["approximation_gap"] = out["log_px"] - out[own]
+    out["approximation_gap_se"] = (out["log_px_se"] ** 2 + out[f"{own}_se"] ** 2) ** 0.5
+    out["amortization_gap"] = out[own] - out["elbo_q"]
+    out["amortization_gap_se"] = (out[f"{own}_se"] ** 2 + out["elbo_q_se"] ** 2) ** 0.5
+    return out
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Means over datapoints of every estimate column, with the standard error of each mean.
+
+    The standard error combines the spread across datapoints (std / sqrt(n))
+    and the per-datapoint Monte Carlo errors. Returns one row per quantity,
+    columns ``mean`` and ``se``.
+    """
+    names = [c for c in table.columns if not c.endswith("_se")]
+    n = len(table)
+    rows = {}
+    for c in names:
+        spread = table[c].std(ddof=1) / math.sqrt(n) if n > 1 else 0.0
+        mc = math.sqrt((table[f"{c}_se"] ** 2).sum()) / n if f"{c}_se" in table else 0.0
+        rows[c] = {"mean": table[c].mean(), "se": math.sqrt(spread**2 + mc**2)}
+    return pd.DataFrame.from_dict(rows, orient="index")
