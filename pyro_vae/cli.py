@@ -63,10 +63,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--guides", nargs="+", default=["normal", "mvn", "meanfield"], choices=guides.names(),
                    help="guides to train decoders with")
     c.add_argument("--epochs", type=int, default=300, help="passes over the training set, per guide")
-    c.add_argument("--local-lr", type=float, default=1e-2, help="learning rate of per-datapoint parameters and q*")
+    c.add_argument("--local-lr", type=float, default=1e-2, help="learning rate of per-datapoint parameters in training")
+    c.add_argument("--qstar-lr", type=float, default=3e-2, help="learning rate of the q* fits")
     c.add_argument("--n-eval", type=int, default=200, help="train and test points evaluated")
     c.add_argument("--ll-samples", type=int, default=5000, help="importance samples for log p(x)")
-    c.add_argument("--qstar-steps", type=int, default=2000, help="most optimization steps for q*")
+    c.add_argument("--qstar-steps", type=int, default=3000, help="most optimization steps for q*")
     c.add_argument("--quick", action="store_true", help="a small budget for smoke tests (under a minute)")
     c.add_argument("--out", default="runs/compare", help="output folder")
 
@@ -117,7 +118,7 @@ def cmd_compare(cfg: dict) -> None:
     ds = load_data(cfg)
     settings = compare.Settings(
         guides=cfg["guides"], z_dim=cfg["z_dim"], hidden=cfg["hidden"], likelihood=cfg["likelihood"],
-        epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], local_lr=cfg["local_lr"],
+        epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], local_lr=cfg["local_lr"], qstar_lr=cfg["qstar_lr"],
         elbo=cfg["elbo"], seed=cfg["seed"], n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"],
         qstar_steps=cfg["qstar_steps"], progress=not cfg["no_progress"])
     if cfg["quick"]:

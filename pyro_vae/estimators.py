@@ -64,13 +64,20 @@ def log_joint(model: Callable, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor
 
 
 def log_weights(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tensor] = None,
-                num_samples: int = 1) -> torch.Tensor:
+                num_samples: int = 1, sticking_the_landing: bool = False) -> torch.Tensor:
     """log p(x, z_s) - log q(z_s | x, idx) for z_s ~ q, s = 1..S: ``(S, B)``, differentiable (reparameterized).
 
     ``idx`` reaches only the guide (per-datapoint guides pick their rows with it).
+    With ``sticking_the_landing`` the value is the same but log q is scored
+    with q's parameters detached, so the gradient drops the score term, whose
+    expectation is zero: its variance vanishes as q reaches the exact
+    posterior (Roeder, Wu & Duvenaud 2017, "Sticking the Landing").
     """
     q = guide.distribution(x, idx)
     z = q.rsample((num_samples,))
+    if sticking_the_landing:
+        with torch.no_grad():
+            q = guide.distribution(x, idx)
     return log_joint(model, x, z) - q.log_prob(z)
 
 

@@ -47,13 +47,15 @@ def frozen(model: Callable):
             p.requires_grad_(True)
 
 
-def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=None, *, steps: int = 2000,
-              lr: float = 1e-2, num_samples: int = 50, check_every: int = 10, patience: int = 10,
+def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=None, *, steps: int = 3000,
+              lr: float = 3e-2, num_samples: int = 50, check_every: int = 10, patience: int = 20,
               z_dim: Optional[int] = None, progress: bool = False):
     """Fit q*_i, the best ``family`` Gaussian for each row of ``x: (n, D)``, with the decoder frozen.
 
     All rows are optimized together as one ``(n, K)`` parameter tensor by
-    SparseAdam on the ``num_samples``-sample reparameterized ELBO. Every
+    SparseAdam on the ``num_samples``-sample reparameterized ELBO, with the
+    sticking-the-landing gradient (its noise vanishes at the exact posterior,
+    so q* settles instead of jittering at the step size). Every
     ``check_every`` steps each row's mean ELBO over those steps is compared with
     its best so far; a row that has not improved for ``patience`` checks stops
     (its parameters and Adam moments no longer move, and it leaves the batch).
@@ -84,7 +86,7 @@ def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=Non
     with frozen(model):
         for step in tqdm(range(steps), desc=f"q* {family}", disable=not progress, leave=False):
             idx = rows[active]
-            elbo = estimators.log_weights(model, guide, x[idx], idx, num_samples).mean(0)
+            elbo = estimators.log_weights(model, guide, x[idx], idx, num_samples, sticking_the_landing=True).mean(0)
             optimizer.zero_grad()
             (-elbo.sum()).backward()
             optimizer.step()

@@ -163,10 +163,18 @@ class LinearGaussian(PyroModule):
         self.noise_scale = PyroParam(torch.tensor(float(noise_scale)), constraints.positive)
 
     @classmethod
-    def random(cls, x_dim: int, z_dim: int, noise_scale: float = 0.5, seed: int = 0, **kw) -> "LinearGaussian":
-        """A LinearGaussian with W ~ N(0, 1), b ~ N(0, 1) drawn from ``seed``."""
+    def random(cls, x_dim: int, z_dim: int, noise_scale: float = 0.5, seed: int = 0, correlation: float = 0.0,
+               **kw) -> "LinearGaussian":
+        """A LinearGaussian with standard normal b and columns of W, drawn from ``seed``.
+
+        Columns 2..K of W are mixed with column 1 so that each has ``correlation``
+        with it: the larger, the more correlated the posterior p(z | x) and the
+        larger the gap of the best diagonal Gaussian.
+        """
         g = torch.Generator().manual_seed(seed)
-        return cls(torch.randn(x_dim, z_dim, generator=g), torch.randn(x_dim, generator=g), noise_scale, **kw)
+        W = torch.randn(x_dim, z_dim, generator=g)
+        W[:, 1:] = correlation * W[:, :1] + (1 - correlation**2) ** 0.5 * W[:, 1:]
+        return cls(W, torch.randn(x_dim, generator=g), noise_scale, **kw)
 
     def likelihood_dist(self, z: torch.Tensor) -> dist.Distribution:
         """p(x | z) for ``z: (..., K)``: batch shape ``(...)``, event shape ``(D,)``."""
