@@ -25,13 +25,15 @@ from pyro_vae.nets import mlp, unique_name
 from . import register
 from .base import Guide, scale_tril
 
-#: bounds on log(sigma) for the exp-based scales: sigma stays in [1e-4, 1e4]
-LOG_SCALE_BOUNDS = (math.log(1e-4), math.log(1e4))
+from .base import MAX_SCALE, MIN_SCALE
 
-#: encoder output -> sigma; each stays positive and finite for any finite output
+#: bounds on log(sigma) for the exp-based scales: sigma stays in [1e-4, 1e4]
+LOG_SCALE_BOUNDS = (math.log(MIN_SCALE), math.log(MAX_SCALE))
+
+#: encoder output -> sigma; each stays in [1e-4, 1e4] for any finite output
 SCALE_FNS = {
-    # sigma = softplus(h) + 1e-4: linear for large h, never 0
-    "softplus": lambda h: F.softplus(h) + 1e-4,
+    # sigma = softplus(h) + 1e-4: linear for large h, never 0, capped at 1e4
+    "softplus": lambda h: (F.softplus(h) + MIN_SCALE).clamp(max=MAX_SCALE),
     # h = log sigma^2, sigma = exp(h / 2), clamped so exp neither overflows nor reaches 0
     "logvar": lambda h: torch.exp(0.5 * h.clamp(2 * LOG_SCALE_BOUNDS[0], 2 * LOG_SCALE_BOUNDS[1])),
     # h = log sigma, sigma = exp(h), clamped likewise
@@ -47,7 +49,8 @@ class AmortizedNormal(Guide):
     :param int z_dim: latent dimension K.
     :param hidden: widths of the encoder's hidden layers.
     :param str scale: how the encoder's output h becomes sigma: ``"softplus"``
-        (softplus(h) + 1e-4), ``"logvar"`` (exp(h/2), h = log sigma^2) or ``"exp"`` (exp(h)).
+        (softplus(h) + 1e-4), ``"logvar"`` (exp(h/2), h = log sigma^2) or ``"exp"`` (exp(h));
+        each is held inside [1e-4, 1e4] so that no encoder output gives sigma = 0 or inf.
     :param num_data: size of the training set; needed when called with ``idx``.
     """
 
@@ -78,7 +81,7 @@ class AmortizedMVN(Guide):
     family = "mvn"
 
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (256,), num_data: Optional[int] = None,
-                 min_scale: float = 1e-4, name: Optional[str] = None):
+                 min_scale: float = MIN_SCALE, name: Optional[str] = None):
         super().__init__(z_dim, num_data, name or unique_name("mvn_guide"))
         self.x_dim, self.min_scale = x_dim, min_scale
         self.encoder = mlp(x_dim, tuple(hidden), 2 * z_dim + z_dim * (z_dim - 1) // 2)

@@ -18,6 +18,10 @@ import torch.nn.functional as F
 from pyro_vae.contract import SITE, data_plate
 
 
+#: every guide's standard deviations (and Cholesky diagonals) stay in [MIN_SCALE, MAX_SCALE]
+MIN_SCALE, MAX_SCALE = 1e-4, 1e4
+
+
 class Guide(pyro.nn.PyroModule):
     """q(z | x, idx) at site ``"z"``: subclasses implement :meth:`distribution`.
 
@@ -45,8 +49,8 @@ class Guide(pyro.nn.PyroModule):
 
 
 def positive(raw: torch.Tensor, min_scale: float) -> torch.Tensor:
-    """softplus(raw) + min_scale: positive and finite for every finite ``raw``."""
-    return F.softplus(raw) + min_scale
+    """softplus(raw) + min_scale, at most MAX_SCALE: positive and finite for every finite ``raw``."""
+    return (F.softplus(raw) + min_scale).clamp(max=MAX_SCALE)
 
 
 def inverse_positive(scale: torch.Tensor, min_scale: float) -> torch.Tensor:
@@ -61,13 +65,14 @@ def scale_tril(diag_raw: torch.Tensor, off_diag: torch.Tensor, min_scale: float)
     ``diag_raw: (..., K)``, ``off_diag: (..., K(K-1)/2)`` (T's strict lower
     triangle, row-major) -> ``L: (..., K, K)`` with a positive diagonal. This is
     the parameterization Pyro's AutoMultivariateNormal uses and Pyro issue #2924
-    recommends over a raw ``scale_tril``: the diagonal stays positive and
-    bounded away from zero, so ``L`` is always a valid Cholesky factor.
+    recommends over a raw ``scale_tril``: the diagonal stays in
+    [min_scale, MAX_SCALE] and T's entries in [-MAX_SCALE, MAX_SCALE], so ``L`` is
+    always a finite, valid Cholesky factor.
     """
     K = diag_raw.shape[-1]
     rows, cols = torch.tril_indices(K, K, offset=-1)
     T = torch.zeros(*diag_raw.shape, K, dtype=diag_raw.dtype, device=diag_raw.device)
-    T[..., rows, cols] = off_diag
+    T[..., rows, cols] = off_diag.clamp(-MAX_SCALE, MAX_SCALE)
     T = T + torch.eye(K, dtype=diag_raw.dtype, device=diag_raw.device)
     return positive(diag_raw, min_scale).unsqueeze(-1) * T
 

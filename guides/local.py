@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pyro_vae.nets import unique_name
 
 from . import register
-from .base import Guide, inverse_positive, positive, scale_tril, split_scale_tril
+from .base import MIN_SCALE, Guide, inverse_positive, positive, scale_tril, split_scale_tril
 
 
 class LocalGuide(Guide):
@@ -35,7 +35,7 @@ class LocalGuide(Guide):
 
     amortized = False
 
-    def __init__(self, z_dim: int, num_data: int, name: str, min_scale: float = 1e-4):
+    def __init__(self, z_dim: int, num_data: int, name: str, min_scale: float = MIN_SCALE):
         if not isinstance(num_data, int) or num_data < 1:
             raise ValueError(f"{type(self).__name__} needs num_data >= 1 (one set of parameters per datapoint), "
                              f"got {num_data!r}.")
@@ -75,7 +75,7 @@ class MeanField(LocalGuide):
 
     family = "normal"
 
-    def __init__(self, z_dim: int, num_data: int, min_scale: float = 1e-4, name: Optional[str] = None,
+    def __init__(self, z_dim: int, num_data: int, min_scale: float = MIN_SCALE, name: Optional[str] = None,
                  x_dim: Optional[int] = None, hidden=None):
         super().__init__(z_dim, num_data, name or unique_name("meanfield_guide"), min_scale)
 
@@ -101,7 +101,7 @@ class LocalMVN(LocalGuide):
 
     family = "mvn"
 
-    def __init__(self, z_dim: int, num_data: int, min_scale: float = 1e-4, name: Optional[str] = None,
+    def __init__(self, z_dim: int, num_data: int, min_scale: float = MIN_SCALE, name: Optional[str] = None,
                  x_dim: Optional[int] = None, hidden=None):
         super().__init__(z_dim, num_data, name or unique_name("local_mvn_guide"), min_scale)
         self.off_diag = torch.nn.Parameter(torch.zeros(num_data, z_dim * (z_dim - 1) // 2))

@@ -35,16 +35,24 @@ FAMILIES = {"normal": "meanfield", "mvn": "local_mvn"}
 
 @contextlib.contextmanager
 def frozen(model: Callable):
-    """Turn off gradients of the module behind ``model`` (a module or a bound method) for the block."""
+    """Hold the module behind ``model`` (a module or a bound method) fixed for the block.
+
+    Gradients are off inside (Pyro's param store may turn them back on when it
+    first registers a parameter, so each parameter's ``requires_grad`` and
+    ``.grad`` are put back as they were on exit: nothing leaks into a later
+    ``svi.step``).
+    """
     module = getattr(model, "__self__", model)
-    params = [p for p in module.parameters() if p.requires_grad] if isinstance(module, torch.nn.Module) else []
+    params = list(module.parameters()) if isinstance(module, torch.nn.Module) else []
+    saved = [(p.requires_grad, p.grad) for p in params]
     for p in params:
         p.requires_grad_(False)
     try:
         yield
     finally:
-        for p in params:
-            p.requires_grad_(True)
+        for p, (requires_grad, grad) in zip(params, saved):
+            p.requires_grad_(requires_grad)
+            p.grad = grad
 
 
 def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=None, *, steps: int = 3000,

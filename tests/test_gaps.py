@@ -56,7 +56,7 @@ def test_qstar_normal_has_the_closed_form_diagonal_gap(oracle):
 def test_decompose_on_the_oracle(oracle):
     lg, x = oracle
     guide = guides.make("normal", x_dim=10, z_dim=2, hidden=(32,), num_data=len(x))
-    svi = SVI(lg.model, guide, LazyAdam({"lr": 1e-2}), Trace_ELBO())
+    svi = SVI(pyro.poutine.block(lg.model, hide_types=["param"]), guide, LazyAdam({"lr": 1e-2}), Trace_ELBO())
     for _ in range(300):
         svi.step(x)
     table = gaps.decompose(lg.model, guide, x, ll_samples=1000, elbo_samples=500, exact=lg.log_marginal)
@@ -94,6 +94,14 @@ def test_compare_reports_cost(quick_digits_run):
     assert cost.loc["meanfield", "guide_params"] == 2 * 8 * len(ds.train)
     assert cost.loc["meanfield", "infer_ms_per_new_point"] > cost.loc["normal", "infer_ms_per_new_point"]
     assert set(result.table.columns) >= {"guide", "split", "log_px", "approximation_gap", "amortization_gap"}
+
+
+def test_fit_local_leaves_the_decoder_as_it_was(oracle):
+    lg, x = oracle
+    before = [(p.detach().clone(), p.requires_grad, p.grad) for p in lg.parameters()]
+    gaps.fit_local(lg.model, x[:10], "normal", steps=20)
+    for p, (value, requires_grad, grad) in zip(lg.parameters(), before):
+        assert torch.equal(p.detach(), value) and p.requires_grad == requires_grad and p.grad is grad
 
 
 @pytest.mark.parametrize("name", ["meanfield", "local_mvn"])

@@ -1,0 +1,271 @@
+"""The identities the project rests on, each against a closed form, with tolerances of 4 Monte Carlo SEs."""
+
+import math
+
+import pytest
+import pyro
+import pyro.distributions as dist
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.util import check_model_guide_match, check_site_shape
+from torch.distributions import kl_divergence
+
+import guides
+from guides.amortized import SCALE_FNS
+from guides.base import inverse_positive, scale_tril
+from pyro_vae import data, estimators, gradients, models
+from pyro_vae.optim import LazyAdam
+
+K = 3
+
+
+def _check_moments(z, loc, cov, k=4.0):
+    """Sample mean and covariance of ``z: (n, K)`` against ``loc`` and ``cov`` within k standard errors.
+
+    SE of the mean: sqrt(cov_ii / n); SE of a sample covariance entry of a Gaussian:
+    sqrt((cov_ii cov_jj + cov_ij^2) / n).
+    """
+    n = len(z)
+    d = torch.diagonal(cov)
+    assert ((z.mean(0) - loc).abs() < k * (d / n).sqrt()).all()
+    se_cov = ((d[:, None] * d[None, :] + cov**2) / n).sqrt()
+    assert ((torch.cov(z.T) - cov).abs() < k * se_cov).all()
+
+
+@pytest.mark.parametrize("kind", ["diagonal", "lower-triangular", "general"])
+def test_reparameterized_samples_have_the_intended_law(kind):
+    """z = mu + S eps, eps ~ N(0, I) has mean mu and covariance S S^T (for a general S, reshaped from K^2 outputs)."""
+    g = torch.Generator().manual_seed(1)
+    loc = torch.randn(K, generator=g)
+    raw = torch.randn(K * K, generator=g)  # what a network would output
+    S = {"diagonal": torch.diag(raw[:K].exp()), "lower-triangular": torch.tril(raw.reshape(K, K)),
+         "general": raw.reshape(K, K)}[kind]
+    z = gradients.reparameterize(loc, S, torch.randn(200_000, K, generator=g))
+    _check_moments(z, loc, S @ S.T)
+    if kind == "general":  # only the Cholesky factor of S S^T is identifiable: it induces the same law
+        L = torch.linalg.cholesky(S @ S.T)
+        assert torch.allclose(L @ L.T, S @ S.T, atol=1e-5) and not torch.allclose(L, S)
+
+
+def test_three_scale_parameterizations_give_one_distribution():
+    """sigma, exp(log(sigma^2) / 2) and softplus(softplus^-1(sigma)) name the same Normal."""
+    sigma = torch.tensor([1e-3, 0.1, 1.0, 7.5, 300.0])
+    hs = {"exp": sigma.log(), "logvar": 2 * sigma.log(), "softplus": inverse_positive(sigma, 1e-4)}
+    x = torch.linspace(-3, 3, 5)
+    reference = dist.Normal(0.0, sigma).log_prob(x)
+    for name, h in hs.items():
+        assert torch.allclose(SCALE_FNS[name](h), sigma, rtol=1e-4), name
+        assert torch.allclose(dist.Normal(0.0, SCALE_FNS[name](h)).log_prob(x), reference, rtol=1e-4, atol=1e-3), name
+
+
+extreme = st.floats(min_value=-1e30, max_value=1e30, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(h=extreme, name=st.sampled_from(sorted(SCALE_FNS)))
+def test_every_scale_is_positive_and_finite_for_any_encoder_output(h, name):
+    sigma = SCALE_FNS[name](torch.tensor([h]))
+    assert torch.isfinite(sigma).all() and (sigma > 0).all()
+    dist.Normal(torch.zeros(1), sigma, validate_args=True)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(diag=st.lists(extreme, min_size=K, max_size=K), off=st.lists(extreme, min_size=3, max_size=3))
+def test_scale_tril_is_a_valid_cholesky_factor_for_any_encoder_output(diag, off):
+    L = scale_tril(torch.tensor(diag), torch.tensor(off), min_scale=1e-4)
+    assert torch.isfinite(L).all() and (torch.diagonal(L) >= 1e-4).all()
+    assert torch.equal(L, torch.tril(L))
+
+
+@pytest.mark.parametrize("name", ["normal", "mvn"])
+def test_amortized_guides_stay_valid_for_extreme_encoder_outputs(name):
+    guide = guides.make(name, x_dim=4, z_dim=K, hidden=(8,), scale="exp") if name == "normal" else \
+        guides.make(name, x_dim=4, z_dim=K, hidden=(8,))
+    with torch.no_grad():
+        for p in guide.parameters():
+            p.mul_(1e4)
+    q = guide.distribution(torch.randn(16, 4) * 100)
+    z = q.sample()
+    assert torch.isfinite(q.log_prob(z)).all()
+
+
+def test_reparameterization_gradients():
+    """For z = mu + L eps: dJ/dmu = dJ/dz and dJ/dL = tril(dJ/dz eps^T)."""
+    g = torch.Generator().manual_seed(2)
+    mu = torch.randn(K, generator=g, requires_grad=True)
+    full = torch.randn(K, K, generator=g, requires_grad=True)
+    eps = torch.randn(K, generator=g)
+    c = torch.randn(K, generator=g)
+    L = torch.tril(full)
+    z = mu + L @ eps
+    z.retain_grad()
+    J = (torch.sin(z) * c).sum() + z.pow(2).sum()
+    J.backward()
+    dz = z.grad
+    assert torch.allclose(mu.grad, dz)
+    assert torch.allclose(full.grad, torch.tril(torch.outer(dz, eps)))
+
+
+@pytest.mark.parametrize("theta", [0.5, 2.0])
+def test_score_function_and_reparameterized_gradients(theta):
+    """Both estimators of d/dtheta E_{N(theta,1)}[x^2] = 2 theta are unbiased; the reparameterized one varies less."""
+    table = gradients.gradient_variance([theta], [1], num_draws=400).set_index("estimator")
+    for name, row in table.iterrows():
+        assert abs(row["mean"] - 2 * theta) < 4 * row["stderr"], name
+    assert table.loc["reparameterized", "variance"] * 3 < table.loc["score function", "variance"]
+
+
+def _random_mvn(batch=64):
+    g = torch.Generator().manual_seed(3)
+    L = torch.tril(torch.randn(batch, K, K, generator=g), diagonal=-1) * 0.5
+    L = L + torch.diag_embed(torch.rand(batch, K, generator=g) + 0.2)
+    return dist.MultivariateNormal(torch.randn(batch, K, generator=g), scale_tril=L)
+
+
+def test_kl_to_prior_closed_form():
+    """KL(N(mu, S S^T) || N(0, I)) = 1/2 (tr S S^T + mu^T mu - K - log det S S^T): torch, the registry, Monte Carlo."""
+    q = _random_mvn()
+    prior = dist.MultivariateNormal(torch.zeros(K), torch.eye(K))
+    closed = estimators.kl_to_prior(q)
+    assert torch.allclose(closed, kl_divergence(q, prior), rtol=1e-4, atol=1e-5)
+    diagonal_prior = dist.Normal(torch.zeros(K), 1.0).to_event(1)
+    assert torch.allclose(closed, kl_divergence(q, diagonal_prior), rtol=1e-4, atol=1e-5)  # registered KL
+    z = q.sample((20_000,))
+    mc = q.log_prob(z) - diagonal_prior.log_prob(z)
+    assert ((mc.mean(0) - closed).abs() < 4 * mc.std(0) / math.sqrt(len(z))).float().mean() > 0.95
+    diag = dist.Normal(q.mean, q.variance.sqrt()).to_event(1)
+    assert torch.allclose(estimators.kl_to_prior(diag), kl_divergence(diag, diagonal_prior), rtol=1e-4, atol=1e-5)
+
+
+def test_trace_mean_field_elbo_matches_trace_elbo_for_the_mvn_guide():
+    """TraceMeanField_ELBO (closed-form KL) and Trace_ELBO (Monte Carlo) have the same expected loss."""
+    vae = models.VAE(6, K, (16,))
+    guide = guides.make("mvn", x_dim=6, z_dim=K, hidden=(16,))
+    x = torch.bernoulli(torch.full((30, 6), 0.4))
+    n = 4000
+    mc = Trace_ELBO(num_particles=n, vectorize_particles=True, max_plate_nesting=1).loss(vae.model, guide, x)
+    analytic = TraceMeanField_ELBO(num_particles=n, vectorize_particles=True, max_plate_nesting=1).loss(
+        vae.model, guide, x)
+    per_point = estimators.elbo(vae.model, guide, x, num_samples=n)
+    se = float(per_point.stderr.pow(2).sum().sqrt())  # SE of the summed ELBO, an upper bound for both
+    assert abs(mc - analytic) < 4 * se * math.sqrt(2)
+
+
+# ------------------------------------------------------------------ the linear-Gaussian oracle
+
+@pytest.fixture(scope="module")
+def lg():
+    truth = models.LinearGaussian.random(x_dim=5, z_dim=2, noise_scale=0.7, seed=4, correlation=0.8)
+    truth.requires_grad_(False)
+    _, x = truth.sample(40, generator=torch.Generator().manual_seed(5))
+    return truth, x
+
+
+def test_log_marginal_and_posterior_against_brute_force(lg):
+    """p(x) = integral of p(x|z) p(z) dz and the posterior moments, by quadrature on a 2-D grid."""
+    truth, x = lg
+    grid = torch.linspace(-7, 7, 561, dtype=torch.float64)
+    z = torch.cartesian_prod(grid, grid)  # (G, 2)
+    W, b, s = truth.W.double(), truth.b.double(), truth.noise_scale.double()
+    log_joint = (torch.distributions.Normal(z @ W.T + b, s).log_prob(x.double()[:, None, :]).sum(-1)
+                 + torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1))  # (n, G)
+    cell = (grid[1] - grid[0]) ** 2
+    log_px = torch.logsumexp(log_joint, -1) + cell.log()
+    assert torch.allclose(truth.log_marginal(x).double(), log_px, atol=1e-3)
+    w = torch.softmax(log_joint, -1)
+    mean = w @ z
+    centred = z[None] - mean[:, None]
+    cov = torch.einsum("ng,ngi,ngj->nij", w, centred, centred)
+    post = truth.posterior(x)
+    assert torch.allclose(post.mean.double(), mean, atol=1e-3)
+    assert torch.allclose(post.covariance_matrix.double(), cov, atol=1e-3)
+
+
+def test_elbo_is_log_px_minus_kl_to_the_posterior(lg):
+    """L[q] = log p(x) - KL(q || p(z|x)) for any q, here an untrained amortized guide."""
+    truth, x = lg
+    guide = guides.make("mvn", x_dim=5, z_dim=2, hidden=(8,))
+    est = estimators.elbo(truth.model, guide, x, num_samples=4000)
+    exact = truth.log_marginal(x) - kl_divergence(guide.distribution(x), truth.posterior(x))
+    assert ((est.value - exact.detach()).abs() < 4 * est.stderr).float().mean() > 0.95
+    assert abs(float((est.value - exact.detach()).mean())) < 4 * float(est.stderr.pow(2).sum().sqrt()) / len(x)
+
+
+def test_log_likelihood_converges_as_samples_grow(lg):
+    """IWAE with a poor proposal (the prior-shaped guide) approaches log p(x) as K grows, within its SE at large K."""
+    truth, x = lg
+    guide = guides.make("normal", x_dim=5, z_dim=2, hidden=(8,))
+    with torch.no_grad():  # a crude proposal: near N(0, I)
+        for p in guide.parameters():
+            p.mul_(0.01)
+    exact = truth.log_marginal(x)
+    errors = []
+    for k in (10, 100, 1000, 20000):
+        est = estimators.log_likelihood(truth.model, guide, x, num_samples=k, chunk_size=2000)
+        errors.append(float((exact - est.value).abs().mean().detach()))
+    assert errors[0] > errors[1] > errors[2] > errors[3]
+    assert errors[3] < 0.05
+
+
+def test_amortized_guides_trained_by_svi_on_the_oracle():
+    """mvn approaches the exact posterior; normal can never beat the closed-form diagonal gap, and keeps it.
+
+    KL(q || p(z|x)) = log p(x) - L[q] is the approximation plus amortization gap. The decoder is
+    frozen with ``poutine.block``: ``requires_grad_(False)`` alone does not stop SVI, because Pyro's
+    param store turns gradients back on for the parameters it registers.
+    """
+    ds = data.load("linear-gaussian")
+    truth = models.LinearGaussian(ds.params["W"], ds.params["b"], float(ds.params["noise_scale"]),
+                                  num_data=len(ds.train))
+    frozen_model = poutine.block(truth.model, hide_types=["param"])
+    x = ds.test[:200]
+    post = truth.posterior(x)
+    precision = torch.linalg.inv(post.covariance_matrix)
+    best_diag = dist.MultivariateNormal(post.mean, scale_tril=torch.diag_embed(
+        torch.diagonal(precision, dim1=-2, dim2=-1).rsqrt()))
+    diagonal_gap = float(kl_divergence(best_diag, post).mean().detach())
+    kls = {}
+    for name in ("mvn", "normal"):
+        pyro.set_rng_seed(6)
+        guide = guides.make(name, x_dim=10, z_dim=2, hidden=(32,), num_data=len(ds.train))
+        svi = SVI(frozen_model, guide, LazyAdam({"lr": 1e-2}), Trace_ELBO())
+        kls[name] = []
+        for epoch in range(60):
+            for xb, idx in data.loader(ds.train, batch_size=100, shuffle=True):
+                svi.step(xb, idx)
+            if epoch % 20 == 19:
+                with torch.no_grad():
+                    q = guide.distribution(x)
+                    if name == "normal":
+                        q = dist.MultivariateNormal(q.mean, scale_tril=torch.diag_embed(q.base_dist.scale))
+                    kls[name].append(float(kl_divergence(q, post).mean()))
+    assert torch.equal(truth.W, ds.params["W"])  # the decoder did not move
+    assert diagonal_gap > 0.4
+    assert kls["mvn"][0] > kls["mvn"][-1] and kls["mvn"][-1] < diagonal_gap / 3
+    assert min(kls["normal"]) >= diagonal_gap - 1e-4  # the best diagonal Gaussian bounds every diagonal q
+
+
+# ------------------------------------------------------------------ Pyro's own checks
+
+@pytest.mark.parametrize("name", guides.names())
+def test_model_and_guide_pass_pyro_checks(name):
+    n, batch = 50, 7
+    vae = models.VAE(6, K, (16,), num_data=n)
+    guide = guides.make(name, x_dim=6, z_dim=K, hidden=(16,), num_data=n)
+    x, idx = torch.bernoulli(torch.full((batch, 6), 0.5)), torch.arange(10, 10 + batch)
+    with pyro.validation_enabled(True):
+        guide_trace = poutine.trace(guide).get_trace(x, idx)
+        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x, idx)
+        check_model_guide_match(model_trace, guide_trace, max_plate_nesting=1)
+        for trace in (model_trace, guide_trace):
+            trace.compute_log_prob()
+            for site in trace.nodes.values():
+                if site["type"] == "sample":
+                    check_site_shape(site, max_plate_nesting=1)
+    z = guide_trace.nodes["z"]
+    assert z["fn"].batch_shape == (batch,) and z["fn"].event_shape == (K,)
+    assert z["scale"] == pytest.approx(n / batch) and model_trace.nodes["z"]["scale"] == pytest.approx(n / batch)
+    assert "Trace Shapes" in model_trace.format_shapes()
