@@ -37,7 +37,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--z-dim", type=int, default=8, help="latent dimension")
     p.add_argument("--hidden", type=int, nargs="+", default=[256], help="hidden widths of decoder and encoder")
     p.add_argument("--batch-size", type=int, default=128, help="mini-batch size")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of decoder and encoder")
+    p.add_argument("--local-lr", type=float, default=1e-2,
+                   help="learning rate of per-datapoint guide parameters (meanfield, local_mvn)")
     p.add_argument("--elbo", default="trace", choices=sorted(compare.ELBOS), help="Trace_ELBO or TraceMeanField_ELBO")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -63,7 +65,6 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--guides", nargs="+", default=["normal", "mvn", "meanfield"], choices=guides.names(),
                    help="guides to train decoders with")
     c.add_argument("--epochs", type=int, default=300, help="passes over the training set, per guide")
-    c.add_argument("--local-lr", type=float, default=1e-2, help="learning rate of per-datapoint parameters in training")
     c.add_argument("--qstar-lr", type=float, default=3e-2, help="learning rate of the q* fits")
     c.add_argument("--n-eval", type=int, default=200, help="train and test points evaluated")
     c.add_argument("--ll-samples", type=int, default=5000, help="importance samples for log p(x)")
@@ -96,7 +97,8 @@ def cmd_train(cfg: dict) -> None:
     guide = compare.build_guide(cfg["guide"], ds, cfg["z_dim"], cfg["hidden"], **extra)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     history = fit(model, guide, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                  optim=LazyAdam({"lr": cfg["lr"]}), loss=compare.ELBOS[cfg["elbo"]](), checkpoint_dir=str(out),
+                  optim=LazyAdam({"lr": cfg["lr"]}, sparse_args={"lr": cfg["local_lr"]}),
+                  loss=compare.ELBOS[cfg["elbo"]](), checkpoint_dir=str(out),
                   resume=cfg["resume"], progress=not cfg["no_progress"], seed=cfg["seed"], config=cfg)
     history.to_csv(out / "history.csv", index=False)
     plots.save(plots.learning_curves(history.assign(guide=cfg["guide"]),
@@ -118,8 +120,8 @@ def cmd_compare(cfg: dict) -> None:
     ds = load_data(cfg)
     settings = compare.Settings(
         guides=cfg["guides"], z_dim=cfg["z_dim"], hidden=cfg["hidden"], likelihood=cfg["likelihood"],
-        epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], local_lr=cfg["local_lr"], qstar_lr=cfg["qstar_lr"],
-        elbo=cfg["elbo"], seed=cfg["seed"], n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"],
+        epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], local_lr=cfg["local_lr"],
+        qstar_lr=cfg["qstar_lr"], elbo=cfg["elbo"], seed=cfg["seed"], n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"],
         qstar_steps=cfg["qstar_steps"], progress=not cfg["no_progress"])
     if cfg["quick"]:
         settings = dataclasses.replace(settings, **QUICK)

@@ -105,8 +105,8 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
         phases.set_postfix(guide=name)
         model = build_model(ds, s.z_dim, s.hidden, s.likelihood, s.seed)
         guide = build_guide(name, ds, s.z_dim, s.hidden)
-        lr = s.lr if guide.amortized else s.local_lr
-        history = fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, optim=LazyAdam({"lr": lr}),
+        optim = LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr})  # the same decoder lr for every guide
+        history = fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, optim=optim,
                       loss=ELBOS[s.elbo](), progress=s.progress, seed=s.seed)
         histories.append(history.assign(guide=name))
         exact = getattr(model, "log_marginal", None)

@@ -88,7 +88,7 @@ def latent_scatter(latents: pd.DataFrame, title: str = "Latent means coloured by
     with _quiet():
         grid = sns.relplot(data=latents, x="z1", y="z2", hue="label", col="guide", palette="tab10", s=12,
                            height=3.6, legend="full", facet_kws={"sharex": False, "sharey": False})
-    grid.set_axis_labels("latent direction 1 (first principal axis of the means)", "latent direction 2")
+    grid.set_axis_labels("principal axis 1 of the means (latent units)", "principal axis 2")
     grid.figure.suptitle(title, y=1.03)
     return grid.figure
 

@@ -39,7 +39,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
     """Train ``model`` and ``guide`` by SVI on ``data.train`` for ``epochs`` epochs.
 
     :param data: a :class:`pyro_vae.data.Dataset`.
-    :param optim: a Pyro optimizer (default ``LazyAdam({"lr": 1e-3})``).
+    :param optim: a Pyro optimizer (default ``LazyAdam({"lr": 1e-3}, sparse_args={"lr": 1e-2})``).
     :param loss: a Pyro ELBO (default ``Trace_ELBO()``).
     :param checkpoint_dir: write ``checkpoint.pt`` there after every epoch (atomically).
     :param resume: continue from ``checkpoint_dir/checkpoint.pt``; the run then
@@ -59,7 +59,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
     _check_setup(model, guide, data)
     model.to(device)
     guide.to(device)
-    optim = optim if optim is not None else LazyAdam({"lr": 1e-3})
+    optim = optim if optim is not None else LazyAdam({"lr": 1e-3}, sparse_args={"lr": 1e-2})
     loss = loss if loss is not None else Trace_ELBO()
     svi = SVI(model.model, guide, optim, loss)
     path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None

@@ -16,7 +16,7 @@ def test_readme_script_trains(name):
     ds = data.load("digits", binarize="static")
     vae = models.VAE(x_dim=ds.x_dim, z_dim=8, hidden=(128,), num_data=len(ds.train))
     guide = guides.make(name, x_dim=ds.x_dim, z_dim=8, hidden=(128,), num_data=len(ds.train))
-    svi = SVI(vae.model, guide, LazyAdam({"lr": 1e-2 if name == "meanfield" else 1e-3}), Trace_ELBO())
+    svi = SVI(vae.model, guide, LazyAdam({"lr": 1e-3}, sparse_args={"lr": 1e-2}), Trace_ELBO())
     epoch_losses = []
     for epoch in range(4):
         total = 0.0

@@ -15,8 +15,7 @@ from pyro_vae.train import CHECKPOINT, load_checkpoint
 def _build(ds, name, hidden=(64,)):
     model = compare.build_model(ds, 4, hidden)
     guide = compare.build_guide(name, ds, 4, hidden)
-    lr = 1e-3 if guide.amortized else 1e-2
-    return model, guide, LazyAdam({"lr": lr})
+    return model, guide, LazyAdam({"lr": 1e-3}, sparse_args={"lr": 1e-2})
 
 
 @pytest.mark.parametrize("elbo", [Trace_ELBO, TraceMeanField_ELBO], ids=["Trace_ELBO", "TraceMeanField_ELBO"])
