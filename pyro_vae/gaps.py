@@ -141,12 +141,9 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
     else:
         out["elbo_q"] = out["elbo_q_se"] = math.nan
     best_guide, best_elbo = (guide, out["elbo_q"].mean()) if has_q else (None, -math.inf)
-    qstars = {}
     for family in families:
         qstar = fit_local(model, x, family, init=init, progress=progress, **fit_kwargs)
-        rows = torch.arange(len(x))
-        put(f"elbo_qstar_{family}", estimators.elbo(model, qstar, x, rows, elbo_samples))
-        qstars[family] = qstar
+        put(f"elbo_qstar_{family}", estimators.elbo(model, qstar, x, torch.arange(len(x)), elbo_samples))
         if out[f"elbo_qstar_{family}"].mean() > best_elbo:
             best_guide, best_elbo = qstar, out[f"elbo_qstar_{family}"].mean()
     proposal_idx = torch.arange(len(x)) if best_guide is not guide else idx

@@ -68,7 +68,53 @@ def check_data(x: torch.Tensor, x_dim: int, likelihood: str, what: str = "x") ->
         )
 
 
-class VAE(PyroModule):
+class LatentVariableModel(PyroModule):
+    """z ~ N(0, I_K), x | z ~ ``likelihood_dist(z)``, one pair per datapoint in the plate ``"data"``.
+
+    Subclasses set ``x_dim``, ``z_dim``, ``num_data`` and ``likelihood`` and implement
+    :meth:`likelihood_dist`.
+    """
+
+    x_dim: int
+    z_dim: int
+    num_data: Optional[int]
+    likelihood: str
+
+    def likelihood_dist(self, z: torch.Tensor) -> dist.Distribution:
+        """p(x | z) for ``z: (..., K)``: batch shape ``(...)``, event shape ``(D,)``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The model p(z) p(x | z) over ``x: (batch, D)``; returns ``z: (batch, K)``."""
+        owner = type(self).__name__
+        if x.dim() != 2 or x.shape[-1] != self.x_dim:
+            raise ValueError(f"{owner} expects x of shape (batch, {self.x_dim}), got {tuple(x.shape)}.")
+        prior = dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1)
+        with data_plate(x, idx, self.num_data, owner=owner):
+            z = pyro.sample(SITE, prior)
+            pyro.sample("x", self.likelihood_dist(z), obs=x)
+        return z
+
+    def model(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The model as a plain callable for ``SVI(model.model, guide, ...)``."""
+        return self(x, idx)
+
+    def check_data(self, x: torch.Tensor, what: str = "x") -> None:
+        """Raise a clear ValueError if ``x`` does not fit this model (see :func:`check_data`)."""
+        check_data(x, self.x_dim, self.likelihood, what)
+
+    @torch.no_grad()
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x | z] for ``z: (..., K)``, shape ``(..., D)``: the image a latent code decodes to."""
+        return self.likelihood_dist(z).mean
+
+    @torch.no_grad()
+    def sample_mean(self, n: int) -> torch.Tensor:
+        """E[x | z] for ``n`` draws z ~ p(z): ``(n, D)``."""
+        return self.mean(torch.randn(n, self.z_dim))
+
+
+class VAE(LatentVariableModel):
     """The VAE's generative model: z ~ N(0, I_z_dim), x | z ~ likelihood(decoder(z)).
 
     :param int x_dim: data dimension D.
@@ -109,36 +155,8 @@ class VAE(PyroModule):
             return dist.ContinuousBernoulli(logits=out).to_event(1)
         return dist.Normal(out, self.scale).to_event(1)
 
-    def forward(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The model p(z) p(x | z) over ``x: (batch, D)``; returns ``z: (batch, K)``."""
-        if x.dim() != 2 or x.shape[-1] != self.x_dim:
-            raise ValueError(f"VAE expects x of shape (batch, {self.x_dim}), got {tuple(x.shape)}.")
-        prior = dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1)
-        with data_plate(x, idx, self.num_data, owner="VAE"):
-            z = pyro.sample(SITE, prior)
-            pyro.sample("x", self.likelihood_dist(z), obs=x)
-        return z
 
-    def model(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The model as a plain callable for ``SVI(vae.model, guide, ...)``."""
-        return self(x, idx)
-
-    def check_data(self, x: torch.Tensor, what: str = "x") -> None:
-        """Raise a clear ValueError if ``x`` does not fit this model (see :func:`check_data`)."""
-        check_data(x, self.x_dim, self.likelihood, what)
-
-    @torch.no_grad()
-    def mean(self, z: torch.Tensor) -> torch.Tensor:
-        """E[x | z] for ``z: (..., K)``, shape ``(..., D)``: the image a latent code decodes to."""
-        return self.likelihood_dist(z).mean
-
-    @torch.no_grad()
-    def sample_mean(self, n: int) -> torch.Tensor:
-        """E[x | z] for ``n`` draws z ~ p(z): ``(n, D)``."""
-        return self.mean(torch.randn(n, self.z_dim))
-
-
-class LinearGaussian(PyroModule):
+class LinearGaussian(LatentVariableModel):
     """Probabilistic PCA: z ~ N(0, I_K), x | z ~ N(W z + b, s^2 I_D). The exact oracle.
 
     p(x) = N(b, W W^T + s^2 I) and p(z | x) = N(m, S) with
@@ -180,31 +198,9 @@ class LinearGaussian(PyroModule):
         """p(x | z) for ``z: (..., K)``: batch shape ``(...)``, event shape ``(D,)``."""
         return dist.Normal(z @ self.W.T + self.b, self.noise_scale).to_event(1)
 
-    def forward(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The model p(z) p(x | z) over ``x: (batch, D)``; returns ``z: (batch, K)``."""
-        if x.dim() != 2 or x.shape[-1] != self.x_dim:
-            raise ValueError(f"LinearGaussian expects x of shape (batch, {self.x_dim}), got {tuple(x.shape)}.")
-        prior = dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1)
-        with data_plate(x, idx, self.num_data, owner="LinearGaussian"):
-            z = pyro.sample(SITE, prior)
-            pyro.sample("x", self.likelihood_dist(z), obs=x)
-        return z
-
-    def model(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The model as a plain callable for ``SVI(lg.model, guide, ...)``."""
-        return self(x, idx)
-
-    def check_data(self, x: torch.Tensor, what: str = "x") -> None:
-        """Raise a clear ValueError if ``x`` does not fit this model (see :func:`check_data`)."""
-        check_data(x, self.x_dim, "gaussian", what)
-
-    def _params(self):
-        # Read the constrained noise scale outside Pyro's param store.
-        return self.W, self.b, self.noise_scale
-
     def marginal(self) -> dist.MultivariateNormal:
         """p(x) = N(b, W W^T + s^2 I), event shape ``(D,)``."""
-        W, b, s = self._params()
+        W, b, s = self.W, self.b, self.noise_scale
         cov = W @ W.T + s**2 * torch.eye(self.x_dim)
         return dist.MultivariateNormal(b, covariance_matrix=cov)
 
@@ -214,7 +210,7 @@ class LinearGaussian(PyroModule):
 
     def posterior(self, x: torch.Tensor) -> dist.MultivariateNormal:
         """Exact p(z | x) for ``x: (batch, D)``: batch shape ``(batch,)``, event ``(K,)``."""
-        W, b, s = self._params()
+        W, b, s = self.W, self.b, self.noise_scale
         precision = torch.eye(self.z_dim) + W.T @ W / s**2
         cov = torch.linalg.inv(precision)
         cov = (cov + cov.T) / 2
@@ -222,18 +218,8 @@ class LinearGaussian(PyroModule):
         return dist.MultivariateNormal(loc, covariance_matrix=cov.expand(len(x), -1, -1))
 
     @torch.no_grad()
-    def mean(self, z: torch.Tensor) -> torch.Tensor:
-        """E[x | z] = W z + b for ``z: (..., K)``: ``(..., D)``."""
-        return z @ self.W.T + self.b
-
-    @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None):
         """Draw ``n`` pairs: returns ``(z: (n, K), x: (n, D))``."""
         z = torch.randn(n, self.z_dim, generator=generator)
         eps = torch.randn(n, self.x_dim, generator=generator)
         return z, self.mean(z) + self.noise_scale * eps
-
-    @torch.no_grad()
-    def sample_mean(self, n: int) -> torch.Tensor:
-        """E[x | z] for ``n`` draws z ~ p(z): ``(n, D)``."""
-        return self.mean(torch.randn(n, self.z_dim))
