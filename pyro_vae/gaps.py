@@ -92,7 +92,8 @@ def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=Non
     running = torch.zeros(n)
     steps_taken = torch.zeros(n, dtype=torch.long)
     with frozen(model):
-        for step in tqdm(range(steps), desc=f"q* {family}", disable=not progress, leave=False):
+        bar = tqdm(range(steps), desc=f"q* {family}", disable=not progress, leave=False)
+        for step in bar:
             idx = rows[active]
             elbo = estimators.log_weights(model, guide, x[idx], idx, num_samples, sticking_the_landing=True).mean(0)
             optimizer.zero_grad()
@@ -107,6 +108,7 @@ def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=Non
                 stale[idx] = torch.where(improved, 0, stale[idx] + 1)
                 active[idx] = stale[idx] < patience
                 running.zero_()
+                bar.set_postfix(active=f"{int(active.sum())}/{n}")
                 if not active.any():
                     break
     guide.steps_taken = steps_taken
