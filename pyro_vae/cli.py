@@ -121,7 +121,8 @@ def cmd_compare(cfg: dict) -> None:
     settings = compare.Settings(
         guides=cfg["guides"], z_dim=cfg["z_dim"], hidden=cfg["hidden"], likelihood=cfg["likelihood"],
         epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], local_lr=cfg["local_lr"],
-        qstar_lr=cfg["qstar_lr"], elbo=cfg["elbo"], seed=cfg["seed"], n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"],
+        qstar_lr=cfg["qstar_lr"], elbo=cfg["elbo"], seed=cfg["seed"], n_eval=cfg["n_eval"],
+        ll_samples=cfg["ll_samples"],
         qstar_steps=cfg["qstar_steps"], progress=not cfg["no_progress"])
     if cfg["quick"]:
         settings = dataclasses.replace(settings, **QUICK)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Sequence
 
 import pandas as pd
+import pyro
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
@@ -57,6 +58,15 @@ class Settings:
 
 @dataclass
 class Result:
+    """What :func:`compare` returns; every table is in nats per datapoint.
+
+    ``histories``: fit's rows plus ``guide``; ``table``: one row per (guide, split)
+    with the means of :func:`pyro_vae.gaps.decompose` and their ``_se``; ``cost``:
+    one row per guide (parameters, inference time per new point, training
+    seconds); ``per_point``: decompose's rows with ``guide`` and ``split``;
+    ``models`` and ``guides``: the trained modules by guide name.
+    """
+
     histories: pd.DataFrame
     table: pd.DataFrame
     cost: pd.DataFrame
@@ -96,13 +106,12 @@ def inference_seconds(model, guide, x1: torch.Tensor, qstar_steps: int, qstar_lr
 def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
     """Train a decoder with each guide in ``settings.guides`` and decompose its gaps on train and test points."""
     s = settings
-    torch.manual_seed(s.seed)
-    exact = None
     histories, tables, per_point, cost, trained_models, trained_guides = [], [], [], [], {}, {}
     n_eval = min(s.n_eval, len(ds.train), len(ds.test))
     phases = tqdm(s.guides, desc="compare", disable=not s.progress)
     for name in phases:
         phases.set_postfix(guide=name)
+        pyro.set_rng_seed(s.seed)  # every decoder starts from the same weights
         model = build_model(ds, s.z_dim, s.hidden, s.likelihood, s.seed)
         guide = build_guide(name, ds, s.z_dim, s.hidden)
         optim = LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr})  # the same decoder lr for every guide
@@ -121,12 +130,11 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
                 row[quantity], row[f"{quantity}_se"] = mean, se
             tables.append(row)
         n_params = sum(p.numel() for p in guide.parameters())
-        per_point_params = not guide.amortized
         cost.append({
             "guide": name,
             "amortized": guide.amortized,
             "guide_params": n_params,
-            "guide_params_at_60000": n_params * 60000 // len(ds.train) if per_point_params else n_params,
+            "guide_params_at_60000": n_params if guide.amortized else n_params * 60000 // len(ds.train),
             "decoder_params": sum(p.numel() for p in model.parameters()),
             "infer_ms_per_new_point": 1e3 * inference_seconds(model, guide, ds.test[:1], s.qstar_steps, s.qstar_lr),
             "train_seconds": float(history["seconds"].sum()),

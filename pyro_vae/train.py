@@ -89,7 +89,10 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         train_loss = total / n_train
         test_loss = _test_loss(svi, guide, data, batch_size, device)
         rows.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss, "seconds": seconds})
-        bar.set_postfix(train=f"{train_loss:.2f}", **({"test": f"{test_loss:.2f}"} if math.isfinite(test_loss) else {}))
+        shown = {"train": f"{train_loss:.2f}"}
+        if math.isfinite(test_loss):
+            shown["test"] = f"{test_loss:.2f}"
+        bar.set_postfix(shown)
         if path is not None:
             _save_checkpoint(path, model, guide, optim, rows, config)
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -109,7 +112,7 @@ def _check_setup(model, guide, data) -> None:
 
 
 def _test_loss(svi, guide, data, batch_size, device) -> float:
-    if not guide.amortized:
+    if not getattr(guide, "amortized", True):
         return float("nan")
     with torch.no_grad():
         total = sum(svi.evaluate_loss(x.to(device)) for x, _ in data.loader("test", batch_size * 4))

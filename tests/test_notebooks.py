@@ -18,6 +18,8 @@ def test_notebook_executes(path):
     book = nbformat.read(path, as_version=4)
     first, last = book.cells[0].source, book.cells[-1].source
     assert "What you will learn" in first and "Exercises" in last and "Answers" in last
-    NotebookClient(book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    where = {"metadata": {"path": str(path.parent)}}
+    client = NotebookClient(book, timeout=600, kernel_name="python3", resources=where)
+    client.execute()
     errors = [o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors

@@ -7,7 +7,7 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 import guides
-from pyro_vae import compare, fit
+from pyro_vae import compare, data, fit
 from pyro_vae.optim import LazyAdam
 from pyro_vae.train import CHECKPOINT, load_checkpoint
 
@@ -30,6 +30,16 @@ def test_every_guide_trains_with_every_elbo(digits, name, elbo):
         assert history["test_loss"].iloc[-1] < history["test_loss"].iloc[0]
     else:
         assert history["test_loss"].isna().all()  # no parameters for test points
+
+
+@pytest.mark.parametrize("likelihood", ["continuous_bernoulli", "gaussian"])
+def test_grey_level_likelihoods_train(likelihood):
+    grey = data.load("digits", binarize="none")
+    model = compare.build_model(grey, 4, (64,), likelihood=likelihood)
+    guide = compare.build_guide("normal", grey, 4, (64,))
+    history = fit(model, guide, grey, epochs=5, optim=LazyAdam({"lr": 1e-3}), progress=False)
+    assert history[["train_loss", "test_loss"]].map(math.isfinite).all().all()
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0] - 1.0
 
 
 @pytest.mark.parametrize("name", ["mvn", "meanfield"])
