@@ -44,8 +44,8 @@ class LocalGuide(Guide):
         self.loc = torch.nn.Parameter(torch.zeros(num_data, z_dim))
         self.scale_raw = torch.nn.Parameter(inverse_positive(torch.ones(num_data, z_dim), min_scale))
 
-    def rows(self, param: torch.Tensor, x: torch.Tensor, idx: Optional[torch.Tensor]) -> torch.Tensor:
-        """``param[idx]`` with a sparse gradient; a clear error when ``idx`` is missing or out of range."""
+    def gather(self, x: torch.Tensor, idx: Optional[torch.Tensor], *params: torch.Tensor):
+        """``param[idx]`` for each param, with sparse gradients; a clear error for a missing or bad ``idx``."""
         if idx is None:
             raise ValueError(
                 f"{type(self).__name__} is a per-datapoint guide: call it with idx, the dataset row of "
@@ -55,7 +55,8 @@ class LocalGuide(Guide):
         if idx.shape != (len(x),) or (len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= self.num_data)):
             raise ValueError(f"{type(self).__name__}: idx must have shape ({len(x)},) with values in "
                              f"[0, {self.num_data}), got shape {tuple(idx.shape)}.")
-        return F.embedding(idx.long(), param, sparse=True)
+        idx = idx.long()
+        return tuple(F.embedding(idx, param, sparse=True) for param in params)
 
     def init_from(self, q: torch.distributions.Distribution) -> "LocalGuide":
         """Set every datapoint's parameters from ``q`` (batch ``(num_data,)``, event ``(z_dim,)``)."""
@@ -80,9 +81,8 @@ class MeanField(LocalGuide):
         super().__init__(z_dim, num_data, name or unique_name("meanfield_guide"), min_scale)
 
     def distribution(self, x, idx=None):
-        loc = self.rows(self.loc, x, idx)
-        scale = positive(self.rows(self.scale_raw, x, idx), self.min_scale)
-        return dist.Normal(loc, scale).to_event(1)
+        loc, scale_raw = self.gather(x, idx, self.loc, self.scale_raw)
+        return dist.Normal(loc, positive(scale_raw, self.min_scale)).to_event(1)
 
     @torch.no_grad()
     def init_from(self, q):
@@ -107,8 +107,8 @@ class LocalMVN(LocalGuide):
         self.off_diag = torch.nn.Parameter(torch.zeros(num_data, z_dim * (z_dim - 1) // 2))
 
     def distribution(self, x, idx=None):
-        L = scale_tril(self.rows(self.scale_raw, x, idx), self.rows(self.off_diag, x, idx), self.min_scale)
-        return dist.MultivariateNormal(self.rows(self.loc, x, idx), scale_tril=L)
+        loc, scale_raw, off_diag = self.gather(x, idx, self.loc, self.scale_raw, self.off_diag)
+        return dist.MultivariateNormal(loc, scale_tril=scale_tril(scale_raw, off_diag, self.min_scale))
 
     @torch.no_grad()
     def init_from(self, q):

@@ -23,7 +23,7 @@ def _build(ds, name, hidden=(64,)):
 def test_every_guide_trains_with_every_elbo(digits, name, elbo):
     model, guide, optim = _build(digits, name)
     history = fit(model, guide, digits, epochs=5, optim=optim, loss=elbo(), progress=False)
-    assert list(history.columns) == ["epoch", "train_loss", "test_loss", "seconds"]
+    assert history.columns.tolist()[:3] == ["epoch", "train_loss", "test_loss"] and history.shape == (5, 4)
     assert history["train_loss"].map(math.isfinite).all()
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0] - 1.0
     if guide.amortized:
