@@ -121,19 +121,15 @@ def log_likelihood(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.
 def kl_to_prior(q: torch.distributions.Distribution) -> torch.Tensor:
     """Closed-form KL(q || N(0, I)) for a diagonal or full-covariance Gaussian q: ``(batch,)``, nats.
 
-    KL(N(mu, S S^T) || N(0, I)) = 1/2 (tr(S S^T) + mu^T mu - K - log det S S^T).
+    KL(N(mu, S S^T) || N(0, I)) = 1/2 (tr(S S^T) + mu^T mu - K - log det S S^T); a diagonal q
+    is the case S = diag(sigma). Computed by the registered MultivariateNormal-to-diagonal KL below.
     """
-    if isinstance(q, MultivariateNormal):
-        L = q.scale_tril
-        trace = L.pow(2).sum((-2, -1))
-        logdet = 2 * torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1)
-    elif isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
-        trace = q.base_dist.scale.pow(2).sum(-1)
-        logdet = 2 * q.base_dist.scale.log().sum(-1)
-    else:
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
+        q = MultivariateNormal(q.base_dist.loc, scale_tril=torch.diag_embed(q.base_dist.scale))
+    elif not isinstance(q, MultivariateNormal):
         raise TypeError(f"kl_to_prior needs a Normal(...).to_event(1) or a MultivariateNormal, got {type(q).__name__}.")
-    mu = q.mean
-    return 0.5 * (trace + mu.pow(2).sum(-1) - mu.shape[-1] - logdet)
+    prior = Independent(Normal(torch.zeros_like(q.loc), torch.ones_like(q.loc)), 1)
+    return _kl_mvn_diagonal_normal(q, prior)
 
 
 @register_kl(MultivariateNormal, Independent)
