@@ -20,12 +20,10 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
-from pyro_vae.nets import mlp, unique_name
+from pyro_vae.nets import check_sizes, mlp, unique_name
 
 from . import register
-from .base import Guide, scale_tril
-
-from .base import MAX_SCALE, MIN_SCALE
+from .base import MAX_SCALE, MIN_SCALE, Guide, scale_tril
 
 #: bounds on log(sigma) for the exp-based scales: sigma stays in [1e-4, 1e4]
 LOG_SCALE_BOUNDS = (math.log(MIN_SCALE), math.log(MAX_SCALE))
@@ -60,6 +58,7 @@ class AmortizedNormal(Guide):
                  num_data: Optional[int] = None, name: Optional[str] = None):
         if scale not in SCALE_FNS:
             raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(SCALE_FNS)}.")
+        check_sizes(type(self).__name__, x_dim=x_dim, hidden=tuple(hidden))
         super().__init__(z_dim, num_data, name or unique_name("normal_guide"))
         self.x_dim, self.scale = x_dim, scale
         self.encoder = mlp(x_dim, tuple(hidden), 2 * z_dim)
@@ -82,6 +81,7 @@ class AmortizedMVN(Guide):
 
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (256,), num_data: Optional[int] = None,
                  min_scale: float = MIN_SCALE, name: Optional[str] = None):
+        check_sizes(type(self).__name__, x_dim=x_dim, hidden=tuple(hidden))
         super().__init__(z_dim, num_data, name or unique_name("mvn_guide"))
         self.x_dim, self.min_scale = x_dim, min_scale
         self.encoder = mlp(x_dim, tuple(hidden), 2 * z_dim + z_dim * (z_dim - 1) // 2)

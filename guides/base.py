@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_vae.contract import SITE, data_plate
+from pyro_vae.nets import check_sizes
 
 
 #: every guide's standard deviations (and Cholesky diagonals) stay in [MIN_SCALE, MAX_SCALE]
@@ -35,6 +36,9 @@ class Guide(pyro.nn.PyroModule):
     family: str = ""
 
     def __init__(self, z_dim: int, num_data: Optional[int], name: str):
+        check_sizes(type(self).__name__, z_dim=z_dim)
+        if num_data is not None:
+            check_sizes(type(self).__name__, num_data=num_data)
         super().__init__(name)
         self.z_dim, self.num_data = z_dim, num_data
 

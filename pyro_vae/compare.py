@@ -53,6 +53,7 @@ class Settings:
     ll_samples: int = 5000
     elbo_samples: int = 500
     qstar_steps: int = 3000
+    device: str = "cpu"
     progress: bool = True
 
 
@@ -116,19 +117,16 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
         guide = build_guide(name, ds, s.z_dim, s.hidden)
         optim = LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr})  # the same decoder lr for every guide
         history = fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, optim=optim,
-                      loss=ELBOS[s.elbo](), progress=s.progress, seed=s.seed)
+                      loss=ELBOS[s.elbo](), progress=s.progress, seed=s.seed, device=s.device)
         histories.append(history.assign(guide=name))
         exact = getattr(model, "log_marginal", None)
-        splits = {"train": (ds.train[:n_eval], torch.arange(n_eval)), "test": (ds.test[:n_eval], None)}
+        splits = {"train": (ds.train[:n_eval].to(s.device), torch.arange(n_eval, device=s.device)),
+                  "test": (ds.test[:n_eval].to(s.device), None)}
         for split, (x, idx) in splits.items():
             table = gaps.decompose(model.model, guide, x, idx, ll_samples=s.ll_samples, elbo_samples=s.elbo_samples,
                                    exact=exact, steps=s.qstar_steps, lr=s.qstar_lr, progress=s.progress)
             per_point.append(table.assign(guide=name, split=split))
-            summary = gaps.summarize(table)
-            row = {"guide": name, "split": split}
-            for quantity, (mean, se) in summary[["mean", "se"]].iterrows():
-                row[quantity], row[f"{quantity}_se"] = mean, se
-            tables.append(row)
+            tables.append({"guide": name, "split": split, **summary_row(table)})
         n_params = sum(p.numel() for p in guide.parameters())
         cost.append({
             "guide": name,
@@ -136,7 +134,8 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
             "guide_params": n_params,
             "guide_params_at_60000": n_params if guide.amortized else n_params * 60000 // len(ds.train),
             "decoder_params": sum(p.numel() for p in model.parameters()),
-            "infer_ms_per_new_point": 1e3 * inference_seconds(model, guide, ds.test[:1], s.qstar_steps, s.qstar_lr),
+            "infer_ms_per_new_point": 1e3 * inference_seconds(model, guide, ds.test[:1].to(s.device), s.qstar_steps,
+                                                               s.qstar_lr),
             "train_seconds": float(history["seconds"].sum()),
         })
         trained_models[name], trained_guides[name] = model, guide
@@ -148,6 +147,14 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
         models=trained_models,
         guides=trained_guides,
     )
+
+
+def summary_row(table: pd.DataFrame) -> dict:
+    """:func:`pyro_vae.gaps.summarize` as one flat row: ``q``, ``q_se`` (across datapoints), ``q_mc_se`` (Monte Carlo)."""
+    row = {}
+    for quantity, (mean, se, mc_se) in gaps.summarize(table)[["mean", "se", "mc_se"]].iterrows():
+        row[quantity], row[f"{quantity}_se"], row[f"{quantity}_mc_se"] = mean, se, mc_se
+    return row
 
 
 def settings_dict(s: Settings) -> dict:
@@ -164,11 +171,11 @@ def latent_frame(result: Result, ds: data.Dataset, n: int = 500) -> pd.DataFrame
     per-datapoint ones too) has a q for them.
     """
     n = min(n, len(ds.train))
-    x, idx = ds.train[:n], torch.arange(n)
     labels = ds.train_labels[:n] if ds.train_labels is not None else torch.zeros(n, dtype=torch.long)
     frames = []
     for name, guide in result.guides.items():
-        means = guide.distribution(x, idx).mean
+        device = next(guide.parameters()).device
+        means = guide.distribution(ds.train[:n].to(device), torch.arange(n, device=device)).mean.cpu()
         centred = means - means.mean(0)
         _, _, V = torch.linalg.svd(centred, full_matrices=False)
         proj = centred @ V[:2].T if means.shape[1] > 1 else torch.cat([centred, torch.zeros_like(centred)], 1)
@@ -181,10 +188,11 @@ def latent_frame(result: Result, ds: data.Dataset, n: int = 500) -> pd.DataFrame
 def image_rows(result: Result, ds: data.Dataset, n: int = 10) -> dict:
     """Rows for :func:`pyro_vae.plots.image_grid`: training images, each guide's reconstructions
     (decoder mean at the mean of q) and samples (decoder mean at z ~ p(z))."""
-    x, idx = ds.train[:n], torch.arange(n)
-    rows = {"data": x}
+    rows = {"data": ds.train[:n]}
     for name, guide in result.guides.items():
-        rows[f"{name}: reconstruction"] = result.models[name].mean(guide.distribution(x, idx).mean)
+        model = result.models[name]
+        x, idx = ds.train[:n].to(model.device), torch.arange(n, device=model.device)
+        rows[f"{name}: reconstruction"] = model.mean(guide.distribution(x, idx).mean).cpu()
     for name, model in result.models.items():
-        rows[f"{name}: sample"] = model.sample_mean(n)
+        rows[f"{name}: sample"] = model.sample_mean(n).cpu()
     return rows

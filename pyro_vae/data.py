@@ -3,11 +3,13 @@
 Usage::
 
     ds = load("digits", binarize="static")          # scikit-learn's bundled 8x8 digits
-    ds.train.shape                                   # (1437, 64), float32 in {0, 1}
+    ds.train.shape                                   # (1438, 64), float32 in {0, 1}
+    for x, idx in ds.loader("train", batch_size=128, shuffle=True):
+        ...                                          # idx: the dataset rows of x; redrawn each pass
+                                                     # when binarize="dynamic"
     for x, idx in loader(ds.train, batch_size=128, shuffle=True):
-        ...                                          # idx: the dataset rows of x
-    for x, idx in ds.loader("train", 128, shuffle=True):
-        ...                                          # the same, redrawn each pass if binarize="dynamic"
+        ...                                          # batches of any tensor (never redrawn)
+    ds = from_tensors(train, test)                   # your own (n, x_dim) tensors
 
 Data sets (``names()``): ``digits`` (the offline default), ``mnist`` and
 ``fashion-mnist`` (the standard IDX ``.gz`` files in ``root``, downloaded when
@@ -15,9 +17,11 @@ online), ``linear-gaussian`` (drawn from a :class:`~pyro_vae.models.LinearGaussi
 whose true parameters travel with the bundle).
 
 Binarization: ``"none"`` (grey levels in [0, 1]); ``"static"`` (one Bernoulli
-draw per pixel, fixed by ``seed``); ``"dynamic"`` (``ds.loader`` draws afresh on
-every pass over the training set; ``ds.train`` holds one fixed draw);
-``"threshold"`` (x > 0.5).
+draw per pixel, fixed by ``seed``); ``"dynamic"`` (``ds.loader("train", ...)``
+draws every pixel afresh from its grey level on every pass; ``ds.train`` holds one
+fixed draw, used for evaluation, and ``ds.train_probs`` the grey levels);
+``"threshold"`` (x > 0.5). Train with ``ds.loader``: a plain ``loader(ds.train)``
+cannot know the data were meant to be redrawn.
 """
 
 from __future__ import annotations
@@ -58,6 +62,13 @@ class Dataset:
     def x_dim(self) -> int:
         return self.train.shape[1]
 
+    def to(self, device) -> "Dataset":
+        """A copy with every tensor on ``device``; the loaders then yield batches there."""
+        move = lambda t: t.to(device) if torch.is_tensor(t) else t  # noqa: E731
+        return Dataset(self.name, move(self.train), move(self.test), move(self.train_labels),
+                       move(self.test_labels), self.image_shape, self.binarize, move(self.train_probs),
+                       {k: move(v) for k, v in self.params.items()})
+
     def split(self, name: str) -> torch.Tensor:
         if name not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {name!r}.")
@@ -65,10 +76,28 @@ class Dataset:
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False,
                generator: Optional[torch.Generator] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """Batches ``(x: (b, x_dim), idx: (b,))`` of a split; dynamic binarization redraws the train split."""
+        """Batches ``(x: (b, x_dim), idx: (b,))`` of a split, in a fresh random order if ``shuffle``.
+
+        With ``binarize="dynamic"`` the train split is redrawn: each pixel of each batch is a
+        new Bernoulli(grey level) draw, every epoch.
+        """
         if split == "train" and self.binarize == "dynamic":
             return loader(self.train_probs, batch_size, shuffle, generator, bernoulli=True)
         return loader(self.split(split), batch_size, shuffle, generator)
+
+
+def from_tensors(train: torch.Tensor, test: torch.Tensor, name: str = "tensors", **kw) -> Dataset:
+    """A :class:`Dataset` from your own float tensors ``train: (n, x_dim)`` and ``test: (m, x_dim)``.
+
+    ``kw`` sets any other field (``train_labels``, ``image_shape``, ...).
+    """
+    for what, t in (("train", train), ("test", test)):
+        if not torch.is_tensor(t) or t.dim() != 2:
+            shape = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
+            raise ValueError(f"from_tensors: {what} must be a 2-D tensor (n, x_dim), got {shape}.")
+    if train.shape[1] != test.shape[1]:
+        raise ValueError(f"from_tensors: train has {train.shape[1]} features per row and test {test.shape[1]}.")
+    return Dataset(name=name, train=train.float(), test=test.float(), **kw)
 
 
 def loader(x: torch.Tensor, batch_size: int, shuffle: bool = False, generator: Optional[torch.Generator] = None,
@@ -85,11 +114,21 @@ def loader(x: torch.Tensor, batch_size: int, shuffle: bool = False, generator: O
         raise ValueError("cannot iterate over an empty data set (0 rows).")
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(x), generator=generator) if shuffle else torch.arange(len(x))
+    device = generator.device if generator is not None else "cpu"
+    order = torch.randperm(len(x), generator=generator, device=device) if shuffle else torch.arange(len(x))
+    order = order.to(x.device)
     for start in range(0, len(x), batch_size):
         idx = order[start:start + batch_size]
         batch = x[idx]
-        yield (torch.bernoulli(batch, generator=generator) if bernoulli else batch), idx
+        yield (_bernoulli(batch, generator) if bernoulli else batch), idx
+
+
+def _bernoulli(probs: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """One Bernoulli(probs) draw per entry, from ``generator`` whatever device it and ``probs`` are on."""
+    if generator is None or generator.device == probs.device:
+        return torch.bernoulli(probs, generator=generator)
+    u = torch.rand(probs.shape, generator=generator, device=generator.device)
+    return (u.to(probs.device) < probs).to(probs.dtype)
 
 
 # ---------------------------------------------------------------- registry

@@ -55,6 +55,30 @@ def frozen(model: Callable):
             p.grad = grad
 
 
+def best_diagonal(posterior: torch.distributions.MultivariateNormal) -> torch.distributions.MultivariateNormal:
+    """The diagonal Gaussian closest to ``posterior`` = N(m, Sigma) in KL(q || p): N(m, diag(1 / Lambda_ii)).
+
+    Lambda = Sigma^-1 is the posterior precision: the best mean-field variances are the
+    inverse diagonal of the precision, not the diagonal of Sigma (which would be
+    the best q under the other KL, KL(p || q)). Batch shape as ``posterior``'s.
+    """
+    precision = torch.linalg.inv(posterior.covariance_matrix)
+    scale = torch.diagonal(precision, dim1=-2, dim2=-1).rsqrt()
+    return torch.distributions.MultivariateNormal(posterior.mean, scale_tril=torch.diag_embed(scale))
+
+
+def diagonal_gap(posterior: torch.distributions.MultivariateNormal) -> torch.Tensor:
+    """The approximation gap of the best diagonal Gaussian to a Gaussian posterior, in nats: ``(batch,)``.
+
+    KL(q_diag || p) = 1/2 (sum_i log Lambda_ii - log det Lambda), Lambda = Sigma^-1.
+    It is 0 exactly when Lambda is diagonal; for K = 2 with correlation rho it is
+    -1/2 log(1 - rho^2).
+    """
+    precision = torch.linalg.inv(posterior.covariance_matrix)
+    diag = torch.diagonal(precision, dim1=-2, dim2=-1)
+    return 0.5 * (diag.log().sum(-1) - torch.logdet(precision))
+
+
 def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=None, *, steps: int = 3000,
               lr: float = 3e-2, num_samples: int = 50, check_every: int = 10, patience: int = 20,
               z_dim: Optional[int] = None, progress: bool = False):
@@ -80,17 +104,18 @@ def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=Non
     module = getattr(model, "__self__", model)
     z_dim = z_dim or module.z_dim
     n = len(x)
-    guide = guides.make(FAMILIES[family], z_dim=z_dim, num_data=n)
+    device = x.device
+    guide = guides.make(FAMILIES[family], z_dim=z_dim, num_data=n).to(device)
     if init is not None:
         with torch.no_grad():
             guide.init_from(init.distribution(x) if hasattr(init, "distribution") else init)
     optimizer = torch.optim.SparseAdam(list(guide.parameters()), lr=lr)
-    rows = torch.arange(n)
-    best = torch.full((n,), -math.inf)
-    stale = torch.zeros(n, dtype=torch.long)
-    active = torch.ones(n, dtype=torch.bool)
-    running = torch.zeros(n)
-    steps_taken = torch.zeros(n, dtype=torch.long)
+    rows = torch.arange(n, device=device)
+    best = torch.full((n,), -math.inf, device=device)
+    stale = torch.zeros(n, dtype=torch.long, device=device)
+    active = torch.ones(n, dtype=torch.bool, device=device)
+    running = torch.zeros(n, device=device)
+    steps_taken = torch.zeros(n, dtype=torch.long, device=device)
     with frozen(model):
         bar = tqdm(range(steps), desc=f"q* {family}", disable=not progress, leave=False)
         for step in bar:
@@ -121,22 +146,37 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
               ) -> pd.DataFrame:
     """The gap decomposition for ``guide`` on ``x: (n, D)``: one row per datapoint, in nats.
 
-    Columns: ``log_px`` (importance-weighted, ``ll_samples`` samples, proposal
-    the best q found), ``elbo_q`` (L[q] of ``guide``; NaN when a per-datapoint
-    guide has no parameters for these rows, i.e. ``idx`` is None),
-    ``elbo_qstar_<family>`` for each family, ``approximation_gap`` =
-    log_px - L[q*] and ``amortization_gap`` = L[q*] - L[q] with q* in the
-    guide's own family, each with a ``_se`` Monte Carlo standard error column;
-    ``log_px_exact`` when ``exact`` (a function x -> exact log p(x)) is given.
+    Columns, each estimate with a ``_se`` Monte Carlo standard error column:
+
+    - ``log_px``: importance-weighted log p(x), ``ll_samples`` samples, proposal the best q found;
+      ``log_px_exact`` when ``exact`` (a function x -> exact log p(x)) is given;
+    - ``elbo_q``: L[q] of ``guide`` (NaN when a per-datapoint guide has no parameters for
+      these rows, i.e. ``idx`` is None);
+    - ``elbo_qstar_<family>`` for each family: L[q*], the per-datapoint optimum, decoder frozen;
+    - ``approximation_gap`` = log_px - L[q*] with q* in the guide's own family;
+    - ``amortization_gap`` = L[q*] - L[q] for an amortized guide (an encoder), else NaN;
+    - ``optimization_gap`` = L[q*] - L[q] for a per-datapoint guide: there is no encoder, so
+      this is how far training left the datapoint's own parameters from their optimum
+      for the final decoder; NaN for amortized guides.
+
     ``fit_kwargs`` go to :func:`fit_local`.
+
+    :raises ValueError: when the guide's own family is not among ``families`` (its gaps
+        would be measured against the wrong q*).
     """
+    if guide.family not in families:
+        raise ValueError(
+            f"decompose: the {type(guide).__name__} guide's family is {guide.family!r}, which is not among "
+            f"families={list(families)}; add it, since its gaps are measured against q* of its own family."
+        )
     has_q = guide.amortized or idx is not None
     with torch.no_grad():
         init = guide.distribution(x, idx) if has_q else None
     out = pd.DataFrame(index=pd.RangeIndex(len(x), name="row"))
+    rows = torch.arange(len(x), device=x.device)
 
     def put(name, est):
-        out[name], out[f"{name}_se"] = est.value.numpy(), est.stderr.numpy()
+        out[name], out[f"{name}_se"] = est.value.detach().cpu().numpy(), est.stderr.detach().cpu().numpy()
 
     if has_q:
         put("elbo_q", estimators.elbo(model, guide, x, idx, elbo_samples))
@@ -145,33 +185,44 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
     best_guide, best_elbo = (guide, out["elbo_q"].mean()) if has_q else (None, -math.inf)
     for family in families:
         qstar = fit_local(model, x, family, init=init, progress=progress, **fit_kwargs)
-        put(f"elbo_qstar_{family}", estimators.elbo(model, qstar, x, torch.arange(len(x)), elbo_samples))
+        put(f"elbo_qstar_{family}", estimators.elbo(model, qstar, x, rows, elbo_samples))
         if out[f"elbo_qstar_{family}"].mean() > best_elbo:
             best_guide, best_elbo = qstar, out[f"elbo_qstar_{family}"].mean()
-    proposal_idx = torch.arange(len(x)) if best_guide is not guide else idx
+    proposal_idx = rows if best_guide is not guide else idx
     put("log_px", estimators.log_likelihood(model, best_guide, x, proposal_idx, ll_samples, chunk_size))
     if exact is not None:
-        out["log_px_exact"] = exact(x).detach().numpy()
-    own = f"elbo_qstar_{guide.family}" if guide.family in families else f"elbo_qstar_{families[0]}"
+        out["log_px_exact"] = exact(x).detach().cpu().numpy()
+    own = f"elbo_qstar_{guide.family}"
     out["approximation_gap"] = out["log_px"] - out[own]
     out["approximation_gap_se"] = (out["log_px_se"] ** 2 + out[f"{own}_se"] ** 2) ** 0.5
-    out["amortization_gap"] = out[own] - out["elbo_q"]
-    out["amortization_gap_se"] = (out[f"{own}_se"] ** 2 + out["elbo_q_se"] ** 2) ** 0.5
+    gap = out[own] - out["elbo_q"]
+    gap_se = (out[f"{own}_se"] ** 2 + out["elbo_q_se"] ** 2) ** 0.5
+    kept, empty = ("amortization_gap", "optimization_gap") if guide.amortized else \
+        ("optimization_gap", "amortization_gap")
+    out[kept], out[f"{kept}_se"] = gap, gap_se
+    out[empty] = out[f"{empty}_se"] = math.nan
     return out
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    """Means over datapoints of every estimate column, with the standard error of each mean.
+    """Means over datapoints of every estimate column of :func:`decompose`, with two standard errors.
 
-    The standard error combines the spread across datapoints (std / sqrt(n))
-    and the per-datapoint Monte Carlo errors. Returns one row per quantity,
-    columns ``mean`` and ``se``.
+    Returns one row per quantity with columns
+
+    - ``mean``: the mean over the n datapoints (NaN where the column is empty);
+    - ``se``: std / sqrt(n) across datapoints, the standard error of the mean as an estimate
+      of the mean over the data distribution. Each per-datapoint value already carries its own
+      Monte Carlo noise, so this spread includes it: it is not added a second time;
+    - ``mc_se``: sqrt(sum of squared ``_se``) / n, the Monte Carlo error alone: the standard
+      error of the mean over *these* datapoints, which is what a rerun with another seed
+      would move (0 for a column without ``_se``).
     """
     names = [c for c in table.columns if not c.endswith("_se")]
     n = len(table)
     rows = {}
     for c in names:
-        spread = table[c].std(ddof=1) / math.sqrt(n) if n > 1 else 0.0
-        mc = math.sqrt((table[f"{c}_se"] ** 2).sum()) / n if f"{c}_se" in table else 0.0
-        rows[c] = {"mean": table[c].mean(), "se": math.sqrt(spread**2 + mc**2)}
+        values = table[c]
+        spread = values.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+        mc = math.sqrt((table[f"{c}_se"] ** 2).sum(min_count=1)) / n if f"{c}_se" in table else 0.0
+        rows[c] = {"mean": values.mean(), "se": spread, "mc_se": mc}
     return pd.DataFrame.from_dict(rows, orient="index")

@@ -25,7 +25,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 
 from .contract import SITE, data_plate
-from .nets import mlp, unique_name
+from .nets import check_sizes, mlp, unique_name
 
 #: likelihood name -> (support description, check of the support on a tensor)
 LIKELIHOODS = {
@@ -68,6 +68,12 @@ def check_data(x: torch.Tensor, x_dim: int, likelihood: str, what: str = "x") ->
         )
 
 
+def _randn(*shape: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Standard normal draws on ``generator``'s device (the CPU when None)."""
+    device = generator.device if generator is not None else "cpu"
+    return torch.randn(*shape, generator=generator, device=device)
+
+
 class LatentVariableModel(PyroModule):
     """z ~ N(0, I_K), x | z ~ ``likelihood_dist(z)``, one pair per datapoint in the plate ``"data"``.
 
@@ -108,10 +114,19 @@ class LatentVariableModel(PyroModule):
         """E[x | z] for ``z: (..., K)``, shape ``(..., D)``: the image a latent code decodes to."""
         return self.likelihood_dist(z).mean
 
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters (the CPU for a model without any)."""
+        return next((p.device for p in self.parameters()), torch.device("cpu"))
+
     @torch.no_grad()
-    def sample_mean(self, n: int) -> torch.Tensor:
-        """E[x | z] for ``n`` draws z ~ p(z): ``(n, D)``."""
-        return self.mean(torch.randn(n, self.z_dim))
+    def sample_mean(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """E[x | z] for ``n`` draws z ~ p(z): ``(n, D)``, on the model's device.
+
+        z is drawn on ``generator``'s device (the CPU by default) and then moved, so one seed
+        gives the same draws on every device.
+        """
+        return self.mean(_randn(n, self.z_dim, generator=generator).to(self.device))
 
 
 class VAE(LatentVariableModel):
@@ -139,6 +154,7 @@ class VAE(LatentVariableModel):
     ):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {sorted(LIKELIHOODS)}.")
+        check_sizes("VAE", x_dim=x_dim, z_dim=z_dim, hidden=tuple(hidden))
         super().__init__(name or unique_name("vae"))
         self.x_dim, self.z_dim, self.hidden = x_dim, z_dim, tuple(hidden)
         self.likelihood, self.num_data = likelihood, num_data
@@ -201,7 +217,7 @@ class LinearGaussian(LatentVariableModel):
     def marginal(self) -> dist.MultivariateNormal:
         """p(x) = N(b, W W^T + s^2 I), event shape ``(D,)``."""
         W, b, s = self.W, self.b, self.noise_scale
-        cov = W @ W.T + s**2 * torch.eye(self.x_dim)
+        cov = W @ W.T + s**2 * torch.eye(self.x_dim, dtype=W.dtype, device=W.device)
         return dist.MultivariateNormal(b, covariance_matrix=cov)
 
     def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,7 +227,7 @@ class LinearGaussian(LatentVariableModel):
     def posterior(self, x: torch.Tensor) -> dist.MultivariateNormal:
         """Exact p(z | x) for ``x: (batch, D)``: batch shape ``(batch,)``, event ``(K,)``."""
         W, b, s = self.W, self.b, self.noise_scale
-        precision = torch.eye(self.z_dim) + W.T @ W / s**2
+        precision = torch.eye(self.z_dim, dtype=W.dtype, device=W.device) + W.T @ W / s**2
         cov = torch.linalg.inv(precision)
         cov = (cov + cov.T) / 2
         loc = (x - b) @ W @ cov.T / s**2
@@ -219,7 +235,11 @@ class LinearGaussian(LatentVariableModel):
 
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None):
-        """Draw ``n`` pairs: returns ``(z: (n, K), x: (n, D))``."""
-        z = torch.randn(n, self.z_dim, generator=generator)
-        eps = torch.randn(n, self.x_dim, generator=generator)
+        """Draw ``n`` pairs: returns ``(z: (n, K), x: (n, D))`` on the model's device.
+
+        The noise is drawn on ``generator``'s device (the CPU by default) and moved, so one
+        seed gives the same data on every device.
+        """
+        z = _randn(n, self.z_dim, generator=generator).to(self.device)
+        eps = _randn(n, self.x_dim, generator=generator).to(self.device)
         return z, self.mean(z) + self.noise_scale * eps

@@ -29,11 +29,27 @@ def unique_name(prefix: str) -> str:
     return prefix if n == 0 else f"{prefix}_{n}"
 
 
+def check_sizes(owner: str, **sizes) -> None:
+    """Raise a ValueError naming the fix unless every size is a positive integer (``hidden`` may be a list).
+
+    Usage: ``check_sizes("VAE", x_dim=64, z_dim=8, hidden=(128,))``.
+    """
+    for name, value in sizes.items():
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if name == "hidden" and not values:
+            continue  # no hidden layer: a linear map
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+        if bad:
+            raise ValueError(f"{owner}: {name} must be {'positive integers' if name == 'hidden' else 'a positive integer'}"
+                             f", got {value!r}; pass e.g. {name}={'(128,)' if name == 'hidden' else 8}.")
+
+
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation=torch.nn.ReLU) -> PyroModule:
     """A PyroModule MLP ``in_dim -> hidden... -> out_dim`` with ``activation`` between layers.
 
     Input ``(..., in_dim)``, output ``(..., out_dim)``; the last layer is linear.
     """
+    check_sizes("mlp", in_dim=in_dim, hidden=tuple(hidden), out_dim=out_dim)
     dims = [in_dim, *hidden, out_dim]
     layers = []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):

@@ -5,7 +5,9 @@ Usage::
     fig = learning_curves(history)   # history: DataFrame with epoch, train_loss, test_loss[, guide]
     save(fig, "runs/x/learning_curves.png")
 
-The only module that imports matplotlib and seaborn.
+The only module that imports matplotlib and seaborn. Importing it leaves the
+matplotlib backend alone (a notebook keeps its inline backend); the command
+line chooses a non-interactive one for itself.
 """
 
 from __future__ import annotations
@@ -14,12 +16,9 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
 
 @contextmanager
@@ -59,28 +58,37 @@ def learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
     return fig
 
 
-def gap_bars(table: pd.DataFrame, title: str = "Where the ELBO loses to log p(x)"):
-    """Stacked bars per guide: approximation gap (bottom) and amortization gap (top), one panel per split.
+#: gap column -> the label a figure shows for it
+GAP_LABELS = {
+    "approximation_gap": "approximation gap: log p(x) - L[q*]",
+    "amortization_gap": "amortization gap: L[q*] - L[q] (encoder)",
+    "optimization_gap": "optimization gap: L[q*] - L[q_i] (per-datapoint q left by training)",
+}
 
-    ``table``: rows (guide, split) with ``approximation_gap`` and ``amortization_gap`` in nats.
+
+def gap_bars(per_point: pd.DataFrame, title: str = "Where the ELBO loses to log p(x)"):
+    """Mean gaps per guide with error bars of 2 standard errors across datapoints, one panel per split.
+
+    ``per_point``: one row per datapoint with columns ``guide``, ``split`` and any of
+    the gap columns of :func:`pyro_vae.gaps.decompose` (nats). Bars stand side by side,
+    not stacked, so a gap that comes out negative within its error shows as one.
     """
-    df = table.copy()
-    df["total_gap"] = df["approximation_gap"] + df["amortization_gap"].fillna(0.0)
-    splits = list(dict.fromkeys(df["split"]))
-    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4.2), sharey=True, squeeze=False)
-    palette = sns.color_palette("deep")
-    for ax, split in zip(axes[0], splits):
-        part = df[df["split"] == split]
-        with _quiet():
-            sns.barplot(data=part, x="guide", y="total_gap", color=palette[1], ax=ax, label="amortization gap")
-            sns.barplot(data=part, x="guide", y="approximation_gap", color=palette[0], ax=ax,
-                        label="approximation gap")
-        ax.set(title=f"{split} points", xlabel="guide the decoder was trained with",
-               ylabel="gap (nats per datapoint)")
-        ax.legend(loc="upper left")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    gaps = [c for c in GAP_LABELS if c in per_point]
+    long = per_point.melt(id_vars=["guide", "split"], value_vars=gaps, var_name="gap", value_name="nats").dropna()
+    long["gap"] = long["gap"].map(GAP_LABELS)
+    with _quiet():
+        grid = sns.catplot(data=long, kind="bar", x="guide", y="nats", hue="gap", col="split",
+                           hue_order=[GAP_LABELS[g] for g in gaps], errorbar=("se", 2), capsize=0.1,
+                           height=4.2, aspect=1.1, order=list(dict.fromkeys(per_point["guide"])),
+                           legend_out=False)
+    for ax in grid.axes.flat:
+        ax.axhline(0.0, color="black", linewidth=0.8)
+    grid.set_axis_labels("guide the decoder was trained with", "gap (nats per datapoint)")
+    grid.set_titles("{col_name} points")
+    sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, 0.0), ncol=1, title="mean over datapoints, "
+                    "error bars: 2 standard errors")
+    grid.figure.suptitle(title, y=1.03)
+    return grid.figure
 
 
 def latent_scatter(latents: pd.DataFrame, title: str = "Latent means coloured by label"):

@@ -1,3 +1,5 @@
+import socket
+
 import pyro
 import pytest
 import torch
@@ -13,6 +15,20 @@ def fresh_pyro():
     pyro.clear_param_store()
 
 
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Tests never touch the network: any connection but loopback fails at once, as on an offline machine."""
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and host not in ("localhost", "127.0.0.1", "::1") and self.family != socket.AF_UNIX:
+            raise OSError(f"tests are offline: refused a connection to {address}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
 @pytest.fixture(scope="session")
 def digits():
     from pyro_vae import data
@@ -23,3 +39,7 @@ def digits():
 def se_tolerance(*ses, k=4.0):
     """k combined standard errors: the tolerance every Monte Carlo comparison uses."""
     return k * float(torch.stack([torch.as_tensor(s, dtype=torch.float64) for s in ses]).pow(2).sum().sqrt())
+
+
+#: the devices every device-aware test runs on: the CPU, and CUDA where there is one
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

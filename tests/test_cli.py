@@ -6,10 +6,19 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 
 import guides
 from pyro_vae import cli
-from pyro_vae.train import CHECKPOINT
+from pyro_vae.train import CHECKPOINT, PREVIOUS_CHECKPOINT, load_checkpoint
+
+SMALL = ["--z-dim", "4", "--hidden", "32", "--no-progress"]
+
+
+def _run(*args):
+    """``pyro-vae ARGS`` in a fresh process: (exit status, stdout, stderr)."""
+    done = subprocess.run([sys.executable, "-m", "pyro_vae.cli", *args], capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stdout, done.stderr
 
 
 def test_guides_lists_the_registry(capsys):
@@ -17,33 +26,102 @@ def test_guides_lists_the_registry(capsys):
     assert capsys.readouterr().out.split() == guides.names()
 
 
-def test_help_shows_every_flag_with_its_default():
-    out = subprocess.run([sys.executable, "-m", "pyro_vae.cli", "train", "--help"], capture_output=True, text=True,
-                         check=True).stdout
-    for flag in ("--data", "--guide", "--z-dim", "--epochs", "--out", "--resume", "--binarize", "--lr"):
+def test_help_shows_every_flag_with_its_default_and_what_each_seed_drives():
+    code, out, _ = _run("train", "--help")
+    assert code == 0
+    for flag in ("--data", "--guide", "--z-dim", "--epochs", "--out", "--resume", "--binarize", "--lr", "--device",
+                 "--data-seed", "--no-download"):
         assert flag in out
     assert "(default: digits)" in out and "(default: 300)" in out
+    flat = " ".join(out.split())
+    for role in ("initial weights", "order of the mini-batches", "dynamic binarization", "train/test split",
+                 "static binarization"):
+        assert role in flat, role
 
 
-def test_train_writes_its_outputs_and_resumes(tmp_path, capsys):
-    out = tmp_path / "run"
-    args = ["train", "--guide", "mvn", "--z-dim", "4", "--hidden", "32", "--epochs", "2", "--out", str(out),
-            "--no-progress"]
+def test_the_same_seed_gives_the_same_history_in_two_processes(tmp_path):
+    runs = {}
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        code, _, err = _run("train", "--epochs", "2", "--seed", seed, "--out", str(tmp_path / name), *SMALL)
+        assert code == 0, err
+        runs[name] = pd.read_csv(tmp_path / name / "history.csv")
+    losses = ["epoch", "train_loss", "test_loss"]  # "seconds" is wall time
+    pd.testing.assert_frame_equal(runs["a"][losses], runs["b"][losses], check_exact=True)
+    assert not runs["a"]["train_loss"].equals(runs["c"]["train_loss"])
+    weights = [load_checkpoint(tmp_path / name / CHECKPOINT)["model"] for name in "ab"]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_train_writes_its_outputs_and_resume_continues_the_run(tmp_path, capsys):
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    args = ["train", "--guide", "mvn", "--epochs", "2", "--out", str(out), *SMALL]
     assert cli.main(args) == 0
     for name in ("config.json", "history.csv", CHECKPOINT, "learning_curves.png"):
         assert (out / name).exists(), name
     assert json.loads((out / "config.json").read_text())["guide"] == "mvn"
-    assert cli.main(["train", "--epochs", "3", "--out", str(out), "--resume", "--no-progress"]) == 0
+    first = pd.read_csv(out / "history.csv")
+    # the saved flags are kept on resume: the changed --z-dim and --guide below must be ignored
+    assert cli.main(["train", "--epochs", "3", "--out", str(out), "--resume", "--no-progress", "--z-dim", "6",
+                     "--guide", "normal"]) == 0
     history = pd.read_csv(out / "history.csv")
     assert history["epoch"].tolist() == [1, 2, 3]
+    # epochs 1-2 were restored, not trained again: even their wall-clock seconds are the first run's
+    pd.testing.assert_frame_equal(history.iloc[:2], first, check_exact=True)
     assert "test -ELBO" in capsys.readouterr().out
+    # and the weights continue exactly: the same as three epochs straight
+    assert cli.main(["train", "--guide", "mvn", "--epochs", "3", "--out", str(straight), *SMALL]) == 0
+    a, b = (load_checkpoint(d / CHECKPOINT) for d in (out, straight))
+    assert a["epoch"] == b["epoch"] == 3
+    assert all(torch.equal(a["guide"][k], b["guide"][k]) for k in b["guide"])
+    pd.testing.assert_frame_equal(history[["train_loss", "test_loss"]],
+                                  pd.read_csv(straight / "history.csv")[["train_loss", "test_loss"]], check_exact=True)
 
 
-def test_errors_are_one_clear_line(tmp_path, capsys):
-    code = cli.main(["train", "--data", "mnist", "--root", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
-                     "--no-progress"])
+def test_missing_mnist_is_one_clear_line_and_offline(tmp_path, capsys):
+    code = cli.main(["train", "--data", "mnist", "--root", str(tmp_path / "none"), "--no-download",
+                     "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2 and "train-images-idx3-ubyte.gz" in err and "Traceback" not in err
+    assert code == 2 and "train-images-idx3-ubyte.gz" in err and "download=False" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "-1"], "argument --epochs: -1 is not positive"),
+    (["--z-dim", "0"], "argument --z-dim: 0 is not positive"),
+    (["--hidden", "64", "0"], "argument --hidden: 0 is not positive"),
+    (["--lr", "nan"], "argument --lr: nan is not a finite positive number"),
+    (["--batch-size", "x"], "argument --batch-size: 'x' is not an integer"),
+])
+def test_bad_flags_are_one_line_and_status_2(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and "--help" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_resume_of_a_folder_without_a_run(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["train", "--resume", "--out", str(tmp_path / "empty"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no run to continue" in err and "without --resume" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_truncated_checkpoint_in_a_fresh_process(tmp_path):
+    """Latest truncated, previous good: warn in one line and continue. Both bad: one line, status 2, no traceback."""
+    out = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "2", "--out", str(out), *SMALL]) == 0
+    latest = out / CHECKPOINT
+    latest.write_bytes(latest.read_bytes()[: len(latest.read_bytes()) // 2])
+    code, stdout, err = _run("train", "--resume", "--epochs", "3", "--out", str(out), "--no-progress")
+    assert code == 0, err
+    assert err.count("\n") == 1 and "warning" in err and "checkpoint.prev.pt (epoch 1)" in err
+    assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [1, 2, 3]
+    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+        (out / name).write_bytes(b"\0" * 100)
+    code, _, err = _run("train", "--resume", "--epochs", "4", "--out", str(out), "--no-progress")
+    assert code == 2 and "cannot be read" in err and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_unknown_guide_is_refused_by_the_parser(capsys):

@@ -29,6 +29,38 @@ def test_binarizations(binarize):
         assert not torch.equal(first, second) and set(first.unique().tolist()) <= {0.0, 1.0}
 
 
+def test_dynamic_binarization_redraws_through_the_documented_loop():
+    """The README's loop, ``ds.loader("train", ...)``, yields fresh Bernoulli(grey level) pixels every epoch.
+
+    Over E epochs each pixel of each datapoint is seen E times; its frequency must match its grey
+    level within 4 binomial standard errors (overall and per pixel), and a fixed draw (the bug this
+    guards) would not: it repeats the same value E times.
+    """
+    ds = data.load("digits", binarize="dynamic")
+    probs = ds.train_probs
+    epochs = 200
+    counts = torch.zeros_like(probs)
+    changed = 0
+    previous = None
+    for _ in range(epochs):
+        epoch = torch.zeros_like(probs)
+        for x, idx in ds.loader("train", batch_size=128, shuffle=True):
+            assert set(x.unique().tolist()) <= {0.0, 1.0}
+            epoch[idx] = x
+        counts += epoch
+        changed += 0 if previous is None else int((epoch != previous).any())
+        previous = epoch
+    assert changed == epochs - 1
+    freq = counts / epochs
+    se = (probs * (1 - probs) / epochs).sqrt()
+    inside = (freq - probs).abs() <= 4 * se + 1e-6
+    assert inside.float().mean() > 0.999
+    z = ((counts - epochs * probs).sum() / (epochs * probs * (1 - probs)).sum().sqrt()).item()
+    assert abs(z) < 4
+    fixed = previous.expand(epochs, *previous.shape).mean(0)  # what a single draw repeated would give
+    assert ((fixed - probs).abs() <= 4 * se + 1e-6).float().mean() < 0.9
+
+
 def test_static_is_reproducible():
     assert torch.equal(data.load("digits", binarize="static").train, data.load("digits", binarize="static").train)
 

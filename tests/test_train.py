@@ -9,7 +9,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 import guides
 from pyro_vae import compare, data, fit
 from pyro_vae.optim import LazyAdam
-from pyro_vae.train import CHECKPOINT, load_checkpoint
+from pyro_vae.train import CHECKPOINT, PREVIOUS_CHECKPOINT, CheckpointError, CheckpointWarning, load_checkpoint
 
 
 def _build(ds, name, hidden=(64,)):
@@ -75,8 +75,77 @@ def test_checkpoint_round_trip_is_weights_only(digits, tmp_path):
 
 def test_resume_without_checkpoint_is_refused(digits, tmp_path):
     model, guide, optim = _build(digits, "normal")
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
         fit(model, guide, digits, epochs=1, optim=optim, checkpoint_dir=str(tmp_path), resume=True)
+
+
+def _train(ds, name, epochs, likelihood=None, **kw):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(7)
+    model = compare.build_model(ds, 4, (64,), likelihood=likelihood)
+    guide = compare.build_guide(name, ds, 4, (64,))
+    history = fit(model, guide, ds, epochs=epochs, optim=LazyAdam({"lr": 1e-3}, sparse_args={"lr": 1e-2}),
+                  progress=False, seed=7, **kw)
+    return model, history
+
+
+def test_a_corrupted_checkpoint_does_not_cost_the_run(digits, tmp_path):
+    """Truncate the latest checkpoint: resume warns, continues from the previous one, and ends as if nothing happened."""
+    _, straight = _train(digits, "normal", 4)
+    _train(digits, "normal", 3, checkpoint_dir=str(tmp_path))
+    assert load_checkpoint(tmp_path / PREVIOUS_CHECKPOINT)["epoch"] == 2
+    latest = tmp_path / CHECKPOINT
+    latest.write_bytes(latest.read_bytes()[:1000])
+    with pytest.warns(CheckpointWarning, match="cannot be read.*checkpoint.prev.pt.*epoch 2"):
+        _, resumed = _train(digits, "normal", 4, checkpoint_dir=str(tmp_path), resume=True)
+    cols = ["epoch", "train_loss", "test_loss"]
+    pd.testing.assert_frame_equal(straight[cols], resumed[cols])
+    assert load_checkpoint(latest)["epoch"] == 4  # the bad file was replaced by a good one
+
+
+def test_two_corrupted_checkpoints_are_one_clear_error(digits, tmp_path):
+    _train(digits, "normal", 2, checkpoint_dir=str(tmp_path))
+    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+        (tmp_path / name).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read.*previous one.*cannot be read"):
+        _train(digits, "normal", 3, checkpoint_dir=str(tmp_path), resume=True)
+
+
+def test_a_checkpoint_of_another_format_version_is_refused(digits, tmp_path):
+    _train(digits, "normal", 1, checkpoint_dir=str(tmp_path))
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    assert state["version"] == 1
+    torch.save({**state, "version": 99}, tmp_path / CHECKPOINT)
+    with pytest.raises(CheckpointError, match="format 99.*reads format 1"):
+        load_checkpoint(tmp_path / CHECKPOINT)
+
+
+def test_fit_wants_a_dataset_and_says_how_to_build_one(digits):
+    model, guide, optim = _build(digits, "normal")
+    with pytest.raises(TypeError, match=r"data.from_tensors\(train, test\)"):
+        fit(model, guide, digits.train, epochs=1, optim=optim, progress=False)
+    ds = data.from_tensors(digits.train, digits.test)
+    assert len(fit(model, guide, ds, epochs=1, optim=optim, progress=False)) == 1
+
+
+@pytest.mark.parametrize("epochs", [0, -1, 2.5])
+def test_bad_epochs_are_refused_before_any_step(digits, epochs):
+    model, guide, optim = _build(digits, "normal")
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        fit(model, guide, digits, epochs=epochs, optim=optim, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_resume_restores_constrained_parameters(tmp_path):
+    """The Gaussian likelihood's scale is a constrained PyroParam: it and its Adam moments survive a resume."""
+    grey = data.load("digits", binarize="none")
+    straight_model, straight = _train(grey, "normal", 3, likelihood="gaussian")
+    _train(grey, "normal", 2, likelihood="gaussian", checkpoint_dir=str(tmp_path))
+    model, resumed = _train(grey, "normal", 3, likelihood="gaussian", checkpoint_dir=str(tmp_path), resume=True)
+    assert not torch.allclose(model.scale, torch.ones_like(model.scale))  # the scale did move in training
+    assert torch.equal(model.scale, straight_model.scale)
+    pd.testing.assert_frame_equal(straight[["train_loss", "test_loss"]], resumed[["train_loss", "test_loss"]])
 
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")
