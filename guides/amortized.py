@@ -53,6 +53,7 @@ class AmortizedNormal(Guide):
     """
 
     family = "normal"
+    jit_safe = True
 
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (256,), scale: str = "softplus",
                  num_data: Optional[int] = None, name: Optional[str] = None):
@@ -78,6 +79,7 @@ class AmortizedMVN(Guide):
     """
 
     family = "mvn"
+    jit_safe = True
 
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (256,), num_data: Optional[int] = None,
                  min_scale: float = MIN_SCALE, name: Optional[str] = None):

@@ -34,6 +34,8 @@ class Guide(pyro.nn.PyroModule):
     amortized: bool = True
     #: the Gaussian family of q: "normal" (diagonal) or "mvn" (full covariance)
     family: str = ""
+    #: True when the test suite checks this guide under Pyro's JIT ELBOs (see pyro_vae.objectives)
+    jit_safe: bool = False
 
     def __init__(self, z_dim: int, num_data: Optional[int], name: str):
         check_sizes(type(self).__name__, z_dim=z_dim)

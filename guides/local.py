@@ -34,6 +34,7 @@ class LocalGuide(Guide):
     """Shared machinery: ``idx`` checks and sparse row gathering of ``(num_data, ...)`` parameters."""
 
     amortized = False
+    jit_safe = True
 
     def __init__(self, z_dim: int, num_data: int, name: str, min_scale: float = MIN_SCALE):
         if not isinstance(num_data, int) or num_data < 1:
@@ -52,7 +53,9 @@ class LocalGuide(Guide):
                 f"each row of x (data.loader yields (x, idx)). It has no parameters for unseen data; "
                 f"fit q* for new points with pyro_vae.gaps.fit_local."
             )
-        if idx.shape != (len(x),) or (len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= self.num_data)):
+        tracing = torch.jit.is_tracing()  # checked at the compiling call; a trace would freeze the values it reads
+        if not tracing and (idx.shape != (len(x),) or
+                            (len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= self.num_data))):
             raise ValueError(f"{type(self).__name__}: idx must have shape ({len(x)},) with values in "
                              f"[0, {self.num_data}), got shape {tuple(idx.shape)}.")
         idx = idx.long()

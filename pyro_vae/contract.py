@@ -56,5 +56,6 @@ def data_plate(x: torch.Tensor, idx: Optional[torch.Tensor], num_data: Optional[
     """The plate ``"data"`` over the rows of ``x: (batch, x_dim)``, scaled as the module docstring says."""
     if idx is None:
         return pyro.plate(PLATE, len(x))
-    check_idx(idx, len(x), num_data, owner)
+    if not torch.jit.is_tracing():  # checked at the compiling call; a trace would freeze the values it reads
+        check_idx(idx, len(x), num_data, owner)
     return pyro.plate(PLATE, num_data, subsample=idx.long())

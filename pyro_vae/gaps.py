@@ -23,11 +23,10 @@ from typing import Callable, Optional, Sequence
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
-
 import guides
 
 from . import estimators
+from .progress import progress_bar
 
 #: Gaussian family -> the per-datapoint guide that represents it
 FAMILIES = {"normal": "meanfield", "mvn": "local_mvn"}
@@ -109,7 +108,8 @@ def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=Non
     if init is not None:
         with torch.no_grad():
             guide.init_from(init.distribution(x) if hasattr(init, "distribution") else init)
-    optimizer = torch.optim.SparseAdam(list(guide.parameters()), lr=lr)
+    params = list(guide.parameters())
+    optimizer = torch.optim.SparseAdam(params, lr=lr)
     rows = torch.arange(n, device=device)
     best = torch.full((n,), -math.inf, device=device)
     stale = torch.zeros(n, dtype=torch.long, device=device)
@@ -117,12 +117,14 @@ def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=Non
     running = torch.zeros(n, device=device)
     steps_taken = torch.zeros(n, dtype=torch.long, device=device)
     with frozen(model):
-        bar = tqdm(range(steps), desc=f"q* {family}", disable=not progress, leave=False)
+        bar = progress_bar(range(steps), f"q* {family}", progress, leave=False)
         for step in bar:
             idx = rows[active]
             elbo = estimators.log_weights(model, guide, x[idx], idx, num_samples, sticking_the_landing=True).mean(0)
-            optimizer.zero_grad()
-            (-elbo.sum()).backward()
+            # autograd.grad, not backward: it computes no gradient for the frozen decoder's weights
+            # (which Pyro's param store may have set to require one), about half the backward pass
+            for p, g in zip(params, torch.autograd.grad(-elbo.sum(), params)):
+                p.grad = g
             optimizer.step()
             running[idx] += elbo.detach()
             steps_taken[idx] += 1
@@ -133,7 +135,7 @@ def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=Non
                 stale[idx] = torch.where(improved, 0, stale[idx] + 1)
                 active[idx] = stale[idx] < patience
                 running.zero_()
-                bar.set_postfix(active=f"{int(active.sum())}/{n}")
+                bar.set_postfix(active=f"{int(active.sum())}/{n}", refresh=False)
                 if not active.any():
                     break
     guide.steps_taken = steps_taken

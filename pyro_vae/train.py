@@ -28,7 +28,9 @@ import pandas as pd
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
-from tqdm.auto import tqdm
+
+from . import estimators, objectives
+from .progress import progress_bar
 
 CHECKPOINT = "checkpoint.pt"
 #: the checkpoint before the latest, kept so that a corrupted latest one does not cost the run
@@ -42,18 +44,31 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read: missing, corrupted, or of another format version."""
 
 
+class CheckpointVersionError(CheckpointError):
+    """A checkpoint written in another format version: intact, but not for this pyro-vae to read."""
+
+
 class CheckpointWarning(UserWarning):
     """Resuming from the previous checkpoint because the latest one cannot be read."""
 
 
-def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, loss=None, device: str = "cpu",
-        checkpoint_dir: Optional[str] = None, resume: bool = False, progress: bool = True, seed: int = 0,
-        config: Optional[dict] = None) -> pd.DataFrame:
+def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, loss=None, jit: Optional[bool] = None,
+        device: str = "cpu", checkpoint_dir: Optional[str] = None, resume: bool = False, progress: bool = True,
+        seed: int = 0, config: Optional[dict] = None, validate_every_step: bool = False) -> pd.DataFrame:
     """Train ``model`` and ``guide`` by SVI on ``data.train`` for ``epochs`` epochs.
+
+    Each epoch is ``for x, idx in data.loader("train", batch_size, shuffle=True): svi.step(x, idx)``.
+    Before the first step, one batch goes through Pyro's checks (validation on: shapes,
+    supports, model/guide match) and, with the JIT, through the compilation; only then is
+    the RNG seeded (or restored from the checkpoint), so a compiled and a plain run, and a
+    resumed and an uninterrupted one, draw the same random numbers.
 
     :param data: a :class:`pyro_vae.data.Dataset`.
     :param optim: a Pyro optimizer (default ``LazyAdam({"lr": 1e-3}, sparse_args={"lr": 1e-2})``).
-    :param loss: a Pyro ELBO (default ``Trace_ELBO()``).
+    :param loss: a Pyro ELBO (default ``Trace_ELBO()``, compiled as ``JitTrace_ELBO()`` when ``jit``).
+    :param jit: compile the default loss with Pyro's JIT; None (default) does so when model and
+        guide are both marked ``jit_safe`` (see :mod:`pyro_vae.objectives`). Ignored when
+        ``loss`` is given: pass the compiled ELBO itself.
     :param checkpoint_dir: write ``checkpoint.pt`` there after every epoch, atomically (a temp
         file renamed over the old one), keeping the one before as ``checkpoint.prev.pt``.
     :param resume: continue from ``checkpoint_dir/checkpoint.pt`` (or, with a
@@ -61,6 +76,9 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         read); the run then reproduces the uninterrupted run's losses exactly.
     :param seed: seeds Pyro, torch, numpy and random at the start of a fresh run.
     :param config: JSON-able settings stored in the checkpoint.
+    :param validate_every_step: keep Pyro's validation on for every step (default: only the
+        checked first batch; the data are checked up front and a NaN loss stops the run at once,
+        so later steps re-check nothing that can change, at about 10% of a step's time).
     :returns: one row per epoch: ``epoch``, ``train_loss`` (mean -ELBO over the
         epoch's steps), ``test_loss`` (-ELBO of the test split, one sample per
         point; NaN for per-datapoint guides, which have no parameters for test
@@ -79,45 +97,82 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
     guide.to(device)
     data = data.to(device)  # batches are then cut on the device
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3}, sparse_args={"lr": 1e-2})
-    loss = loss if loss is not None else Trace_ELBO()
+    if loss is None:
+        loss = objectives.make("trace", jit=objectives.jit_safe(model, guide) if jit is None else jit)
     svi = SVI(model.model, guide, optim, loss)
     path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
 
-    rows, start = [], 0
+    rows, start, state = [], 0, None
     if resume:
         if path is None:
             raise ValueError("resume=True needs checkpoint_dir, the folder of the run to continue.")
-        rows, start = _load_checkpoint(path, model, guide, optim)
-        if start > epochs:
-            raise ValueError(f"the run in {path.parent} has already trained {start} epochs: pass epochs > {start} "
-                             f"to continue it (epochs counts from the start of the run).")
+        state = read_run_checkpoint(path)
+        if state["epoch"] > epochs:
+            raise ValueError(f"the run in {path.parent} has already trained {state['epoch']} epochs: pass epochs > "
+                             f"{state['epoch']} to continue it (epochs counts from the start of the run).")
+        rows, start = _restore(state, model, guide, optim)
+    _preflight(svi, loss, model, guide, data, batch_size)
+    if state is not None:
+        _set_rng_state(state["rng"])  # after the preflight, which draws random numbers
     else:
         pyro.set_rng_seed(seed)
 
     n_train = len(data.train)
-    bar = tqdm(range(start, epochs), desc=f"fit {type(guide).__name__}", disable=not progress,
-               initial=start, total=epochs)
-    for epoch in bar:
-        t0, total = time.perf_counter(), 0.0
-        for x, idx in data.loader("train", batch_size, shuffle=True):
-            step_loss = svi.step(x, idx)
-            if not math.isfinite(step_loss):
-                raise FloatingPointError(
-                    f"svi.step returned {step_loss} at epoch {epoch + 1} (batch of rows {idx[:5].tolist()}...): "
-                    f"lower the learning rate, or check the data and the likelihood's scale."
-                )
-            total += step_loss * len(x) / n_train  # each step estimates the full-data loss
-        seconds = time.perf_counter() - t0
-        train_loss = total / n_train
-        test_loss = _test_loss(svi, guide, data, batch_size, device)
-        rows.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss, "seconds": seconds})
-        shown = {"train": f"{train_loss:.2f}"}
-        if math.isfinite(test_loss):
-            shown["test"] = f"{test_loss:.2f}"
-        bar.set_postfix(shown)
-        if path is not None:
-            _save_checkpoint(path, model, guide, optim, rows, config)
+    bar = progress_bar(range(start, epochs), f"fit {type(guide).__name__}", progress, initial=start, total=epochs)
+    with pyro.validation_enabled(validate_every_step), objectives.quiet_jit():
+        for epoch in bar:
+            t0, total = time.perf_counter(), 0.0
+            for x, idx in data.loader("train", batch_size, shuffle=True):
+                step_loss = svi.step(x, idx)
+                if not math.isfinite(step_loss):
+                    raise FloatingPointError(
+                        f"svi.step returned {step_loss} at epoch {epoch + 1} (batch of rows {idx[:5].tolist()}...): "
+                        f"lower the learning rate, or check the data and the likelihood's scale."
+                    )
+                total += step_loss * len(x) / n_train  # each step estimates the full-data loss
+            seconds = time.perf_counter() - t0
+            train_loss = total / n_train
+            test_loss = test_elbo_loss(model, guide, data.test)
+            rows.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss, "seconds": seconds})
+            shown = {"train": f"{train_loss:.2f}"}
+            if math.isfinite(test_loss):
+                shown["test"] = f"{test_loss:.2f}"
+            bar.set_postfix(shown, refresh=False)
+            if path is not None:
+                _save_checkpoint(path, model, guide, optim, rows, config)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _preflight(svi, loss, model, guide, data, batch_size) -> None:
+    """One batch through Pyro's checks, and through the JIT's compilation; leaves no gradient behind.
+
+    Validation is on for this one loss: it checks every site's shape, support and
+    model/guide match with Pyro's own messages. A compiled loss is traced here, on the
+    same callables ``svi.step`` uses, so the first training step does not draw extra
+    random numbers for its compilation.
+    """
+    n = min(batch_size, len(data.train))
+    x, idx = data.train[:n], torch.arange(n, device=data.train.device)
+    with pyro.validation_enabled(True):
+        Trace_ELBO().loss(svi.model, svi.guide, x, idx)
+    if objectives.is_jit(loss):
+        with objectives.quiet_jit():
+            loss.loss_and_grads(svi.model, svi.guide, x, idx)
+    for p in [*model.parameters(), *guide.parameters()]:
+        p.grad = None
+
+
+@torch.no_grad()
+def test_elbo_loss(model, guide, x: torch.Tensor, chunk_size: int = 1024) -> float:
+    """-ELBO of ``x: (n, D)`` under an amortized guide, one sample per point, in nats per datapoint.
+
+    NaN for a per-datapoint guide, which has no q for points outside its training set.
+    """
+    if not getattr(guide, "amortized", True):
+        return float("nan")
+    total = sum(float(estimators.elbo(model.model, guide, x[i:i + chunk_size], None, num_samples=1).value.sum())
+                for i in range(0, len(x), chunk_size))
+    return -total / len(x)
 
 
 def _check_setup(model, guide, data, epochs, batch_size) -> None:
@@ -141,14 +196,6 @@ def _check_setup(model, guide, data, epochs, batch_size) -> None:
                 f"the {who} was built with num_data={getattr(obj, 'num_data', None)} but the training set has "
                 f"{n} rows: build both with num_data=len(data.train) so mini-batches scale to the full data."
             )
-
-
-def _test_loss(svi, guide, data, batch_size, device) -> float:
-    if not getattr(guide, "amortized", True):
-        return float("nan")
-    with torch.no_grad():
-        total = sum(svi.evaluate_loss(x) for x, _ in data.loader("test", batch_size * 4))
-    return total / len(data.test)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -241,23 +288,31 @@ def load_checkpoint(path) -> dict:
     if not isinstance(state, dict) or any(k not in state for k in _REQUIRED):
         missing = [k for k in _REQUIRED if not isinstance(state, dict) or k not in state]
         if missing == ["version"]:
-            raise CheckpointError(f"{path} was written by pyro-vae before checkpoints carried a format version; "
-                                  f"this version reads format {CHECKPOINT_VERSION}: train the run again.")
+            raise CheckpointVersionError(f"{path} was written by pyro-vae before checkpoints carried a format "
+                                         f"version; this version reads format {CHECKPOINT_VERSION}: train the run "
+                                         f"again.")
         raise CheckpointError(f"{path} is not a pyro-vae checkpoint (missing {', '.join(missing)}).")
     if state["version"] != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format {state['version']} and this pyro-vae reads format "
-                              f"{CHECKPOINT_VERSION}: use the pyro-vae that wrote it, or train the run again.")
+        raise CheckpointVersionError(f"{path} has checkpoint format {state['version']} and this pyro-vae reads "
+                                     f"format {CHECKPOINT_VERSION}: use the pyro-vae that wrote it, or train the "
+                                     f"run again.")
     return state
 
 
 def read_run_checkpoint(path) -> dict:
     """The latest readable checkpoint of a run: ``path``, else ``checkpoint.prev.pt`` beside it, with a warning.
 
+    A checkpoint of another format version is intact work of another pyro-vae: it is never
+    passed over for the previous one (resuming would overwrite it).
+
     :raises CheckpointError: when neither can be read; the message names both problems.
+    :raises CheckpointVersionError: when the latest one is of another format version.
     """
     path = Path(path)
     try:
         return load_checkpoint(path)
+    except CheckpointVersionError:
+        raise
     except CheckpointError as latest:
         previous = path.with_name(PREVIOUS_CHECKPOINT)
         if not previous.exists():
@@ -271,14 +326,16 @@ def read_run_checkpoint(path) -> dict:
         return state
 
 
-def _load_checkpoint(path: Path, model, guide, optim):
-    state = read_run_checkpoint(path)
+def _restore(state: dict, model, guide, optim):
+    """Put a checkpoint's weights and optimizer state in place; returns (history rows, epochs done).
+
+    The RNG state is restored by the caller, last, once nothing else draws random numbers.
+    """
     model.load_state_dict(state["model"])
     guide.load_state_dict(state["guide"])
     to_store = {}
     for prefix, module in (("model", model), ("guide", guide)):
         to_store.update({f"{prefix}/{local}": store for local, store in _store_names(module).items()})
     optim.set_state({to_store[local]: s for local, s in state["optim"].items()})
-    _set_rng_state(state["rng"])
     rows = [{**row, "epoch": int(row["epoch"])} for row in state["history"]]
     return rows, int(state["epoch"])

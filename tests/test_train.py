@@ -148,11 +148,35 @@ def test_resume_restores_constrained_parameters(tmp_path):
     pd.testing.assert_frame_equal(straight[["train_loss", "test_loss"]], resumed[["train_loss", "test_loss"]])
 
 
-@pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")
-def test_nan_is_caught_at_the_first_step(digits):
+def test_a_nan_weight_is_refused_before_any_step(digits):
+    """The first batch goes through Pyro's validation before training: a diverged weight is named there."""
     model, guide, optim = _build(digits, "normal")
     with torch.no_grad():
-        model.decoder[0].weight[0, 0] = float("nan")  # a diverged weight
-    # With validation on, torch refuses the NaN logits itself; fit's own check is the net when it is off.
-    with pyro.validation_enabled(False), pytest.raises(FloatingPointError, match="epoch 1"):
+        model.decoder[0].weight[0, 0] = float("nan")
+    with pyro.validation_enabled(False), pytest.raises(ValueError, match="logits"):
         fit(model, guide, digits, epochs=3, optim=optim, progress=False)
+
+
+class _DivergesAfter(LazyAdam):
+    """LazyAdam that turns a decoder weight into NaN after ``n`` steps: a run that diverges mid-training."""
+
+    def __init__(self, weight, n):
+        super().__init__({"lr": 1e-3})
+        self.weight, self.n = weight, n
+
+    def __call__(self, params, *args, **kwargs):
+        super().__call__(params, *args, **kwargs)
+        self.n -= 1
+        if self.n == 0:
+            with torch.no_grad():
+                self.weight[0, 0] = float("nan")
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")
+@pytest.mark.parametrize("jit", [False, True])
+def test_nan_during_training_stops_the_run_at_once(digits, jit):
+    """Validation is off after the first batch; fit's own check stops the step that returns NaN."""
+    model, guide, _ = _build(digits, "normal")
+    optim = _DivergesAfter(model.decoder[0].weight, n=15)  # epoch 2, step 4 (12 steps per epoch)
+    with pytest.raises(FloatingPointError, match="svi.step returned nan at epoch 2"):
+        fit(model, guide, digits, epochs=3, optim=optim, progress=False, jit=jit)

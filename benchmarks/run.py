@@ -1,0 +1,450 @@
+"""Speed of pyro-vae against hand-written PyTorch, side by side in one run, as ratios.
+
+    python benchmarks/run.py                      # every row; writes benchmarks/results.csv and results.md
+    python benchmarks/run.py --rows step_digits fit_digits_128 --rounds 50
+
+Each row times our path and a reference in interleaved rounds in one process (so both see
+the same machine state), and reports medians, their ratio, the goal, and peak memory (Linux's
+VmHWM; NaN elsewhere): for the step and fit rows, what building and running each variant
+takes in a fresh process beyond its imports; for the q* and IWAE rows, what each run adds
+above what the process held before it. The references are plain PyTorch on the same modules and
+shapes, with the same estimator and one ``torch.optim.Adam`` over all parameters, fused
+as ours is:
+
+- ``step_*``: one training step, the single-sample ELBO, batch 128 (N = 60000 for scaling);
+- ``fit_*``: one epoch of ``fit`` on digits (shuffled batches of 128 plus the per-epoch test
+  -ELBO fit records), against the same loop written by hand; the fixed cost of a ``fit``
+  call (its checked first batch and, with the JIT, the compilation) is measured apart by
+  timing 2 and 12 epochs and reported in the notes;
+- ``qstar_200``: ``gaps.fit_local`` for 200 points at once against the per-datapoint loop of
+  Cremer, Li & Duvenaud's code (one point at a time, Adam lr 1e-3, 50 samples, a check every
+  100 steps, stop after 10 checks without improvement), both from the prior, on the same
+  trained decoder; the loop is timed on ``--qstar-loop-points`` of the points and scaled
+  to 200, and both L[q*] are reported;
+- ``iwae_5000``: ``estimators.log_likelihood`` with K = 5000 for 200 points, chunked, against
+  the same samples' decoder forwards and log-densities written by hand (the ratio is the
+  efficiency: reference / ours);
+- ``compare_digits``: the README's main job, ``pyro-vae compare`` on digits, wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO
+
+import guides
+from pyro_vae import data, estimators, fit, gaps, models
+from pyro_vae.optim import LazyAdam
+
+HERE = Path(__file__).resolve().parent
+N_SCALE, BATCH = 60000, 128
+
+
+# ---------------------------------------------------------------- measuring
+
+def _status(field: str) -> float:
+    """A field of /proc/self/status in MB (NaN off Linux)."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return math.nan
+    return int(re.search(rf"{field}:\s+(\d+)", text).group(1)) / 1024
+
+
+def peak_mb(fn, repeats: int = 3) -> float:
+    """Peak resident memory ``fn`` adds above what the process holds now, in MB (Linux), over ``repeats`` calls."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
+    except OSError:
+        return math.nan
+    before = _status("VmRSS")
+    for _ in range(repeats):
+        fn()
+    return max(_status("VmHWM") - before, 0.0)
+
+
+def footprint_mb(spec: str) -> float:
+    """Peak resident memory, above a fresh process's after imports, of building and running ``spec``, in MB.
+
+    ``spec`` names a step variant, ``"step:KIND:X:Z:H:VARIANT"``, or a fit variant,
+    ``"fit:H:Z:VARIANT"``, rebuilt in a new process (see :func:`_run_footprint`).
+    """
+    done = subprocess.run([sys.executable, __file__, "--footprint", spec], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    try:
+        return float(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return math.nan
+
+
+def _run_footprint(spec: str) -> float:
+    baseline = _status("VmRSS")
+    parts = spec.split(":")
+    if parts[0] == "step":
+        kind, x_dim, z_dim, hidden, variant = parts[1], *map(int, parts[2:5]), parts[5]
+        fns = _step_variants(kind, x_dim, z_dim, hidden)
+        for _ in range(20):
+            fns[variant]()
+    else:
+        hidden, z_dim, variant = int(parts[1]), int(parts[2]), parts[3]
+        _fit_variants(hidden, z_dim)[variant](5)
+    return _status("VmHWM") - baseline
+
+
+def interleaved(cases: dict, rounds: int, warmup: int = 5) -> dict:
+    """Median seconds of each callable in ``cases``, timed in alternating rounds."""
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in cases}
+    for _ in range(rounds):
+        for k, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def row(name, what, ours, reference, goal, ours_mb, ref_mb, notes="", ratio=None):
+    return {"row": name, "what": what, "ours_s": ours, "reference_s": reference,
+            "ratio": ours / reference if ratio is None else ratio, "goal": goal,
+            "ours_peak_mb": ours_mb, "reference_peak_mb": ref_mb, "notes": notes}
+
+
+# ---------------------------------------------------------------- hand-written PyTorch
+
+def torch_step(vae, guide, x, kind: str, n: int = N_SCALE):
+    """A hand-written VAE step on the same modules: encode, reparameterize, decode, ELBO, one fused Adam."""
+    params = [*vae.decoder.parameters(), *guide.encoder.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-3, fused=True)
+    z_dim = vae.z_dim
+
+    def loss_of(xb):
+        out = guide.encoder(xb)
+        if kind == "normal":
+            loc, h = out.split(z_dim, -1)
+            q = torch.distributions.Normal(loc, torch.nn.functional.softplus(h) + 1e-4)
+            z = q.rsample()
+            log_q = q.log_prob(z).sum(-1)
+        else:  # full covariance: the same scale_tril and the same triangular solve in log_prob
+            from guides.base import scale_tril
+
+            loc, diag_raw, off = out.split([z_dim, z_dim, z_dim * (z_dim - 1) // 2], -1)
+            q = torch.distributions.MultivariateNormal(loc, scale_tril=scale_tril(diag_raw, off, 1e-4))
+            z = q.rsample()
+            log_q = q.log_prob(z)
+        log_lik = torch.distributions.Bernoulli(logits=vae.decoder(z), validate_args=False).log_prob(xb).sum(-1)
+        log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        return -(n / len(xb)) * (log_lik + log_prior - log_q).sum()
+
+    def step(xb=x):
+        loss = loss_of(xb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return float(loss)
+    return step, loss_of
+
+
+def torch_epochs(vae, guide, ds, epochs: int):
+    """``epochs`` hand-written epochs: shuffled batches, a step each, then the test -ELBO (one sample per point)."""
+    step, loss_of = torch_step(vae, guide, None, "normal", n=len(ds.train))
+
+    def run():
+        for _ in range(epochs):
+            order = torch.randperm(len(ds.train))
+            for start in range(0, len(order), BATCH):
+                step(ds.train[order[start:start + BATCH]])
+            with torch.no_grad():
+                float(loss_of(ds.test))
+    return run
+
+
+# ---------------------------------------------------------------- rows
+
+def _net(x_dim, z_dim, hidden, name="normal", n=N_SCALE):
+    vae = models.VAE(x_dim, z_dim, (hidden,), num_data=n)
+    return vae, guides.make(name, x_dim=x_dim, z_dim=z_dim, hidden=(hidden,), num_data=n)
+
+
+def _step_variants(kind, x_dim, z_dim, hidden) -> dict:
+    """The three step callables a step row times: as fit runs it, Pyro's defaults, hand-written PyTorch."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    x = torch.bernoulli(torch.full((BATCH, x_dim), 0.3))
+    idx = torch.randperm(N_SCALE)[:BATCH]
+    vae, guide = _net(x_dim, z_dim, hidden, kind)
+    ref, _ = torch_step(*_net(x_dim, z_dim, hidden, kind), x, kind)
+    fast = SVI(vae.model, guide, LazyAdam({"lr": 1e-3}), _fast_elbo(vae, guide))
+    vae2, guide2 = _net(x_dim, z_dim, hidden, kind)
+    plain = SVI(vae2.model, guide2, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+
+    def fast_step():
+        with pyro.validation_enabled(False):
+            fast.step(x, idx)
+
+    def plain_step():
+        with pyro.validation_enabled(True):
+            plain.step(x, idx)
+    return {"fast": fast_step, "plain": plain_step, "ref": ref}
+
+
+def step_rows(args):
+    out = []
+    specs = [("step_784", "normal", 784, 50, 400, 1.15), ("step_digits", "normal", 64, 8, 128, 1.3),
+             ("step_mvn_digits", "mvn", 64, 8, 128, 1.3), ("step_mvn_784", "mvn", 784, 50, 400, 1.3)]
+    for name, kind, x_dim, z_dim, hidden, goal in specs:
+        t = interleaved(_step_variants(kind, x_dim, z_dim, hidden), args.rounds)
+        mem = {k: footprint_mb(f"step:{kind}:{x_dim}:{z_dim}:{hidden}:{k}") for k in ("fast", "plain", "ref")}
+        shape = f"{x_dim}-{hidden}-{z_dim}"
+        out.append(row(name, f"svi.step, {kind} guide, {shape}, as fit runs it ({_fast_label()})", t["fast"], t["ref"],
+                       goal, mem["fast"], mem["ref"]))
+        out.append(row(name + "_plain", f"svi.step, {kind} guide, {shape}: Trace_ELBO, pyro.optim.Adam, validation on",
+                       t["plain"], t["ref"], math.nan, mem["plain"], mem["ref"]))
+    return out
+
+
+def _fast_elbo(model, guide):
+    """What fit compiles by default where it can; Trace_ELBO on code that predates pyro_vae.objectives."""
+    try:
+        from pyro_vae import objectives
+    except ImportError:
+        return Trace_ELBO()
+    return objectives.make("trace", jit=objectives.jit_safe(model, guide))
+
+
+def _fast_label() -> str:
+    try:
+        from pyro_vae import objectives  # noqa: F401
+    except ImportError:
+        return "Trace_ELBO, LazyAdam, validation off"
+    return "JitTrace_ELBO, LazyAdam, validation off"
+
+
+def _fit_variants(hidden: int, z_dim: int) -> dict:
+    """``fit(epochs)`` and the hand-written ``ref(epochs)`` on digits, each on fresh modules every call."""
+    ds = data.load("digits", binarize="static")
+
+    def make():
+        pyro.clear_param_store()
+        m = models.VAE(64, z_dim, (hidden,), num_data=len(ds.train))
+        g = guides.make("normal", x_dim=64, z_dim=z_dim, hidden=(hidden,), num_data=len(ds.train))
+        return m, g
+
+    def fit_epochs(epochs):  # fresh modules: each fit starts from scratch, and compiles if it does
+        m, g = make()
+        fit(m, g, ds, epochs=epochs, optim=LazyAdam({"lr": 1e-3}), progress=False)
+
+    def ref_epochs(epochs):
+        torch_epochs(*make(), ds, epochs)()
+    return {"fit": fit_epochs, "ref": ref_epochs}
+
+
+def fit_rows(args):
+    out = []
+    for name, hidden, z_dim, goal in (("fit_digits_128", 128, 8, 1.3), ("fit_digits_400", 400, 50, 1.2)):
+        variants = _fit_variants(hidden, z_dim)
+        few, many = 2, 12
+        cases = {f"{who}_{label}": (lambda who=who, n=n: variants[who](n))
+                 for who in ("fit", "ref") for label, n in (("few", few), ("many", many))}
+        t = interleaved(cases, max(3, args.rounds // 20), warmup=1)
+        per_epoch = {k: (t[f"{k}_many"] - t[f"{k}_few"]) / (many - few) for k in ("fit", "ref")}
+        setup = t["fit_few"] - few * per_epoch["fit"] - (t["ref_few"] - few * per_epoch["ref"])
+        mem = {k: footprint_mb(f"fit:{hidden}:{z_dim}:{k}") for k in ("fit", "ref")}
+        out.append(row(name, f"fit epoch, digits 64-{hidden}-{z_dim}, normal guide (steps + test -ELBO)",
+                       per_epoch["fit"], per_epoch["ref"], goal, mem["fit"], mem["ref"],
+                       notes=f"fixed cost of a fit call beyond the hand-written loop: {setup:.3f} s"))
+    return out
+
+
+def _trained_digits_vae(epochs: int):
+    ds = data.load("digits", binarize="static")
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = models.VAE(64, 8, (256,), num_data=len(ds.train))
+    guide = guides.make("normal", x_dim=64, z_dim=8, hidden=(256,), num_data=len(ds.train))
+    fit(vae, guide, ds, epochs=epochs, optim=LazyAdam({"lr": 1e-3}), progress=False)
+    return ds, vae, guide
+
+
+def published_qstar(vae, x1, max_steps: int = 100000):
+    """One datapoint's q* by the loop of Cremer et al.'s code: Adam 1e-3, 50 samples, 100-step windows,
+    stop after more than 10 windows without a new best. Returns (mean ELBO of the last window, steps)."""
+    K = vae.z_dim
+    mean = torch.zeros(1, K, requires_grad=True)
+    logvar = torch.zeros(1, K, requires_grad=True)
+    opt = torch.optim.Adam([mean, logvar], lr=1e-3)
+    best, worse, window = None, 0, []
+    for step in range(1, max_steps + 1):
+        eps = torch.randn(50, 1, K)
+        z = mean + (0.5 * logvar).exp() * eps
+        log_q = torch.distributions.Normal(mean, (0.5 * logvar).exp()).log_prob(z).sum(-1)
+        log_p = vae.likelihood_dist(z).log_prob(x1) + torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        loss = -(log_p - log_q).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        window.append(float(loss))
+        if step % 100 == 0:
+            avg = sum(window) / len(window)
+            if best is None or avg < best:
+                best, worse = avg, 0
+            else:
+                worse += 1
+                if worse > 10:
+                    break
+            window = []
+    return mean.detach(), logvar.detach(), step
+
+
+def qstar_row(args):
+    ds, vae, _ = _trained_digits_vae(args.train_epochs)
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    x = ds.test[:200]
+    pyro.set_rng_seed(1)
+    t0 = time.perf_counter()
+    qstar = gaps.fit_local(vae.model, x, "normal")
+    ours = time.perf_counter() - t0
+    ours_mb = peak_mb(lambda: gaps.fit_local(vae.model, x, "normal"), repeats=1)
+    n_loop = args.qstar_loop_points
+    loop_q, steps = [], []
+    t0 = time.perf_counter()
+    for i in range(n_loop):
+        mean, logvar, n_steps = published_qstar(vae, x[i:i + 1])
+        loop_q.append((mean, logvar))
+        steps.append(n_steps)
+    loop = (time.perf_counter() - t0) / n_loop * len(x)
+    loop_mb = peak_mb(lambda: published_qstar(vae, x[:1]), repeats=1)
+    rows = torch.arange(n_loop)
+    ours_elbo = estimators.elbo(vae.model, qstar, x[:n_loop], rows, num_samples=2000).value.mean()
+    means = torch.cat([m for m, _ in loop_q])
+    scales = torch.cat([(0.5 * lv).exp() for _, lv in loop_q])
+
+    class Fixed:
+        def distribution(self, x, idx=None):
+            return pyro.distributions.Normal(means, scales).to_event(1)
+    theirs_elbo = estimators.elbo(vae.model, Fixed(), x[:n_loop], num_samples=2000).value.mean()
+    notes = (f"L[q*] on the {n_loop} shared points: ours {float(ours_elbo):.3f}, loop {float(theirs_elbo):.3f} nats "
+             f"(difference {float(ours_elbo - theirs_elbo):+.3f}); loop steps per point: median "
+             f"{int(statistics.median(steps))}; ours: median {int(qstar.steps_taken.median())}, max "
+             f"{int(qstar.steps_taken.max())}; loop time scaled from {n_loop} points to 200")
+    return [row("qstar_200", "q* (diagonal) for 200 test points, decoder frozen: per-datapoint loop / fit_local",
+                ours, loop, 20.0, ours_mb, loop_mb, notes=notes, ratio=loop / ours)]
+
+
+def iwae_row(args):
+    ds, vae, guide = _trained_digits_vae(args.train_epochs)
+    x = ds.test[:200]
+    K, chunk = 5000, 500
+
+    def ours():
+        estimators.log_likelihood(vae.model, guide, x, num_samples=K, chunk_size=chunk)
+
+    @torch.no_grad()
+    def raw():
+        q = guide.distribution(x)
+        parts = []
+        for _ in range(K // chunk):
+            z = q.rsample((chunk,))
+            parts.append(vae.likelihood_dist(z).log_prob(x) + torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+                         - q.log_prob(z))
+        return torch.logsumexp(torch.cat(parts), 0) - math.log(K)
+
+    t = interleaved({"ours": ours, "raw": raw}, max(3, args.rounds // 20), warmup=1)
+    mem = {"ours": peak_mb(ours, 1), "raw": peak_mb(raw, 1)}
+    unchunked = peak_mb(lambda: estimators.log_likelihood(vae.model, guide, x, num_samples=K, chunk_size=K), 1)
+    return [row("iwae_5000", "log p(x), K = 5000, 200 points, chunks of 500: efficiency (hand-written / ours)",
+                t["ours"], t["raw"], 0.85, mem["ours"], mem["raw"], ratio=t["raw"] / t["ours"],
+                notes=f"peak memory unchunked (one chunk of 5000): {unchunked:.0f} MB")]
+
+
+def compare_row(args):
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pyro_vae.cli", "compare", "--out", out, "--no-progress"], check=True,
+                       stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        seconds = time.perf_counter() - t0
+        if args.keep_compare:
+            import shutil
+
+            shutil.copy(Path(out) / "results.csv", args.keep_compare)
+    return [row("compare_digits", "README main job: pyro-vae compare on digits, once installed (wall seconds)",
+                seconds, math.nan, 60.0, math.nan, math.nan, ratio=math.nan,
+                notes="goal: 60 s with the same numbers within their standard errors")]
+
+
+ROWS = {"step": step_rows, "fit": fit_rows, "qstar": qstar_row, "iwae": iwae_row, "compare": compare_row}
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
+    except (OSError, AttributeError):
+        pass
+    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), pyro {pyro.__version__}, Python {platform.python_version()}")
+
+
+def markdown(table: pd.DataFrame, header: str) -> str:
+    lines = [header, "", "| row | what | ours (s) | reference (s) | ratio | goal | peak MB ours / ref | notes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        ref = "" if math.isnan(r.reference_s) else f"{r.reference_s:.4g}"
+        ratio = "" if math.isnan(r.ratio) else f"{r.ratio:.2f}"
+        goal = "" if math.isnan(r.goal) else (f"≥ {r.goal:g}" if r.row.startswith(("qstar", "iwae")) else f"≤ {r.goal:g}")
+        mem = f"{r.ours_peak_mb:.0f} / {r.reference_peak_mb:.0f}" if not math.isnan(r.ours_peak_mb) else ""
+        lines.append(f"| {r.row} | {r.what} | {r.ours_s:.4g} | {ref} | {ratio} | {goal} | {mem} | {r.notes} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="groups of rows to run")
+    p.add_argument("--rounds", type=int, default=200, help="interleaved rounds of the step rows")
+    p.add_argument("--train-epochs", type=int, default=100, help="epochs of the decoder the q* and IWAE rows use")
+    p.add_argument("--qstar-loop-points", type=int, default=20, help="points the per-datapoint q* loop is timed on")
+    p.add_argument("--keep-compare", default=None, help="copy the compare run's results.csv here")
+    p.add_argument("--out", default=str(HERE / "results.csv"))
+    p.add_argument("--footprint", default=None, help=argparse.SUPPRESS)  # internal: one variant's memory
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    if args.footprint:
+        print(_run_footprint(args.footprint))
+        return
+    torch.manual_seed(0)
+    rows = []
+    header = f"Measured by `python benchmarks/run.py` on {machine()}."
+    for group in args.rows:
+        t0 = time.perf_counter()
+        rows.extend(ROWS[group](args))
+        print(f"[{group}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
+        table = pd.DataFrame(rows)  # written after every group: a later failure keeps what was measured
+        table.to_csv(args.out, index=False)
+        Path(args.out).with_suffix(".md").write_text(markdown(table, header))
+    print(header)
+    print(table[["row", "ours_s", "reference_s", "ratio", "goal", "ours_peak_mb", "reference_peak_mb"]].to_string(
+        index=False, float_format=lambda v: f"{v:.4g}"))
+    for r in table.itertuples():
+        if r.notes:
+            print(f"{r.row}: {r.notes}")
+
+
+if __name__ == "__main__":
+    main()
