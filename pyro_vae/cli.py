@@ -1,8 +1,10 @@
-"""The ``pyro-vae`` command line: ``train``, ``compare``, ``guides``, ``datasets``.
+"""The ``pyro-vae`` command line: ``train``, ``compare``, ``evaluate``, ``sample``, ``guides``, ``datasets``.
 
 Usage::
 
     pyro-vae train --data digits --guide mvn --z-dim 8 --epochs 50 --out runs/mvn
+    pyro-vae evaluate runs/mvn runs/normal        # their gaps, side by side
+    pyro-vae sample runs/mvn --n 64               # runs/mvn/samples.png
     pyro-vae compare --out runs/compare           # the amortization question on digits
     pyro-vae guides                               # the guide registry
 
@@ -25,9 +27,8 @@ import torch
 
 import guides
 
-from . import compare, data, models
-from .optim import LazyAdam
-from .train import CHECKPOINT, PREVIOUS_CHECKPOINT, CheckpointError, fit
+from . import compare, data, gaps, models, objectives, runs
+from .train import CHECKPOINT
 
 
 class Parser(argparse.ArgumentParser):
@@ -93,7 +94,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate of decoder and encoder")
     p.add_argument("--local-lr", type=positive_float, default=1e-2,
                    help="learning rate of per-datapoint guide parameters (meanfield, local_mvn)")
-    p.add_argument("--elbo", default="trace", choices=sorted(compare.ELBOS), help="Trace_ELBO or TraceMeanField_ELBO")
+    p.add_argument("--elbo", default="trace", choices=objectives.names(),
+                   help="Trace_ELBO or TraceMeanField_ELBO (closed-form KL)")
+    p.add_argument("--no-jit", action="store_true",
+                   help="do not compile the ELBO with Pyro's JIT (it is compiled only for the models and guides "
+                        "tested under it; see the README for the trade-off)")
+    p.add_argument("--validate-every-step", action="store_true",
+                   help="keep Pyro's validation on for every step, not only for the checked first batch")
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--data-seed", type=int, default=0, help=DATA_SEED_HELP)
     p.add_argument("--device", type=device_name, default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
@@ -128,56 +135,48 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--quick", action="store_true", help="a small budget for smoke tests (under a minute)")
     c.add_argument("--out", default="runs/compare", help="output folder")
 
+    e = sub.add_parser("evaluate", help="the gap decomposition of trained runs, side by side", formatter_class=fmt)
+    e.add_argument("runs", nargs="+", metavar="RUN", help="folders written by pyro-vae train")
+    e.add_argument("--split", nargs="+", default=["train", "test"], choices=["train", "test"],
+                   help="splits to evaluate (the first --n-eval points of each)")
+    e.add_argument("--n-eval", type=positive_int, default=200, help="points evaluated per split")
+    e.add_argument("--ll-samples", type=positive_int, default=5000, help="importance samples for log p(x)")
+    e.add_argument("--elbo-samples", type=positive_int, default=500, help="samples for each ELBO estimate")
+    e.add_argument("--families", nargs="+", default=["normal", "mvn"], choices=sorted(gaps.FAMILIES),
+                   help="Gaussian families of q* (each run's own guide family must be among them)")
+    e.add_argument("--qstar-steps", type=positive_int, default=3000, help="most optimization steps for q*")
+    e.add_argument("--qstar-lr", type=positive_float, default=3e-2, help="learning rate of the q* fits")
+    e.add_argument("--seed", type=int, default=0, help="seeds the Monte Carlo samples of the evaluation")
+    e.add_argument("--device", type=device_name, default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    e.add_argument("--out", default="runs/evaluation",
+                   help="folder of the combined table and figure when several runs are given")
+    e.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    m = sub.add_parser("sample", help="samples and reconstructions from a trained run", formatter_class=fmt)
+    m.add_argument("run", metavar="RUN", help="a folder written by pyro-vae train")
+    m.add_argument("--n", type=positive_int, default=64, help="samples (and reconstructions) to draw")
+    m.add_argument("--seed", type=int, default=0, help="seeds the draws")
+    m.add_argument("--out", default=None,
+                   help="output file (default RUN/samples.png for image data, RUN/samples.csv otherwise)")
+
     sub.add_parser("guides", help="list the guide registry", formatter_class=fmt)
     sub.add_parser("datasets", help="list the data sets", formatter_class=fmt)
     return top
 
 
-def load_data(cfg: dict) -> data.Dataset:
-    binarize = "none" if cfg["data"] == "linear-gaussian" else cfg["binarize"]
-    return data.load(cfg["data"], binarize=binarize, seed=cfg.get("data_seed", cfg["seed"]), root=cfg.get("root"),
-                     download=not cfg.get("no_download", False))
-
-
-def _saved_config(out: Path) -> dict:
-    """The config of the run in ``out``, with a one-line error naming the fix when there is none."""
-    config = out / "config.json"
-    if not config.is_file() or not ((out / CHECKPOINT).exists() or (out / PREVIOUS_CHECKPOINT).exists()):
-        raise CheckpointError(f"--resume: {out} holds no run to continue (it needs config.json and {CHECKPOINT}); "
-                              f"train one first without --resume, or pass --out of an existing run.")
-    try:
-        return json.loads(config.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"--resume: {config} is not valid JSON ({e}); restore it or train again.") from None
-
-
 def cmd_train(cfg: dict) -> None:
     from . import plots
 
-    out = Path(cfg["out"])
-    if cfg["resume"]:
-        cfg = {**_saved_config(out), "epochs": cfg["epochs"], "resume": True, "no_progress": cfg["no_progress"],
-               "device": cfg["device"]}
-    out.mkdir(parents=True, exist_ok=True)
-    ds = load_data(cfg)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(cfg["seed"])  # the initial weights are drawn from the seed, as the rest of the run
-    model = compare.build_model(ds, cfg["z_dim"], cfg["hidden"], cfg["likelihood"], cfg["seed"])
-    extra = {"scale": cfg["scale"]} if cfg["guide"] == "normal" else {}
-    guide = compare.build_guide(cfg["guide"], ds, cfg["z_dim"], cfg["hidden"], **extra)
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    history = fit(model, guide, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                  optim=LazyAdam({"lr": cfg["lr"]}, sparse_args={"lr": cfg["local_lr"]}),
-                  loss=compare.ELBOS[cfg["elbo"]](), checkpoint_dir=str(out), device=cfg["device"],
-                  resume=cfg["resume"], progress=not cfg["no_progress"], seed=cfg["seed"], config=cfg)
-    history.to_csv(out / "history.csv", index=False)
-    plots.save(plots.learning_curves(history.assign(guide=cfg["guide"]),
-                                     title=f"{cfg['guide']} guide on {cfg['data']}"), out / "learning_curves.png")
-    last = history.iloc[-1]
+    run = runs.train(cfg, resume=cfg["resume"])
+    plots.save(plots.learning_curves(run.history.assign(guide=run.config["guide"]),
+                                     title=f"{run.config['guide']} guide on {run.config['data']}"),
+               run.path / "learning_curves.png")
+    last = run.history.iloc[-1]
     test = f"test -ELBO {last.test_loss:.3f}" if pd.notna(last.test_loss) else \
         "no test -ELBO (a per-datapoint guide has no q for test points)"
-    print(f"{cfg['guide']} on {cfg['data']}: epoch {int(last.epoch)}, train -ELBO {last.train_loss:.3f}, "
-          f"{test} nats per datapoint; wrote {out}/{{config.json, history.csv, {CHECKPOINT}, learning_curves.png}}")
+    print(f"{run.config['guide']} on {run.config['data']}: epoch {int(last.epoch)}, train -ELBO {last.train_loss:.3f}, "
+          f"{test} nats per datapoint; wrote {run.path}/{{config.json, history.csv, {CHECKPOINT}, "
+          f"learning_curves.png}}")
 
 
 QUICK = {"epochs": 15, "n_eval": 40, "ll_samples": 500, "qstar_steps": 300, "elbo_samples": 100}
@@ -188,11 +187,11 @@ def cmd_compare(cfg: dict) -> None:
 
     out = Path(cfg["out"])
     out.mkdir(parents=True, exist_ok=True)
-    ds = load_data(cfg)
+    ds = runs.load_data(cfg)
     settings = compare.Settings(
         guides=cfg["guides"], z_dim=cfg["z_dim"], hidden=cfg["hidden"], likelihood=cfg["likelihood"],
         epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], local_lr=cfg["local_lr"],
-        qstar_lr=cfg["qstar_lr"], elbo=cfg["elbo"], seed=cfg["seed"], n_eval=cfg["n_eval"],
+        qstar_lr=cfg["qstar_lr"], elbo=cfg["elbo"], jit=not cfg["no_jit"], seed=cfg["seed"], n_eval=cfg["n_eval"],
         ll_samples=cfg["ll_samples"],
         qstar_steps=cfg["qstar_steps"], device=cfg["device"], progress=not cfg["no_progress"])
     if cfg["quick"]:
@@ -220,13 +219,74 @@ def cmd_compare(cfg: dict) -> None:
     print(f"\nwrote {out}/{{results.csv, cost.csv, per_point.csv, history.csv, {', '.join(figures)}}}")
 
 
-def format_table(table: pd.DataFrame) -> str:
+def format_table(table: pd.DataFrame, labels=("guide", "split")) -> str:
     """The headline table: means in nats per datapoint, log p(x) with its standard error."""
-    cols = ["guide", "split", "log_px", "log_px_exact", "elbo_qstar_normal", "elbo_qstar_mvn", "elbo_q",
+    cols = [*labels, "log_px", "log_px_exact", "elbo_qstar_normal", "elbo_qstar_mvn", "elbo_q",
             "approximation_gap", "amortization_gap", "optimization_gap"]
     view = table[[c for c in cols if c in table]].copy()
-    view.insert(3, "log_px_se", table["log_px_se"])
+    view.insert(len(labels) + 1, "log_px_se", table["log_px_se"])
     return view.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+EVALUATION = {"table": "evaluation.csv", "points": "evaluation_per_point.csv", "figure": "evaluation_gaps.png"}
+
+
+def cmd_evaluate(cfg: dict) -> None:
+    from . import plots
+
+    loaded = [runs.load_run(path, device=cfg["device"]) for path in cfg["runs"]]  # every run checked before any work
+    names = [run.name for run in loaded]
+    if len(set(names)) < len(names):
+        raise ValueError(f"evaluate: two runs share a folder name ({', '.join(names)}); tables label runs by it.")
+    settings = compare.Settings(n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"], elbo_samples=cfg["elbo_samples"],
+                                qstar_steps=cfg["qstar_steps"], qstar_lr=cfg["qstar_lr"], families=cfg["families"],
+                                device=cfg["device"], progress=not cfg["no_progress"])
+    for run in loaded:
+        if run.guide.family not in cfg["families"]:
+            raise ValueError(f"evaluate: {run.name}'s guide ({run.config['guide']}) is of the {run.guide.family!r} "
+                             f"family: add it to --families, since its gaps are measured against q* of that family.")
+    tables, points = [], []
+    for run in loaded:
+        pyro.set_rng_seed(cfg["seed"])
+        summary, per_point = compare.evaluate(run.model, run.guide, run.data, settings, cfg["split"])
+        label = {"run": run.name, "guide": run.config["guide"]}
+        summary, per_point = summary.assign(**label), per_point.assign(**label)
+        summary[["run", "guide", *summary.columns[:-2]]].to_csv(run.path / EVALUATION["table"], index=False)
+        per_point.to_csv(run.path / EVALUATION["points"])
+        plots.save(plots.gap_bars(per_point, title=f"Gaps of {run.name} ({run.config['guide']} guide)", x="run"),
+                   run.path / EVALUATION["figure"])
+        tables.append(summary)
+        points.append(per_point)
+    table = pd.concat(tables, ignore_index=True)
+    print(format_table(table, labels=("run", "guide", "split")))
+    written = [f"{run.path}/{{{', '.join(EVALUATION.values())}}}" for run in loaded]
+    if len(loaded) > 1:
+        out = Path(cfg["out"])
+        out.mkdir(parents=True, exist_ok=True)
+        table[["run", "guide", *table.columns[:-2]]].to_csv(out / EVALUATION["table"], index=False)
+        plots.save(plots.gap_bars(pd.concat(points), title="Gaps of " + ", ".join(names), x="run"),
+                   out / EVALUATION["figure"])
+        written.append(f"{out}/{{{EVALUATION['table']}, {EVALUATION['figure']}}}")
+    print("\nwrote " + "; ".join(written))
+
+
+def cmd_sample(cfg: dict) -> None:
+    from . import plots
+
+    run = runs.load_run(cfg["run"])
+    pyro.set_rng_seed(cfg["seed"])
+    if runs.is_image(run.data):
+        out = Path(cfg["out"] or run.path / "samples.png")
+        x = run.data.test[:cfg["n"]]
+        panels = {"samples: E[x | z], z ~ p(z)": run.model.sample_mean(cfg["n"]).cpu(), "test images": x.cpu(),
+                  "reconstructions: E[x | z = mean of q(z | x)]": runs.reconstruct(run, x).cpu()}
+        plots.save(plots.image_panels(panels, run.data.image_shape, title=f"{run.name}: samples and reconstructions"),
+                   out)
+    else:
+        out = Path(cfg["out"] or run.path / "samples.csv")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        runs.samples(run, cfg["n"]).to_csv(out, index=False)
+    print(f"wrote {out}")
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
@@ -249,7 +309,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             cmd_train(cfg)
         elif args.command == "compare":
             cmd_compare(cfg)
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
+        elif args.command == "evaluate":
+            cmd_evaluate(cfg)
+        elif args.command == "sample":
+            cmd_sample(cfg)
+    except (ValueError, TypeError, OSError, FloatingPointError) as e:
         print(f"pyro-vae {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

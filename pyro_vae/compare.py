@@ -22,21 +22,20 @@ from typing import Dict, Optional, Sequence
 import pandas as pd
 import pyro
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-from tqdm.auto import tqdm
-
 import guides
 
-from . import data, gaps, models
+from . import data, gaps, objectives
 from .optim import LazyAdam
+from .progress import progress_bar
+from .runs import build_guide, build_model  # noqa: F401  (the one place models and guides are built from settings)
 from .train import fit
-
-ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
-
 
 @dataclass
 class Settings:
-    """Everything a comparison run depends on; saved as ``config.json``."""
+    """Everything a comparison run depends on; saved as ``config.json``.
+
+    ``jit`` compiles the ELBO where model and guide are marked JIT-safe (see :mod:`pyro_vae.objectives`).
+    """
 
     guides: Sequence[str] = ("normal", "mvn", "meanfield")
     z_dim: int = 8
@@ -48,11 +47,13 @@ class Settings:
     local_lr: float = 1e-2
     qstar_lr: float = 3e-2
     elbo: str = "trace"
+    jit: bool = True
     seed: int = 0
     n_eval: int = 200
     ll_samples: int = 5000
     elbo_samples: int = 500
     qstar_steps: int = 3000
+    families: Sequence[str] = ("normal", "mvn")
     device: str = "cpu"
     progress: bool = True
 
@@ -76,20 +77,6 @@ class Result:
     guides: Dict
 
 
-def build_model(ds: data.Dataset, z_dim: int, hidden: Sequence[int], likelihood: Optional[str] = None, seed: int = 0):
-    """A learnable LinearGaussian (pPCA) for linear-gaussian data, else a VAE; ``num_data = len(ds.train)``."""
-    n = len(ds.train)
-    if ds.name == "linear-gaussian":
-        return models.LinearGaussian.random(ds.x_dim, z_dim, noise_scale=1.0, seed=seed + 10, num_data=n)
-    likelihood = likelihood or ("bernoulli" if ds.binarize != "none" else "continuous_bernoulli")
-    return models.VAE(ds.x_dim, z_dim, hidden, likelihood=likelihood, num_data=n)
-
-
-def build_guide(name: str, ds: data.Dataset, z_dim: int, hidden: Sequence[int], **kw):
-    """Guide ``name`` from the registry, sized for ``ds`` (``num_data = len(ds.train)``)."""
-    return guides.make(name, x_dim=ds.x_dim, z_dim=z_dim, hidden=tuple(hidden), num_data=len(ds.train), **kw)
-
-
 def inference_seconds(model, guide, x1: torch.Tensor, qstar_steps: int, qstar_lr: float) -> float:
     """Seconds to infer q(z | x) for one new datapoint ``x1: (1, D)``: an encoder pass, or a q* fit."""
     t0 = time.perf_counter()
@@ -108,25 +95,20 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
     """Train a decoder with each guide in ``settings.guides`` and decompose its gaps on train and test points."""
     s = settings
     histories, tables, per_point, cost, trained_models, trained_guides = [], [], [], [], {}, {}
-    n_eval = min(s.n_eval, len(ds.train), len(ds.test))
-    phases = tqdm(s.guides, desc="compare", disable=not s.progress)
+    phases = progress_bar(s.guides, "compare", s.progress)
     for name in phases:
-        phases.set_postfix(guide=name)
+        phases.set_postfix(guide=name, refresh=False)
         pyro.set_rng_seed(s.seed)  # every decoder starts from the same weights
         model = build_model(ds, s.z_dim, s.hidden, s.likelihood, s.seed)
         guide = build_guide(name, ds, s.z_dim, s.hidden)
         optim = LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr})  # the same decoder lr for every guide
-        history = fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, optim=optim,
-                      loss=ELBOS[s.elbo](), progress=s.progress, seed=s.seed, device=s.device)
+        loss = objectives.make(s.elbo, jit=s.jit and objectives.jit_safe(model, guide))
+        history = fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, optim=optim, loss=loss,
+                      progress=s.progress, seed=s.seed, device=s.device)
         histories.append(history.assign(guide=name))
-        exact = getattr(model, "log_marginal", None)
-        splits = {"train": (ds.train[:n_eval].to(s.device), torch.arange(n_eval, device=s.device)),
-                  "test": (ds.test[:n_eval].to(s.device), None)}
-        for split, (x, idx) in splits.items():
-            table = gaps.decompose(model.model, guide, x, idx, ll_samples=s.ll_samples, elbo_samples=s.elbo_samples,
-                                   exact=exact, steps=s.qstar_steps, lr=s.qstar_lr, progress=s.progress)
-            per_point.append(table.assign(guide=name, split=split))
-            tables.append({"guide": name, "split": split, **summary_row(table)})
+        summary, points = evaluate(model, guide, ds, s)
+        tables.append(summary.assign(guide=name))
+        per_point.append(points.assign(guide=name))
         n_params = sum(p.numel() for p in guide.parameters())
         cost.append({
             "guide": name,
@@ -141,12 +123,35 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
         trained_models[name], trained_guides[name] = model, guide
     return Result(
         histories=pd.concat(histories, ignore_index=True),
-        table=pd.DataFrame(tables),
+        table=pd.concat(tables, ignore_index=True)[["guide", *tables[0].columns.drop("guide")]],
         cost=pd.DataFrame(cost),
         per_point=pd.concat(per_point).reset_index(),
         models=trained_models,
         guides=trained_guides,
     )
+
+
+def evaluate(model, guide, ds: data.Dataset, settings: Settings = Settings(), splits: Sequence[str] = ("train", "test")):
+    """The gap decomposition of a trained ``model`` and ``guide`` on the first ``n_eval`` points of each split.
+
+    Training points are given with their ``idx`` (every guide has a q for them); test points
+    without (a per-datapoint guide has none there, and only q* is fitted). The exact log p(x)
+    is added where the model has one. Returns ``(summary, per_point)``: one row per split
+    (:func:`summary_row`), and :func:`pyro_vae.gaps.decompose`'s rows with a ``split`` column.
+    """
+    s = settings
+    exact = getattr(model, "log_marginal", None)
+    summaries, points = [], []
+    for split in splits:
+        n = min(s.n_eval, len(ds.split(split)))
+        x = ds.split(split)[:n].to(s.device)
+        idx = torch.arange(n, device=s.device) if split == "train" else None
+        table = gaps.decompose(model.model, guide, x, idx, families=s.families, ll_samples=s.ll_samples,
+                               elbo_samples=s.elbo_samples, exact=exact, steps=s.qstar_steps, lr=s.qstar_lr,
+                               progress=s.progress)
+        points.append(table.assign(split=split))
+        summaries.append({"split": split, **summary_row(table)})
+    return pd.DataFrame(summaries), pd.concat(points)
 
 
 def summary_row(table: pd.DataFrame) -> dict:
@@ -159,7 +164,7 @@ def summary_row(table: pd.DataFrame) -> dict:
 
 def settings_dict(s: Settings) -> dict:
     out = asdict(s)
-    out["guides"], out["hidden"] = list(s.guides), list(s.hidden)
+    out["guides"], out["hidden"], out["families"] = list(s.guides), list(s.hidden), list(s.families)
     return out
 
 

@@ -66,24 +66,25 @@ GAP_LABELS = {
 }
 
 
-def gap_bars(per_point: pd.DataFrame, title: str = "Where the ELBO loses to log p(x)"):
-    """Mean gaps per guide with error bars of 2 standard errors across datapoints, one panel per split.
+def gap_bars(per_point: pd.DataFrame, title: str = "Where the ELBO loses to log p(x)", x: str = "guide"):
+    """Mean gaps per guide (or per ``x``) with error bars of 2 standard errors across datapoints, one panel per split.
 
-    ``per_point``: one row per datapoint with columns ``guide``, ``split`` and any of
-    the gap columns of :func:`pyro_vae.gaps.decompose` (nats). Bars stand side by side,
-    not stacked, so a gap that comes out negative within its error shows as one.
+    ``per_point``: one row per datapoint with columns ``x`` (default ``guide``), ``split``
+    and any of the gap columns of :func:`pyro_vae.gaps.decompose` (nats). Bars stand side
+    by side, not stacked, so a gap that comes out negative within its error shows as one.
     """
     gaps = [c for c in GAP_LABELS if c in per_point]
-    long = per_point.melt(id_vars=["guide", "split"], value_vars=gaps, var_name="gap", value_name="nats").dropna()
+    long = per_point.melt(id_vars=[x, "split"], value_vars=gaps, var_name="gap", value_name="nats").dropna()
     long["gap"] = long["gap"].map(GAP_LABELS)
     with _quiet():
-        grid = sns.catplot(data=long, kind="bar", x="guide", y="nats", hue="gap", col="split",
-                           hue_order=[GAP_LABELS[g] for g in gaps], errorbar=("se", 2), capsize=0.1,
-                           height=4.2, aspect=1.1, order=list(dict.fromkeys(per_point["guide"])),
-                           legend_out=False)
+        grid = sns.catplot(data=long, kind="bar", x=x, y="nats", hue="gap", col="split",
+                           hue_order=[GAP_LABELS[g] for g in gaps if GAP_LABELS[g] in set(long["gap"])],
+                           errorbar=("se", 2), capsize=0.1, height=4.2, aspect=1.1,
+                           order=list(dict.fromkeys(per_point[x])), legend_out=False)
     for ax in grid.axes.flat:
         ax.axhline(0.0, color="black", linewidth=0.8)
-    grid.set_axis_labels("guide the decoder was trained with", "gap (nats per datapoint)")
+    xlabel = "guide the decoder was trained with" if x == "guide" else x
+    grid.set_axis_labels(xlabel, "gap (nats per datapoint)")
     grid.set_titles("{col_name} points")
     sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, 0.0), ncol=1, title="mean over datapoints, "
                     "error bars: 2 standard errors")
@@ -114,4 +115,23 @@ def image_grid(rows: dict, image_shape, title: str = "Data, reconstructions and 
                 ax.imshow(images[c].reshape(image_shape).clamp(0, 1).numpy(), cmap="gray_r", vmin=0, vmax=1)
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(title)
+    return fig
+
+
+def image_panels(panels: dict, image_shape, title: str = "Samples and reconstructions", cols: int = 8):
+    """One panel per entry of ``panels`` (label -> ``(n, H*W)`` pixel means in [0, 1]), each a grid ``cols`` wide."""
+    n_rows = {label: -(-len(images) // cols) for label, images in panels.items()}
+    fig = plt.figure(figsize=(1.1 * cols * len(panels), 1.15 * max(n_rows.values()) + 0.8))
+    subfigs = fig.subfigures(1, len(panels), squeeze=False)[0]
+    for sub, (label, images) in zip(subfigs, panels.items()):
+        axes = sub.subplots(n_rows[label], cols, squeeze=False)
+        for i, ax in enumerate(axes.flat):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i < len(images):
+                ax.imshow(images[i].reshape(image_shape).clamp(0, 1).numpy(), cmap="gray_r", vmin=0, vmax=1)
+            else:
+                ax.axis("off")
+        sub.suptitle(label, fontsize=9)
+    fig.suptitle(title, y=1.02)
     return fig
