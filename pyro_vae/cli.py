@@ -94,8 +94,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate of decoder and encoder")
     p.add_argument("--local-lr", type=positive_float, default=1e-2,
                    help="learning rate of per-datapoint guide parameters (meanfield, local_mvn)")
-    p.add_argument("--elbo", default="trace", choices=objectives.names(),
-                   help="Trace_ELBO or TraceMeanField_ELBO (closed-form KL)")
+    p.add_argument("--loss", "--elbo", dest="elbo", default="trace", choices=objectives.names(),
+                   help="the objective: trace (Trace_ELBO), meanfield (TraceMeanField_ELBO, closed-form KL) or iwae "
+                        "(the importance-weighted bound with --particles samples, right under mini-batches)")
+    p.add_argument("--particles", type=positive_int, default=5,
+                   help="K, the importance samples per datapoint of --loss iwae")
     p.add_argument("--no-jit", action="store_true",
                    help="do not compile the ELBO with Pyro's JIT (it is compiled only for the models and guides "
                         "tested under it; see the README for the trade-off)")
@@ -191,9 +194,8 @@ def cmd_compare(cfg: dict) -> None:
     settings = compare.Settings(
         guides=cfg["guides"], z_dim=cfg["z_dim"], hidden=cfg["hidden"], likelihood=cfg["likelihood"],
         epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], local_lr=cfg["local_lr"],
-        qstar_lr=cfg["qstar_lr"], elbo=cfg["elbo"], jit=not cfg["no_jit"], seed=cfg["seed"], n_eval=cfg["n_eval"],
-        ll_samples=cfg["ll_samples"],
-        qstar_steps=cfg["qstar_steps"], device=cfg["device"], progress=not cfg["no_progress"])
+        qstar_lr=cfg["qstar_lr"], elbo=cfg["elbo"], particles=cfg["particles"], jit=not cfg["no_jit"],
+        seed=cfg["seed"], n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"], qstar_steps=cfg["qstar_steps"], device=cfg["device"], progress=not cfg["no_progress"])
     if cfg["quick"]:
         settings = dataclasses.replace(settings, **QUICK)
     (out / "config.json").write_text(json.dumps({"data": cfg["data"], "binarize": ds.binarize,

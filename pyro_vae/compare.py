@@ -47,6 +47,7 @@ class Settings:
     local_lr: float = 1e-2
     qstar_lr: float = 3e-2
     elbo: str = "trace"
+    particles: int = 5
     jit: bool = True
     seed: int = 0
     n_eval: int = 200
@@ -102,7 +103,8 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
         model = build_model(ds, s.z_dim, s.hidden, s.likelihood, s.seed)
         guide = build_guide(name, ds, s.z_dim, s.hidden)
         optim = LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr})  # the same decoder lr for every guide
-        loss = objectives.make(s.elbo, jit=s.jit and objectives.jit_safe(model, guide))
+        jit = s.jit and objectives.jit_safe(model, guide) and objectives.compiles(s.elbo)
+        loss = objectives.make(s.elbo, jit=jit, **objectives.options(s.elbo, {"particles": s.particles}))
         history = fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, optim=optim, loss=loss,
                       progress=s.progress, seed=s.seed, device=s.device)
         histories.append(history.assign(guide=name))

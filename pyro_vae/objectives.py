@@ -19,11 +19,14 @@ declare ``jit_safe = True`` when the test suite checks them under the JIT
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import pyro.infer
+import torch
 from pyro.infer import ELBO, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.util import torch_item
 
 
 class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
@@ -43,10 +46,83 @@ class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
         return compiled(*args, _pyro_model_id=id(model), _pyro_guide_id=id(guide), **kwargs)
 
 
-#: name -> (plain ELBO class, compiled ELBO class)
-ELBOS: Dict[str, Tuple[type, type]] = {
+_PARTICLES = "num_particles_vectorized"  # the name of the plate Pyro's ELBOs vectorize particles with
+
+
+class IWAE_ELBO(Trace_ELBO):
+    """The importance-weighted bound of Burda et al. (2016), right under mini-batches.
+
+    For a batch of B rows of a data set of N (``pyro.plate("data", N, subsample=idx)``) the
+    loss is ``-(N/B) sum_i log (1/K) sum_k p(x_i, z_ik) / q(z_ik | x_i)``, with the K particles
+    vectorized (a plate at the dimension left of the model's plates) and reparameterized.
+    Pyro's ``RenyiELBO(alpha=0)`` computes the same thing only when N = B: it sums each site's
+    *scaled* log-density, so the N/B factor multiplies the log-weights inside the log-sum-exp
+    (``log (1/K) sum_k exp((N/B) w_ik)``), a different and looser objective once N/B > 1
+    (``tests/test_objectives.py`` measures both against the per-datapoint estimator).
+
+    With K = 1 it is the ELBO: the same value and gradient as ``Trace_ELBO`` under the same seed.
+    Every sample site must lie in the data plate (the bound is per datapoint) and the guide's
+    sites must be reparameterizable; otherwise it raises.
+    """
+
+    def __init__(self, num_particles: int = 5, max_plate_nesting: float = float("inf"), **kwargs):
+        if int(num_particles) != num_particles or num_particles < 1:
+            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}.")
+        super().__init__(num_particles=int(num_particles), vectorize_particles=True,
+                         max_plate_nesting=max_plate_nesting, **kwargs)
+
+    def _log_weights(self, model, guide, args, kwargs) -> Tuple[torch.Tensor, float]:
+        """log w: ``(K, B)`` per particle and row, unscaled; and the data plate's scale N/B."""
+        (model_trace, guide_trace), = self._get_traces(model, guide, args, kwargs)
+        log_w, scales, dim = 0.0, set(), None
+        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+            for name, site in trace.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                if sign < 0 and not site["fn"].has_rsample:
+                    raise ValueError(f"the IWAE objective needs a reparameterizable guide; site {name!r} is not.")
+                frames = site["cond_indep_stack"]
+                dim = next((f.dim for f in frames if f.name == _PARTICLES), None)  # None when K = 1
+                data_plates = [f for f in frames if f.vectorized and f.name != _PARTICLES]
+                if not data_plates:
+                    raise ValueError(f"the IWAE objective is per datapoint: site {name!r} is outside the data "
+                                     f"plate; use Trace_ELBO for models with global latent variables.")
+                scales.add(float(site["scale"]))
+                log_w = log_w + sign * site["unscaled_log_prob"]
+        if len(scales) != 1:
+            raise ValueError(f"the sites of one datapoint carry different scales {sorted(scales)}; the IWAE "
+                             f"objective needs one subsampling scale N/B.")
+        log_w = log_w.unsqueeze(0) if dim is None else log_w.movedim(dim, 0)
+        log_w = log_w.reshape(self.num_particles, -1)  # (K, rows of the plates)
+        return log_w, scales.pop()
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """-(N/B) sum_i IWAE_K(x_i), nats for the whole data set, differentiable."""
+        log_w, scale = self._log_weights(model, guide, args, kwargs)
+        iwae = torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)
+        return -scale * iwae.sum()
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return torch_item(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward()
+        return torch_item(loss)
+
+
+def iwae(num_particles: int = 5, **kwargs) -> IWAE_ELBO:
+    """The IWAE objective with K = ``num_particles``, for ``SVI(..., loss=...)`` or ``fit(loss=...)``."""
+    return IWAE_ELBO(num_particles=num_particles, **kwargs)
+
+
+#: name -> (plain ELBO class, compiled ELBO class or None)
+ELBOS: Dict[str, Tuple[type, Optional[type]]] = {
     "trace": (Trace_ELBO, JitTrace_ELBO),
     "meanfield": (TraceMeanField_ELBO, JitTraceMeanField_ELBO),
+    "iwae": (IWAE_ELBO, None),
 }
 
 
@@ -65,6 +141,16 @@ def make(name: str = "trace", jit: bool = False, **kwargs) -> ELBO:
     if jit:
         kwargs.setdefault("ignore_jit_warnings", True)
     return (compiled if jit else plain)(**kwargs)
+
+
+def compiles(name: str) -> bool:
+    """Whether the objective ``name`` has a compiled (JIT) version."""
+    return ELBOS[name][1] is not None
+
+
+def options(name: str, config: dict) -> dict:
+    """The constructor arguments of objective ``name`` taken from a run's settings (``particles`` for iwae)."""
+    return {"num_particles": config["particles"]} if name == "iwae" else {}
 
 
 def is_jit(loss: ELBO) -> bool:

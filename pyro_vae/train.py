@@ -79,8 +79,8 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
     :param validate_every_step: keep Pyro's validation on for every step (default: only the
         checked first batch; the data are checked up front and a NaN loss stops the run at once,
         so later steps re-check nothing that can change, at about 10% of a step's time).
-    :returns: one row per epoch: ``epoch``, ``train_loss`` (mean -ELBO over the
-        epoch's steps), ``test_loss`` (-ELBO of the test split, one sample per
+    :returns: one row per epoch: ``epoch``, ``train_loss`` (mean ``loss`` over the
+        epoch's steps: -ELBO, or -IWAE_K with ``objectives.iwae``), ``test_loss`` (-ELBO of the test split, one sample per
         point; NaN for per-datapoint guides, which have no parameters for test
         points), both in nats per datapoint, and ``seconds`` of training.
     :raises TypeError: when ``data`` is not a :class:`pyro_vae.data.Dataset`.
