@@ -195,7 +195,8 @@ def cmd_compare(cfg: dict) -> None:
         guides=cfg["guides"], z_dim=cfg["z_dim"], hidden=cfg["hidden"], likelihood=cfg["likelihood"],
         epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], local_lr=cfg["local_lr"],
         qstar_lr=cfg["qstar_lr"], elbo=cfg["elbo"], particles=cfg["particles"], jit=not cfg["no_jit"],
-        seed=cfg["seed"], n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"], qstar_steps=cfg["qstar_steps"], device=cfg["device"], progress=not cfg["no_progress"])
+        seed=cfg["seed"], n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"], qstar_steps=cfg["qstar_steps"],
+        device=cfg["device"], progress=not cfg["no_progress"])
     if cfg["quick"]:
         settings = dataclasses.replace(settings, **QUICK)
     (out / "config.json").write_text(json.dumps({"data": cfg["data"], "binarize": ds.binarize,

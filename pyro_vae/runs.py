@@ -37,8 +37,8 @@ HISTORY = "history.csv"
 #: the settings of a run and their defaults (a config.json from an older version lacks the newer ones)
 DEFAULTS = {
     "data": "digits", "root": None, "no_download": False, "binarize": "static", "likelihood": None, "z_dim": 8,
-    "hidden": [256], "batch_size": 128, "lr": 1e-3, "local_lr": 1e-2, "elbo": "trace", "particles": 5, "no_jit": False,
-    "validate_every_step": False, "seed": 0, "data_seed": 0, "device": "cpu", "no_progress": False,
+    "hidden": [256], "batch_size": 128, "lr": 1e-3, "local_lr": 1e-2, "elbo": "trace", "particles": 5,
+    "no_jit": False, "validate_every_step": False, "seed": 0, "data_seed": 0, "device": "cpu", "no_progress": False,
     "guide": "normal", "scale": "softplus", "epochs": 300, "out": "runs/train",
 }
 
@@ -125,9 +125,10 @@ def train(cfg: dict, resume: bool = False) -> Run:
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG).write_text(json.dumps(cfg, indent=2))
     jit = not cfg["no_jit"] and objectives.jit_safe(model, guide) and objectives.compiles(cfg["elbo"])
+    loss = objectives.make(cfg["elbo"], jit=jit, **objectives.options(cfg["elbo"], cfg))
     history = fit(model, guide, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                   optim=LazyAdam({"lr": cfg["lr"]}, sparse_args={"lr": cfg["local_lr"]}),
-                  loss=objectives.make(cfg["elbo"], jit=jit, **objectives.options(cfg["elbo"], cfg)), checkpoint_dir=str(out), device=cfg["device"],
+                  loss=loss, checkpoint_dir=str(out), device=cfg["device"],
                   validate_every_step=cfg["validate_every_step"], resume=resume, progress=not cfg["no_progress"],
                   seed=cfg["seed"], config=cfg)
     history.to_csv(out / HISTORY, index=False)
