@@ -22,7 +22,6 @@ from typing import Dict, Optional, Sequence
 import pandas as pd
 import pyro
 import torch
-import guides
 
 from . import data, gaps, objectives
 from .optim import LazyAdam
@@ -103,8 +102,7 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
         model = build_model(ds, s.z_dim, s.hidden, s.likelihood, s.seed)
         guide = build_guide(name, ds, s.z_dim, s.hidden)
         optim = LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr})  # the same decoder lr for every guide
-        jit = s.jit and objectives.jit_safe(model, guide) and objectives.compiles(s.elbo)
-        loss = objectives.make(s.elbo, jit=jit, **objectives.options(s.elbo, {"particles": s.particles}))
+        loss = objectives.for_training(s.elbo, model, guide, jit=s.jit, particles=s.particles)
         history = fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, optim=optim, loss=loss,
                       progress=s.progress, seed=s.seed, device=s.device)
         histories.append(history.assign(guide=name))
@@ -133,7 +131,8 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
     )
 
 
-def evaluate(model, guide, ds: data.Dataset, settings: Settings = Settings(), splits: Sequence[str] = ("train", "test")):
+def evaluate(model, guide, ds: data.Dataset, settings: Settings = Settings(),
+             splits: Sequence[str] = ("train", "test")):
     """The gap decomposition of a trained ``model`` and ``guide`` on the first ``n_eval`` points of each split.
 
     Training points are given with their ``idx`` (every guide has a q for them); test points

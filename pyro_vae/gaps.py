@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 
 import pandas as pd
 import torch
+
 import guides
 
 from . import estimators

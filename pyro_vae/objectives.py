@@ -148,9 +148,14 @@ def compiles(name: str) -> bool:
     return ELBOS[name][1] is not None
 
 
-def options(name: str, config: dict) -> dict:
-    """The constructor arguments of objective ``name`` taken from a run's settings (``particles`` for iwae)."""
-    return {"num_particles": config["particles"]} if name == "iwae" else {}
+def for_training(name: str, model, guide, jit: bool = True, particles: int = 5) -> ELBO:
+    """The objective ``name`` to train ``model`` and ``guide`` with, as ``fit`` runs from settings.
+
+    Compiled when ``jit``, the objective has a compiled version and both modules are marked
+    :func:`jit_safe`; ``particles`` is K of ``iwae`` (the other objectives take one sample).
+    """
+    kwargs = {"num_particles": particles} if name == "iwae" else {}
+    return make(name, jit=jit and compiles(name) and jit_safe(model, guide), **kwargs)
 
 
 def is_jit(loss: ELBO) -> bool:

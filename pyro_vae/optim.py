@@ -25,11 +25,10 @@ A drop-in for ``pyro.optim.Adam`` (a :class:`pyro.optim.PyroOptim`), with two di
 
 from __future__ import annotations
 
+import pyro
 import torch
 from pyro.optim import PyroOptim
 from pyro.optim.optim import _load_state_dict
-
-import pyro
 
 
 def _fused_supported(param: torch.Tensor) -> bool:

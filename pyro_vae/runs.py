@@ -124,8 +124,7 @@ def train(cfg: dict, resume: bool = False) -> Run:
     model, guide = build(cfg, ds)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG).write_text(json.dumps(cfg, indent=2))
-    jit = not cfg["no_jit"] and objectives.jit_safe(model, guide) and objectives.compiles(cfg["elbo"])
-    loss = objectives.make(cfg["elbo"], jit=jit, **objectives.options(cfg["elbo"], cfg))
+    loss = objectives.for_training(cfg["elbo"], model, guide, jit=not cfg["no_jit"], particles=cfg["particles"])
     history = fit(model, guide, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                   optim=LazyAdam({"lr": cfg["lr"]}, sparse_args={"lr": cfg["local_lr"]}),
                   loss=loss, checkpoint_dir=str(out), device=cfg["device"],

@@ -80,9 +80,9 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         checked first batch; the data are checked up front and a NaN loss stops the run at once,
         so later steps re-check nothing that can change, at about 10% of a step's time).
     :returns: one row per epoch: ``epoch``, ``train_loss`` (mean ``loss`` over the
-        epoch's steps: -ELBO, or -IWAE_K with ``objectives.iwae``), ``test_loss`` (-ELBO of the test split, one sample per
-        point; NaN for per-datapoint guides, which have no parameters for test
-        points), both in nats per datapoint, and ``seconds`` of training.
+        epoch's steps: -ELBO, or -IWAE_K with ``objectives.iwae``), ``test_loss`` (-ELBO
+        of the test split, one sample per point; NaN for per-datapoint guides, which have
+        no parameters for test points), both in nats per datapoint, and ``seconds`` of training.
     :raises TypeError: when ``data`` is not a :class:`pyro_vae.data.Dataset`.
     :raises ValueError: before any step, when the data do not fit the model,
         model and guide disagree on the data set size, or ``epochs`` / ``batch_size``

@@ -131,7 +131,8 @@ def test_sample_writes_a_grid_for_images(two_runs, capsys):
 
 
 def test_sample_writes_a_csv_for_other_data(tmp_path):
-    runs.train({**SMALL, "z_dim": 2, "data": "linear-gaussian", "guide": "mvn", "epochs": 2, "out": str(tmp_path / "lg")})
+    runs.train({**SMALL, "z_dim": 2, "data": "linear-gaussian", "guide": "mvn", "epochs": 2,
+                "out": str(tmp_path / "lg")})
     assert cli.main(["sample", str(tmp_path / "lg"), "--n", "30", "--seed", "1"]) == 0
     frame = pd.read_csv(tmp_path / "lg" / "samples.csv")
     assert frame.shape == (30, 2 + 10) and list(frame.columns[:3]) == ["z0", "z1", "x0"]
