@@ -65,7 +65,11 @@ class AmortizedNormal(Guide):
         self.encoder = mlp(x_dim, tuple(hidden), 2 * z_dim)
 
     def distribution(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> dist.Distribution:
-        loc, h = self.encoder(x).split(self.z_dim, dim=-1)
+        return self.from_params(self.encoder(x))
+
+    def from_params(self, params: torch.Tensor) -> dist.Distribution:
+        """q from the encoder's output ``params: (..., 2K)`` (loc, then the raw scale)."""
+        loc, h = params.split(self.z_dim, dim=-1)
         return dist.Normal(loc, SCALE_FNS[self.scale](h)).to_event(1)
 
 
@@ -89,6 +93,10 @@ class AmortizedMVN(Guide):
         self.encoder = mlp(x_dim, tuple(hidden), 2 * z_dim + z_dim * (z_dim - 1) // 2)
 
     def distribution(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> dist.Distribution:
+        return self.from_params(self.encoder(x))
+
+    def from_params(self, params: torch.Tensor) -> dist.Distribution:
+        """q from the encoder's output ``params: (..., 2K + K(K-1)/2)`` (loc, raw diagonal, strict lower triangle)."""
         K = self.z_dim
-        loc, diag_raw, off_diag = self.encoder(x).split([K, K, K * (K - 1) // 2], dim=-1)
+        loc, diag_raw, off_diag = params.split([K, K, K * (K - 1) // 2], dim=-1)
         return dist.MultivariateNormal(loc, scale_tril=scale_tril(diag_raw, off_diag, self.min_scale))

@@ -32,8 +32,10 @@ class Guide(pyro.nn.PyroModule):
 
     #: True when q depends on x through shared weights (one pass infers a new point)
     amortized: bool = True
-    #: the Gaussian family of q: "normal" (diagonal) or "mvn" (full covariance)
+    #: the family of q: "normal" (diagonal Gaussian), "mvn" (full covariance) or "flow"
     family: str = ""
+    #: True when the guide is built with the model (``make(name, model=vae.model, ...)``)
+    needs_model: bool = False
     #: True when the test suite checks this guide under Pyro's JIT ELBOs (see pyro_vae.objectives)
     jit_safe: bool = False
 

@@ -38,15 +38,25 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+def _integer_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive: give an integer >= 1")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} is {'not positive' if low == 1 else 'negative'}: "
+                                         f"give an integer >= {low}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _integer_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _integer_at_least(text, 0)
 
 
 def positive_float(text: str) -> float:
@@ -99,6 +109,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "(the importance-weighted bound with --particles samples, right under mini-batches)")
     p.add_argument("--particles", type=positive_int, default=5,
                    help="K, the importance samples per datapoint of --loss iwae")
+    p.add_argument("--num-flows", type=positive_int, default=2,
+                   help="affine autoregressive transforms of the flow and local_flow guides")
+    p.add_argument("--refine-steps", type=nonnegative_int, default=5,
+                   help="gradient steps by which the semi_amortized guide refines each q (0: the plain encoder)")
     p.add_argument("--no-jit", action="store_true",
                    help="do not compile the ELBO with Pyro's JIT (it is compiled only for the models and guides "
                         "tested under it; see the README for the trade-off)")
@@ -131,6 +145,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--guides", nargs="+", default=["normal", "mvn", "meanfield"], choices=guides.names(),
                    help="guides to train decoders with")
     c.add_argument("--epochs", type=positive_int, default=300, help="passes over the training set, per guide")
+    c.add_argument("--families", nargs="+", default=["normal", "mvn"], choices=sorted(gaps.FAMILIES),
+                   help="families of q* (add flow for L[q*_flow]; each guide's own family must be among them)")
     c.add_argument("--qstar-lr", type=positive_float, default=3e-2, help="learning rate of the q* fits")
     c.add_argument("--n-eval", type=positive_int, default=200, help="train and test points evaluated")
     c.add_argument("--ll-samples", type=positive_int, default=5000, help="importance samples for log p(x)")
@@ -146,7 +162,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--ll-samples", type=positive_int, default=5000, help="importance samples for log p(x)")
     e.add_argument("--elbo-samples", type=positive_int, default=500, help="samples for each ELBO estimate")
     e.add_argument("--families", nargs="+", default=["normal", "mvn"], choices=sorted(gaps.FAMILIES),
-                   help="Gaussian families of q* (each run's own guide family must be among them)")
+                   help="families of q* (each run's own guide family must be among them)")
     e.add_argument("--qstar-steps", type=positive_int, default=3000, help="most optimization steps for q*")
     e.add_argument("--qstar-lr", type=positive_float, default=3e-2, help="learning rate of the q* fits")
     e.add_argument("--seed", type=int, default=0, help="seeds the Monte Carlo samples of the evaluation")
@@ -182,7 +198,7 @@ def cmd_train(cfg: dict) -> None:
           f"learning_curves.png}}")
 
 
-QUICK = {"epochs": 15, "n_eval": 40, "ll_samples": 500, "qstar_steps": 300, "elbo_samples": 100}
+QUICK = {"epochs": 15, "n_eval": 20, "ll_samples": 300, "qstar_steps": 150, "elbo_samples": 50}
 
 
 def cmd_compare(cfg: dict) -> None:
@@ -194,7 +210,8 @@ def cmd_compare(cfg: dict) -> None:
     settings = compare.Settings(
         guides=cfg["guides"], z_dim=cfg["z_dim"], hidden=cfg["hidden"], likelihood=cfg["likelihood"],
         epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], local_lr=cfg["local_lr"],
-        qstar_lr=cfg["qstar_lr"], elbo=cfg["elbo"], particles=cfg["particles"], jit=not cfg["no_jit"],
+        qstar_lr=cfg["qstar_lr"], elbo=cfg["elbo"], particles=cfg["particles"], num_flows=cfg["num_flows"],
+        refine_steps=cfg["refine_steps"], families=cfg["families"], jit=not cfg["no_jit"],
         seed=cfg["seed"], n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"], qstar_steps=cfg["qstar_steps"],
         device=cfg["device"], progress=not cfg["no_progress"])
     if cfg["quick"]:
@@ -224,8 +241,8 @@ def cmd_compare(cfg: dict) -> None:
 
 def format_table(table: pd.DataFrame, labels=("guide", "split")) -> str:
     """The headline table: means in nats per datapoint, log p(x) with its standard error."""
-    cols = [*labels, "log_px", "log_px_exact", "elbo_qstar_normal", "elbo_qstar_mvn", "elbo_q",
-            "approximation_gap", "amortization_gap", "optimization_gap"]
+    cols = [*labels, "log_px", "log_px_exact", "elbo_qstar_normal", "elbo_qstar_mvn", "elbo_qstar_flow", "elbo_q",
+            "approximation_gap", "approximation_gap_flow", "amortization_gap", "optimization_gap"]
     view = table[[c for c in cols if c in table]].copy()
     view.insert(len(labels) + 1, "log_px_se", table["log_px_se"])
     return view.to_string(index=False, float_format=lambda v: f"{v:.3f}")

@@ -26,7 +26,7 @@ import torch
 from . import data, gaps, objectives
 from .optim import LazyAdam
 from .progress import progress_bar
-from .runs import build_guide, build_model  # noqa: F401  (the one place models and guides are built from settings)
+from .runs import build_guide, build_model, guide_options  # the one place models and guides are built from settings
 from .train import fit
 
 @dataclass
@@ -47,6 +47,8 @@ class Settings:
     qstar_lr: float = 3e-2
     elbo: str = "trace"
     particles: int = 5
+    num_flows: int = 2
+    refine_steps: int = 5
     jit: bool = True
     seed: int = 0
     n_eval: int = 200
@@ -100,7 +102,8 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
         phases.set_postfix(guide=name, refresh=False)
         pyro.set_rng_seed(s.seed)  # every decoder starts from the same weights
         model = build_model(ds, s.z_dim, s.hidden, s.likelihood, s.seed)
-        guide = build_guide(name, ds, s.z_dim, s.hidden)
+        guide = build_guide(name, ds, s.z_dim, s.hidden, model=model,
+                            **guide_options(name, {"num_flows": s.num_flows, "refine_steps": s.refine_steps}))
         optim = LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr})  # the same decoder lr for every guide
         loss = objectives.for_training(s.elbo, model, guide, jit=s.jit, particles=s.particles)
         history = fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, optim=optim, loss=loss,
@@ -171,7 +174,7 @@ def settings_dict(s: Settings) -> dict:
 
 @torch.no_grad()
 def latent_frame(result: Result, ds: data.Dataset, n: int = 500) -> pd.DataFrame:
-    """Means of q(z | x) for the first ``n`` training points, per guide, projected on their two principal axes.
+    """Means of q(z | x) (estimated from draws for a flow) for the first ``n`` training points, per guide, projected on their two principal axes.
 
     Columns: guide, z1, z2, label. Training points, because every guide (the
     per-datapoint ones too) has a q for them.
@@ -181,7 +184,8 @@ def latent_frame(result: Result, ds: data.Dataset, n: int = 500) -> pd.DataFrame
     frames = []
     for name, guide in result.guides.items():
         device = next(guide.parameters()).device
-        means = guide.distribution(ds.train[:n].to(device), torch.arange(n, device=device)).mean.cpu()
+        q = guide.distribution(ds.train[:n].to(device), torch.arange(n, device=device))
+        means = gaps.as_gaussian(q).mean.cpu()  # a flow's mean, estimated
         centred = means - means.mean(0)
         _, _, V = torch.linalg.svd(centred, full_matrices=False)
         proj = centred @ V[:2].T if means.shape[1] > 1 else torch.cat([centred, torch.zeros_like(centred)], 1)
@@ -198,7 +202,7 @@ def image_rows(result: Result, ds: data.Dataset, n: int = 10) -> dict:
     for name, guide in result.guides.items():
         model = result.models[name]
         x, idx = ds.train[:n].to(model.device), torch.arange(n, device=model.device)
-        rows[f"{name}: reconstruction"] = model.mean(guide.distribution(x, idx).mean).cpu()
+        rows[f"{name}: reconstruction"] = model.mean(gaps.as_gaussian(guide.distribution(x, idx)).mean).cpu()
     for name, model in result.models.items():
         rows[f"{name}: sample"] = model.sample_mean(n).cpu()
     return rows

@@ -5,8 +5,8 @@ For a trained decoder p and data x (Cremer, Li & Duvenaud 2018)::
     log p(x) - L[q] = (log p(x) - L[q*])  +  (L[q*] - L[q])
                        approximation gap     amortization gap
 
-where q is the guide being judged and q* the best member of its Gaussian
-family for each datapoint. Usage::
+where q is the guide being judged and q* the best member of its family
+(diagonal Gaussian, full-covariance Gaussian or flow) for each datapoint. Usage::
 
     qstar = fit_local(vae.model, x, family="normal", init=guide)   # a MeanField over the rows of x
     table = decompose(vae.model, guide, x)        # one row per datapoint, nats
@@ -29,8 +29,8 @@ import guides
 from . import estimators
 from .progress import progress_bar
 
-#: Gaussian family -> the per-datapoint guide that represents it
-FAMILIES = {"normal": "meanfield", "mvn": "local_mvn"}
+#: family of q -> the per-datapoint guide that represents it
+FAMILIES = {"normal": "meanfield", "mvn": "local_mvn", "flow": "local_flow"}
 
 
 @contextlib.contextmanager
@@ -79,10 +79,26 @@ def diagonal_gap(posterior: torch.distributions.MultivariateNormal) -> torch.Ten
     return 0.5 * (diag.log().sum(-1) - torch.logdet(precision))
 
 
+@torch.no_grad()
+def as_gaussian(q: torch.distributions.Distribution, num_samples: int = 4096) -> torch.distributions.Distribution:
+    """``q`` itself when it is Gaussian (a MultivariateNormal or a Normal(...).to_event(1)), else the
+    full-covariance Gaussian with q's mean and covariance, estimated from ``num_samples`` draws
+    (how a flow q starts the Gaussian q*s). Batch shape as ``q``'s."""
+    if isinstance(q, torch.distributions.MultivariateNormal) or (
+            isinstance(q, torch.distributions.Independent) and isinstance(q.base_dist, torch.distributions.Normal)):
+        return q
+    z = q.sample((num_samples,))
+    mean = z.mean(0)
+    centred = z - mean
+    cov = torch.einsum("sbi,sbj->bij", centred, centred) / (num_samples - 1)
+    cov = cov + 1e-6 * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    return torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
+
+
 def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=None, *, steps: int = 3000,
               lr: float = 3e-2, num_samples: int = 50, check_every: int = 10, patience: int = 20,
               z_dim: Optional[int] = None, progress: bool = False):
-    """Fit q*_i, the best ``family`` Gaussian for each row of ``x: (n, D)``, with the decoder frozen.
+    """Fit q*_i, the best member of ``family`` for each row of ``x: (n, D)``, with the decoder frozen.
 
     All rows are optimized together as one ``(n, K)`` parameter tensor by
     SparseAdam on the ``num_samples``-sample reparameterized ELBO, with the
@@ -92,10 +108,13 @@ def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=Non
     its best so far; a row that has not improved for ``patience`` checks stops
     (its parameters and Adam moments no longer move, and it leaves the batch).
 
-    :param family: ``"normal"`` (diagonal, a :class:`guides.MeanField`) or ``"mvn"``
-        (full covariance, a :class:`guides.LocalMVN`).
+    :param family: ``"normal"`` (diagonal, a :class:`guides.MeanField`), ``"mvn"``
+        (full covariance, a :class:`guides.LocalMVN`) or ``"flow"`` (a Gaussian and two
+        affine autoregressive transforms per row, a :class:`guides.LocalFlow`; its log q needs the
+        transforms' inverse, one pass per latent dimension, so a step costs more).
     :param init: None (start at the prior N(0, I)), a guide (its
-        ``distribution(x)``), or a distribution with batch shape ``(n,)``.
+        ``distribution(x)``), or a distribution with batch shape ``(n,)``; a q that is not
+        Gaussian starts q* at the Gaussian with its mean and covariance (:func:`as_gaussian`).
     :returns: the fitted per-datapoint guide over rows ``0..n-1`` of ``x``;
         ``guide.steps_taken`` (``(n,)``) counts each row's steps.
     """
@@ -108,7 +127,7 @@ def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=Non
     guide = guides.make(FAMILIES[family], z_dim=z_dim, num_data=n).to(device)
     if init is not None:
         with torch.no_grad():
-            guide.init_from(init.distribution(x) if hasattr(init, "distribution") else init)
+            guide.init_from(as_gaussian(init.distribution(x) if hasattr(init, "distribution") else init))
     params = list(guide.parameters())
     optimizer = torch.optim.SparseAdam(params, lr=lr)
     rows = torch.arange(n, device=device)
@@ -155,8 +174,11 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
       ``log_px_exact`` when ``exact`` (a function x -> exact log p(x)) is given;
     - ``elbo_q``: L[q] of ``guide`` (NaN when a per-datapoint guide has no parameters for
       these rows, i.e. ``idx`` is None);
-    - ``elbo_qstar_<family>`` for each family: L[q*], the per-datapoint optimum, decoder frozen;
+    - ``elbo_qstar_<family>`` for each family: L[q*], the per-datapoint optimum, decoder frozen
+      (``"flow"``'s q* starts at the ``"mvn"`` q* when both are fitted);
     - ``approximation_gap`` = log_px - L[q*] with q* in the guide's own family;
+    - ``approximation_gap_flow`` = log_px - L[q*_flow], when ``"flow"`` is among ``families``: the part
+      of the approximation gap that a flow family does not remove (Cremer et al.'s L[q*_AF]);
     - ``amortization_gap`` = L[q*] - L[q] for an amortized guide (an encoder), else NaN;
     - ``optimization_gap`` = L[q*] - L[q] for a per-datapoint guide: there is no encoder, so
       this is how far training left the datapoint's own parameters from their optimum
@@ -186,8 +208,14 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
     else:
         out["elbo_q"] = out["elbo_q_se"] = math.nan
     best_guide, best_elbo = (guide, out["elbo_q"].mean()) if has_q else (None, -math.inf)
+    fitted = {}
     for family in families:
-        qstar = fit_local(model, x, family, init=init, progress=progress, **fit_kwargs)
+        # the flow family contains the mvn one: its q* starts at the mvn q*, when there is one
+        start = init
+        if family == "flow" and "mvn" in fitted:
+            with torch.no_grad():
+                start = fitted["mvn"].distribution(x, rows)
+        qstar = fitted[family] = fit_local(model, x, family, init=start, progress=progress, **fit_kwargs)
         put(f"elbo_qstar_{family}", estimators.elbo(model, qstar, x, rows, elbo_samples))
         if out[f"elbo_qstar_{family}"].mean() > best_elbo:
             best_guide, best_elbo = qstar, out[f"elbo_qstar_{family}"].mean()
@@ -198,6 +226,9 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
     own = f"elbo_qstar_{guide.family}"
     out["approximation_gap"] = out["log_px"] - out[own]
     out["approximation_gap_se"] = (out["log_px_se"] ** 2 + out[f"{own}_se"] ** 2) ** 0.5
+    if "flow" in families:
+        out["approximation_gap_flow"] = out["log_px"] - out["elbo_qstar_flow"]
+        out["approximation_gap_flow_se"] = (out["log_px_se"] ** 2 + out["elbo_qstar_flow_se"] ** 2) ** 0.5
     gap = out[own] - out["elbo_q"]
     gap_se = (out[f"{own}_se"] ** 2 + out["elbo_q_se"] ** 2) ** 0.5
     kept, empty = ("amortization_gap", "optimization_gap") if guide.amortized else \

@@ -61,6 +61,7 @@ def learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
 #: gap column -> the label a figure shows for it
 GAP_LABELS = {
     "approximation_gap": "approximation gap: log p(x) - L[q*]",
+    "approximation_gap_flow": "of which a flow q* leaves: log p(x) - L[q*_flow]",
     "amortization_gap": "amortization gap: L[q*] - L[q] (encoder)",
     "optimization_gap": "optimization gap: L[q*] - L[q_i] (per-datapoint q left by training)",
 }

@@ -39,7 +39,7 @@ DEFAULTS = {
     "data": "digits", "root": None, "no_download": False, "binarize": "static", "likelihood": None, "z_dim": 8,
     "hidden": [256], "batch_size": 128, "lr": 1e-3, "local_lr": 1e-2, "elbo": "trace", "particles": 5,
     "no_jit": False, "validate_every_step": False, "seed": 0, "data_seed": 0, "device": "cpu", "no_progress": False,
-    "guide": "normal", "scale": "softplus", "epochs": 300, "out": "runs/train",
+    "guide": "normal", "scale": "softplus", "num_flows": 2, "refine_steps": 5, "epochs": 300, "out": "runs/train",
 }
 
 
@@ -89,9 +89,25 @@ def build_model(ds: data.Dataset, z_dim: int, hidden: Sequence[int], likelihood:
     return models.VAE(ds.x_dim, z_dim, hidden, likelihood=likelihood, num_data=n)
 
 
-def build_guide(name: str, ds: data.Dataset, z_dim: int, hidden: Sequence[int], **kw):
-    """Guide ``name`` from the registry, sized for ``ds`` (``num_data = len(ds.train)``)."""
+def build_guide(name: str, ds: data.Dataset, z_dim: int, hidden: Sequence[int], model=None, **kw):
+    """Guide ``name`` from the registry, sized for ``ds`` (``num_data = len(ds.train)``).
+
+    ``model`` (the model module) is handed to guides that refine q against it (``semi_amortized``).
+    """
+    if guides.get(name).needs_model:
+        if model is None:
+            raise ValueError(f"the {name} guide refines q on the model's ELBO: pass model= to build_guide.")
+        kw["model"] = model.model
     return guides.make(name, x_dim=ds.x_dim, z_dim=z_dim, hidden=tuple(hidden), num_data=len(ds.train), **kw)
+
+
+def guide_options(name: str, cfg: dict) -> dict:
+    """The settings in ``cfg`` that guide ``name`` takes: ``scale`` (normal), ``num_flows`` (flow, local_flow),
+    ``refine_steps`` (semi_amortized's ``steps``)."""
+    cfg = {**DEFAULTS, **cfg}
+    options = {"normal": {"scale": cfg["scale"]}, "flow": {"num_flows": cfg["num_flows"]},
+               "local_flow": {"num_flows": cfg["num_flows"]}, "semi_amortized": {"steps": cfg["refine_steps"]}}
+    return options.get(name, {})
 
 
 def build(cfg: dict, ds: data.Dataset) -> Tuple[models.LatentVariableModel, guides.Guide]:
@@ -99,8 +115,8 @@ def build(cfg: dict, ds: data.Dataset) -> Tuple[models.LatentVariableModel, guid
     cfg = {**DEFAULTS, **cfg}
     pyro.set_rng_seed(cfg["seed"])  # the initial weights are drawn from the seed, as the rest of the run
     model = build_model(ds, cfg["z_dim"], cfg["hidden"], cfg["likelihood"], cfg["seed"])
-    extra = {"scale": cfg["scale"]} if cfg["guide"] == "normal" else {}
-    return model, build_guide(cfg["guide"], ds, cfg["z_dim"], cfg["hidden"], **extra)
+    return model, build_guide(cfg["guide"], ds, cfg["z_dim"], cfg["hidden"], model=model,
+                              **guide_options(cfg["guide"], cfg))
 
 
 # ---------------------------------------------------------------- train, load

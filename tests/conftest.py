@@ -29,6 +29,17 @@ def offline(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", connect)
 
 
+@pytest.fixture(scope="module")
+def oracle():
+    """The linear-Gaussian oracle with its true, frozen decoder, and 100 test points."""
+    from pyro_vae import data, models
+
+    ds = data.load("linear-gaussian")
+    lg = models.LinearGaussian(ds.params["W"], ds.params["b"], float(ds.params["noise_scale"]))
+    lg.requires_grad_(False)
+    return lg, ds.test[:100]
+
+
 @pytest.fixture(scope="session")
 def digits():
     from pyro_vae import data

@@ -17,14 +17,6 @@ from pyro_vae.optim import LazyAdam
 from .conftest import se_tolerance
 
 
-@pytest.fixture(scope="module")
-def oracle():
-    ds = data.load("linear-gaussian")
-    lg = models.LinearGaussian(ds.params["W"], ds.params["b"], float(ds.params["noise_scale"]))
-    lg.requires_grad_(False)
-    return lg, ds.test[:100]
-
-
 def test_log_likelihood_matches_exact_within_its_standard_error(oracle):
     """IWAE with the best q found (q* of the full-covariance family) as proposal, as decompose uses it."""
     lg, x = oracle

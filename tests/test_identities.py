@@ -96,7 +96,12 @@ def _build_guide(name, x_dim=5, num_data=16):
     return guides.make(name, x_dim=x_dim, z_dim=K, hidden=(8,), num_data=num_data)
 
 
-@pytest.mark.parametrize("name", guides.names())
+#: guides whose q is a Gaussian that one call fixes (semi_amortized's refinement draws afresh each call;
+#: the flows have no closed-form moments: tests/test_closing_gaps.py checks them)
+GAUSSIAN_GUIDES = [n for n in guides.names() if guides.get(n).family in ("normal", "mvn") and not guides.get(n).needs_model]
+
+
+@pytest.mark.parametrize("name", GAUSSIAN_GUIDES)
 def test_guides_reparameterized_gradients_match_the_closed_form(name):
     """For every guide, d/dphi E_q[f(z)] from ``q.rsample()`` equals the gradient of the closed form.
 
@@ -386,7 +391,8 @@ def test_amortized_guides_trained_by_svi_on_the_oracle():
 def test_model_and_guide_pass_pyro_checks(name):
     n, batch = 50, 7
     vae = models.VAE(6, K, (16,), num_data=n)
-    guide = guides.make(name, x_dim=6, z_dim=K, hidden=(16,), num_data=n)
+    extra = {"model": vae.model} if guides.get(name).needs_model else {}
+    guide = guides.make(name, x_dim=6, z_dim=K, hidden=(16,), num_data=n, **extra)
     x, idx = torch.bernoulli(torch.full((batch, 6), 0.5)), torch.arange(10, 10 + batch)
     with pyro.validation_enabled(True):
         guide_trace = poutine.trace(guide).get_trace(x, idx)

@@ -27,8 +27,8 @@ def figure_cells_without_images(book):
     return missing
 
 
-def test_there_are_three_notebooks():
-    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03"]
+def test_there_are_four_notebooks():
+    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

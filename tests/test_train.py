@@ -14,7 +14,7 @@ from pyro_vae.train import CHECKPOINT, PREVIOUS_CHECKPOINT, CheckpointError, Che
 
 def _build(ds, name, hidden=(64,)):
     model = compare.build_model(ds, 4, hidden)
-    guide = compare.build_guide(name, ds, 4, hidden)
+    guide = compare.build_guide(name, ds, 4, hidden, model=model)
     return model, guide, LazyAdam({"lr": 1e-3}, sparse_args={"lr": 1e-2})
 
 
