@@ -3,7 +3,7 @@
 Usage::
 
     import guides
-    guides.names()                   # ['flow', 'local_flow', 'local_mvn', 'meanfield', 'mvn', 'normal', 'semi_amortized']
+    guides.names()   # ['flow', 'local_flow', 'local_mvn', 'meanfield', 'mvn', 'normal', 'semi_amortized']
     guide = guides.make("mvn", x_dim=64, z_dim=8, hidden=(128,), num_data=len(train))
     guide(x, idx)                    # a Pyro guide: SVI(model, guide, optim, Trace_ELBO())
     guide.distribution(x, idx)       # q as a torch distribution, batch (batch,), event (z_dim,)

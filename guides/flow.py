@@ -188,7 +188,7 @@ class LocalFlow(LocalGuide):
 
     @torch.no_grad()
     def init_from(self, q):
-        """Represent the Gaussian ``q`` (a MultivariateNormal or a Normal(...).to_event(1), batch ``(num_data,)``) exactly.
+        """Represent the Gaussian ``q`` exactly (a MultivariateNormal or Normal(...).to_event(1), batch (num_data,)).
 
         For q = N(m, L L^T): base N(m, diag(L_jj)^2), then the first transform (identity order)
         maps z_0 to z_0 + A (z_0 - m) with A_dj = L_dj / L_jj below the diagonal (its skip

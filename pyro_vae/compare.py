@@ -174,7 +174,8 @@ def settings_dict(s: Settings) -> dict:
 
 @torch.no_grad()
 def latent_frame(result: Result, ds: data.Dataset, n: int = 500) -> pd.DataFrame:
-    """Means of q(z | x) (estimated from draws for a flow) for the first ``n`` training points, per guide, projected on their two principal axes.
+    """Means of q(z | x) (estimated from draws for a flow) for the first ``n`` training points, per guide,
+    projected on their two principal axes.
 
     Columns: guide, z1, z2, label. Training points, because every guide (the
     per-datapoint ones too) has a q for them.
