@@ -142,11 +142,11 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="the amortization question: train with each guide, decompose the gaps",
                        formatter_class=fmt)
     _common(c)
-    c.add_argument("--guides", nargs="+", default=["normal", "mvn", "meanfield"], choices=guides.names(),
+    c.add_argument("--guides", nargs="+", default=list(compare.Settings.guides), choices=guides.names(),
                    help="guides to train decoders with")
     c.add_argument("--epochs", type=positive_int, default=300, help="passes over the training set, per guide")
-    c.add_argument("--families", nargs="+", default=["normal", "mvn"], choices=sorted(gaps.FAMILIES),
-                   help="families of q* (add flow for L[q*_flow]; each guide's own family must be among them)")
+    c.add_argument("--families", nargs="+", default=list(compare.Settings.families), choices=sorted(gaps.FAMILIES),
+                   help="families of q* (flow gives L[q*_flow]; each guide's own family must be among them)")
     c.add_argument("--qstar-lr", type=positive_float, default=3e-2, help="learning rate of the q* fits")
     c.add_argument("--n-eval", type=positive_int, default=200, help="train and test points evaluated")
     c.add_argument("--ll-samples", type=positive_int, default=5000, help="importance samples for log p(x)")
@@ -161,8 +161,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--n-eval", type=positive_int, default=200, help="points evaluated per split")
     e.add_argument("--ll-samples", type=positive_int, default=5000, help="importance samples for log p(x)")
     e.add_argument("--elbo-samples", type=positive_int, default=500, help="samples for each ELBO estimate")
-    e.add_argument("--families", nargs="+", default=["normal", "mvn"], choices=sorted(gaps.FAMILIES),
-                   help="families of q* (each run's own guide family must be among them)")
+    e.add_argument("--families", nargs="+", default=None, choices=sorted(gaps.FAMILIES),
+                   help="families of q*; each run's own guide family must be among them (default: normal and mvn, "
+                        "and flow when a run's guide is a flow)")
     e.add_argument("--qstar-steps", type=positive_int, default=3000, help="most optimization steps for q*")
     e.add_argument("--qstar-lr", type=positive_float, default=3e-2, help="learning rate of the q* fits")
     e.add_argument("--seed", type=int, default=0, help="seeds the Monte Carlo samples of the evaluation")
@@ -258,11 +259,13 @@ def cmd_evaluate(cfg: dict) -> None:
     names = [run.name for run in loaded]
     if len(set(names)) < len(names):
         raise ValueError(f"evaluate: two runs share a folder name ({', '.join(names)}); tables label runs by it.")
+    flows = ["flow"] if any(run.guide.family == "flow" for run in loaded) else []
+    families = cfg["families"] or ["normal", "mvn", *flows]
     settings = compare.Settings(n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"], elbo_samples=cfg["elbo_samples"],
-                                qstar_steps=cfg["qstar_steps"], qstar_lr=cfg["qstar_lr"], families=cfg["families"],
+                                qstar_steps=cfg["qstar_steps"], qstar_lr=cfg["qstar_lr"], families=families,
                                 device=cfg["device"], progress=not cfg["no_progress"])
     for run in loaded:
-        if run.guide.family not in cfg["families"]:
+        if run.guide.family not in families:
             raise ValueError(f"evaluate: {run.name}'s guide ({run.config['guide']}) is of the {run.guide.family!r} "
                              f"family: add it to --families, since its gaps are measured against q* of that family.")
     tables, points = [], []

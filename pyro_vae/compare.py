@@ -36,7 +36,7 @@ class Settings:
     ``jit`` compiles the ELBO where model and guide are marked JIT-safe (see :mod:`pyro_vae.objectives`).
     """
 
-    guides: Sequence[str] = ("normal", "mvn", "meanfield")
+    guides: Sequence[str] = ("normal", "mvn", "flow", "semi_amortized", "meanfield")
     z_dim: int = 8
     hidden: Sequence[int] = (256,)
     likelihood: Optional[str] = None
@@ -55,7 +55,7 @@ class Settings:
     ll_samples: int = 5000
     elbo_samples: int = 500
     qstar_steps: int = 3000
-    families: Sequence[str] = ("normal", "mvn")
+    families: Sequence[str] = ("normal", "mvn", "flow")
     device: str = "cpu"
     progress: bool = True
 

@@ -125,6 +125,13 @@ def test_evaluate_needs_the_runs_own_family(two_runs, capsys):
     assert "add it to --families" in err and len(err.strip().splitlines()) == 1
 
 
+def test_evaluate_adds_the_flow_family_for_a_flow_run(tmp_path):
+    runs.train({**SMALL, "guide": "flow", "num_flows": 1, "epochs": 1, "out": str(tmp_path / "flow")})
+    assert cli.main(["evaluate", str(tmp_path / "flow"), "--split", "test", *EVAL]) == 0
+    table = pd.read_csv(tmp_path / "flow" / "evaluation.csv")
+    assert table[["approximation_gap", "approximation_gap_flow", "elbo_qstar_mvn"]].notna().all(axis=None)
+
+
 def test_sample_writes_a_grid_for_images(two_runs, capsys):
     assert cli.main(["sample", str(two_runs / "meanfield"), "--n", "16"]) == 0
     assert (two_runs / "meanfield" / "samples.png").exists()
