@@ -77,17 +77,19 @@ def gap_bars(per_point: pd.DataFrame, title: str = "Where the ELBO loses to log 
     gaps = [c for c in GAP_LABELS if c in per_point]
     long = per_point.melt(id_vars=[x, "split"], value_vars=gaps, var_name="gap", value_name="nats").dropna()
     long["gap"] = long["gap"].map(GAP_LABELS)
+    order = list(dict.fromkeys(per_point[x]))
     with _quiet():
         grid = sns.catplot(data=long, kind="bar", x=x, y="nats", hue="gap", col="split",
                            hue_order=[GAP_LABELS[g] for g in gaps if GAP_LABELS[g] in set(long["gap"])],
-                           errorbar=("se", 2), capsize=0.1, height=4.2, aspect=1.1,
-                           order=list(dict.fromkeys(per_point[x])), legend_out=False)
+                           errorbar=("se", 2), capsize=0.1, height=4.2, aspect=max(1.1, 0.3 * len(order)),
+                           order=order, legend_out=False)
     for ax in grid.axes.flat:
         ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.tick_params(axis="x", labelrotation=20)
     xlabel = "guide the decoder was trained with" if x == "guide" else x
     grid.set_axis_labels(xlabel, "gap (nats per datapoint)")
     grid.set_titles("{col_name} points")
-    sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, 0.0), ncol=1, title="mean over datapoints, "
+    sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, -0.05), ncol=1, title="mean over datapoints, "
                     "error bars: 2 standard errors")
     grid.figure.suptitle(title, y=1.03)
     return grid.figure
