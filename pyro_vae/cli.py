@@ -136,6 +136,9 @@ def parser() -> argparse.ArgumentParser:
                    help="sigma parameterization of the normal guide")
     t.add_argument("--epochs", type=positive_int, default=300,
                    help="passes over the training set (with --resume: the total to reach)")
+    t.add_argument("--local-steps", type=positive_int, default=1, metavar="T",
+                   help="iterative training: T steps of the guide's parameters per batch, the first T - 1 with the "
+                        "model held fixed (1: plain SVI)")
     t.add_argument("--out", default="runs/train", help="output folder")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
 
@@ -145,6 +148,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--guides", nargs="+", default=list(compare.Settings.guides), choices=guides.names(),
                    help="guides to train decoders with")
     c.add_argument("--epochs", type=positive_int, default=300, help="passes over the training set, per guide")
+    c.add_argument("--local-steps", type=positive_int, nargs="+", default=list(compare.Settings.local_steps),
+                   metavar="T", help="one decoder per T for each per-datapoint guide (meanfield, ...), trained "
+                                     "iteratively: T steps of the batch's rows per visit, T - 1 with the decoder fixed")
     c.add_argument("--families", nargs="+", default=list(compare.Settings.families), choices=sorted(gaps.FAMILIES),
                    help="families of q* (flow gives L[q*_flow]; each guide's own family must be among them)")
     c.add_argument("--qstar-lr", type=positive_float, default=3e-2, help="learning rate of the q* fits")
@@ -212,7 +218,8 @@ def cmd_compare(cfg: dict) -> None:
         guides=cfg["guides"], z_dim=cfg["z_dim"], hidden=cfg["hidden"], likelihood=cfg["likelihood"],
         epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], local_lr=cfg["local_lr"],
         qstar_lr=cfg["qstar_lr"], elbo=cfg["elbo"], particles=cfg["particles"], num_flows=cfg["num_flows"],
-        refine_steps=cfg["refine_steps"], families=cfg["families"], jit=not cfg["no_jit"],
+        refine_steps=cfg["refine_steps"], local_steps=cfg["local_steps"], families=cfg["families"],
+        jit=not cfg["no_jit"],
         seed=cfg["seed"], n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"], qstar_steps=cfg["qstar_steps"],
         device=cfg["device"], progress=not cfg["no_progress"])
     if cfg["quick"]:

@@ -23,6 +23,8 @@ import pandas as pd
 import pyro
 import torch
 
+import guides
+
 from . import data, gaps, objectives
 from .optim import LazyAdam
 from .progress import progress_bar
@@ -34,6 +36,8 @@ class Settings:
     """Everything a comparison run depends on; saved as ``config.json``.
 
     ``jit`` compiles the ELBO where model and guide are marked JIT-safe (see :mod:`pyro_vae.objectives`).
+    ``local_steps``: each per-datapoint guide trains one decoder per T (``fit(local_steps=T)``), labelled
+    ``"meanfield"`` for T = 1 and ``"meanfield T=5"`` otherwise; amortized guides train with T = 1.
     """
 
     guides: Sequence[str] = ("normal", "mvn", "flow", "semi_amortized", "meanfield")
@@ -49,6 +53,7 @@ class Settings:
     particles: int = 5
     num_flows: int = 2
     refine_steps: int = 5
+    local_steps: Sequence[int] = (1,)
     jit: bool = True
     seed: int = 0
     n_eval: int = 200
@@ -93,13 +98,26 @@ def inference_seconds(model, guide, x1: torch.Tensor, qstar_steps: int, qstar_lr
     return (time.perf_counter() - t0) / repeats
 
 
+def trainings(settings: Settings):
+    """``(label, guide name, T)`` for every decoder :func:`compare` trains: one per T of ``local_steps`` for a
+    per-datapoint guide, one (T = 1) for an amortized guide."""
+    out = []
+    for name in settings.guides:
+        steps = (1,) if guides.get(name).amortized else settings.local_steps
+        out += [(name if T == 1 else f"{name} T={T}", name, T) for T in steps]
+    return out
+
+
 def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
-    """Train a decoder with each guide in ``settings.guides`` and decompose its gaps on train and test points."""
+    """Train a decoder with each guide in ``settings.guides`` and decompose its gaps on train and test points.
+
+    The ``guide`` column of every table holds the training's label (see :func:`trainings`).
+    """
     s = settings
     histories, tables, per_point, cost, trained_models, trained_guides = [], [], [], [], {}, {}
-    phases = progress_bar(s.guides, "compare", s.progress)
-    for name in phases:
-        phases.set_postfix(guide=name, refresh=False)
+    phases = progress_bar(trainings(s), "compare", s.progress)
+    for label, name, local_steps in phases:
+        phases.set_postfix(guide=label, refresh=False)
         pyro.set_rng_seed(s.seed)  # every decoder starts from the same weights
         model = build_model(ds, s.z_dim, s.hidden, s.likelihood, s.seed)
         guide = build_guide(name, ds, s.z_dim, s.hidden, model=model,
@@ -107,14 +125,15 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
         optim = LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr})  # the same decoder lr for every guide
         loss = objectives.for_training(s.elbo, model, guide, jit=s.jit, particles=s.particles)
         history = fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, optim=optim, loss=loss,
-                      progress=s.progress, seed=s.seed, device=s.device)
-        histories.append(history.assign(guide=name))
+                      progress=s.progress, seed=s.seed, device=s.device, local_steps=local_steps)
+        histories.append(history.assign(guide=label))
         summary, points = evaluate(model, guide, ds, s)
-        tables.append(summary.assign(guide=name))
-        per_point.append(points.assign(guide=name))
+        tables.append(summary.assign(guide=label))
+        per_point.append(points.assign(guide=label))
         n_params = sum(p.numel() for p in guide.parameters())
         cost.append({
-            "guide": name,
+            "guide": label,
+            "local_steps": local_steps,
             "amortized": guide.amortized,
             "guide_params": n_params,
             "guide_params_at_60000": n_params if guide.amortized else n_params * 60000 // len(ds.train),
@@ -123,7 +142,7 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
                                                                s.qstar_lr),
             "train_seconds": float(history["seconds"].sum()),
         })
-        trained_models[name], trained_guides[name] = model, guide
+        trained_models[label], trained_guides[label] = model, guide
     return Result(
         histories=pd.concat(histories, ignore_index=True),
         table=pd.concat(tables, ignore_index=True)[["guide", *tables[0].columns.drop("guide")]],
@@ -169,6 +188,7 @@ def summary_row(table: pd.DataFrame) -> dict:
 def settings_dict(s: Settings) -> dict:
     out = asdict(s)
     out["guides"], out["hidden"], out["families"] = list(s.guides), list(s.hidden), list(s.families)
+    out["local_steps"] = list(s.local_steps)
     return out
 
 

@@ -19,6 +19,7 @@ declare ``jit_safe = True`` when the test suite checks them under the JIT
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import warnings
 from typing import Dict, Optional, Tuple
@@ -161,6 +162,19 @@ def for_training(name: str, model, guide, jit: bool = True, particles: int = 5) 
 def is_jit(loss: ELBO) -> bool:
     """Whether ``loss`` is one of Pyro's compiled ELBOs."""
     return type(loss).__name__.startswith("Jit")
+
+
+def uncompiled(loss: ELBO) -> ELBO:
+    """A plain ELBO of the same estimator as ``loss`` (a fresh one when ``loss`` is compiled, else a copy).
+
+    For programs the JIT cannot trace, such as a model whose parameters ``poutine.block`` hides
+    (the JIT passes parameters in as inputs; hidden ones would become constants that need a gradient).
+    """
+    if not is_jit(loss):
+        return copy.deepcopy(loss)
+    plain = next(c for c in type(loss).__mro__ if not c.__name__.startswith("Jit"))
+    return plain(num_particles=loss.num_particles, max_plate_nesting=loss.max_plate_nesting,
+                 vectorize_particles=loss.vectorize_particles)
 
 
 def jit_safe(*modules) -> bool:

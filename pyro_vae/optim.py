@@ -13,6 +13,9 @@ A drop-in for ``pyro.optim.Adam`` (a :class:`pyro.optim.PyroOptim`), with two di
   CUDA), where ``pyro.optim.Adam`` builds one optimizer per tensor and steps them in a
   Python loop. The update is Adam's, parameter by parameter; only the number of calls
   changes;
+- only the parameters a step is given move: a network held fixed for a step (``fit``'s
+  ``local_steps`` hide the decoder from the guide-only steps) keeps its place, where a
+  shared torch Adam would move it by momentum with the zero gradient Pyro leaves on it;
 - parameters whose gradient is sparse (the per-datapoint guides gather rows with
   ``embedding(..., sparse=True)``) get ``torch.optim.SparseAdam``, which updates only the
   rows present in the gradient together with their moment estimates. SparseAdam's step
@@ -75,6 +78,11 @@ class LazyAdam(PyroOptim):
             if self.grad_clip[p] is not None:
                 self.grad_clip[p](p)
         if dense:
+            stepped = set(dense)
+            for group in self.dense.param_groups:  # one torch Adam holds them all: step only this call's
+                for q in group["params"]:  # (a parameter left out, e.g. a decoder held fixed, would
+                    if q not in stepped:  # still move by Adam's momentum with a zero gradient)
+                        q.grad = None
             self.dense.step()
         for p in sparse:
             if p not in self.optim_objs:

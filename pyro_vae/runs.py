@@ -39,7 +39,8 @@ DEFAULTS = {
     "data": "digits", "root": None, "no_download": False, "binarize": "static", "likelihood": None, "z_dim": 8,
     "hidden": [256], "batch_size": 128, "lr": 1e-3, "local_lr": 1e-2, "elbo": "trace", "particles": 5,
     "no_jit": False, "validate_every_step": False, "seed": 0, "data_seed": 0, "device": "cpu", "no_progress": False,
-    "guide": "normal", "scale": "softplus", "num_flows": 2, "refine_steps": 5, "epochs": 300, "out": "runs/train",
+    "guide": "normal", "scale": "softplus", "num_flows": 2, "refine_steps": 5, "local_steps": 1, "epochs": 300,
+    "out": "runs/train",
 }
 
 
@@ -145,7 +146,7 @@ def train(cfg: dict, resume: bool = False) -> Run:
                   optim=LazyAdam({"lr": cfg["lr"]}, sparse_args={"lr": cfg["local_lr"]}),
                   loss=loss, checkpoint_dir=str(out), device=cfg["device"],
                   validate_every_step=cfg["validate_every_step"], resume=resume, progress=not cfg["no_progress"],
-                  seed=cfg["seed"], config=cfg)
+                  seed=cfg["seed"], config=cfg, local_steps=cfg["local_steps"])
     history.to_csv(out / HISTORY, index=False)
     return Run(out, model, guide, ds, cfg, history)
 

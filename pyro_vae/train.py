@@ -7,7 +7,10 @@ Usage::
     history                          # DataFrame: epoch, train_loss, test_loss (nats per datapoint), seconds
     fit(vae, guide, ds, epochs=100, optim=LazyAdam({"lr": 1e-3}), checkpoint_dir="runs/mvn", resume=True)
 
-Nothing here hides SVI: each epoch is ``for x, idx in ds.loader(...): svi.step(x, idx)``.
+Nothing here hides SVI: each epoch is ``for x, idx in ds.loader(...): svi.step(x, idx)``. With
+``local_steps=T`` (variational EM), each batch first takes T - 1 steps of a second SVI whose
+model hides its parameters (``poutine.block(model, hide_types=["param"])``), so that only the
+guide's parameters for that batch move, and then the ``svi.step`` above.
 ``model`` is a model module with ``.model(x, idx)`` (a :class:`~pyro_vae.models.VAE`
 or :class:`~pyro_vae.models.LinearGaussian`); ``guide`` is a guide module.
 """
@@ -27,6 +30,7 @@ import numpy as np
 import pandas as pd
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 
 from . import estimators, objectives
@@ -54,7 +58,8 @@ class CheckpointWarning(UserWarning):
 
 def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, loss=None, jit: Optional[bool] = None,
         device: str = "cpu", checkpoint_dir: Optional[str] = None, resume: bool = False, progress: bool = True,
-        seed: int = 0, config: Optional[dict] = None, validate_every_step: bool = False) -> pd.DataFrame:
+        seed: int = 0, config: Optional[dict] = None, validate_every_step: bool = False,
+        local_steps: int = 1) -> pd.DataFrame:
     """Train ``model`` and ``guide`` by SVI on ``data.train`` for ``epochs`` epochs.
 
     Each epoch is ``for x, idx in data.loader("train", batch_size, shuffle=True): svi.step(x, idx)``.
@@ -79,6 +84,14 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
     :param validate_every_step: keep Pyro's validation on for every step (default: only the
         checked first batch; the data are checked up front and a NaN loss stops the run at once,
         so later steps re-check nothing that can change, at about 10% of a step's time).
+    :param local_steps: T, the optimization steps each batch's guide parameters take per visit
+        (iterative training, variational EM with partial E-steps): T - 1 steps with the model's
+        parameters held fixed (for a per-datapoint guide only that batch's rows move), then one
+        ``svi.step`` that moves the model and the guide together. T = 1 (default) is plain SVI.
+        With an amortized guide the extra steps train the encoder with the decoder fixed
+        ("aggressive" inference-network training, He et al. 2019). The extra steps use ``loss``'s
+        estimator uncompiled (:func:`pyro_vae.objectives.uncompiled`) and the same ``optim`` (the
+        rows' Adam moments carry over).
     :returns: one row per epoch: ``epoch``, ``train_loss`` (mean ``loss`` over the
         epoch's steps: -ELBO, or -IWAE_K with ``objectives.iwae``), ``test_loss`` (-ELBO
         of the test split, one sample per point; NaN for per-datapoint guides, which have
@@ -92,13 +105,16 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
     """
     from .optim import LazyAdam
 
-    _check_setup(model, guide, data, epochs, batch_size)
+    _check_setup(model, guide, data, epochs, batch_size, local_steps)
     model.to(device)
     guide.to(device)
     data = data.to(device)  # batches are then cut on the device
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3}, sparse_args={"lr": 1e-2})
     if loss is None:
         loss = objectives.make("trace", jit=objectives.jit_safe(model, guide) if jit is None else jit)
+    # the guide-only steps hide the model's parameters, which the JIT cannot trace: they run uncompiled
+    local_loss = objectives.uncompiled(loss)
+    local_svi = SVI(poutine.block(model.model, hide_types=["param"]), guide, optim, local_loss)
     svi = SVI(model.model, guide, optim, loss)
     path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
 
@@ -123,6 +139,8 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         for epoch in bar:
             t0, total = time.perf_counter(), 0.0
             for x, idx in data.loader("train", batch_size, shuffle=True):
+                for _ in range(local_steps - 1):
+                    local_svi.step(x, idx)  # the guide's parameters alone, the model fixed
                 step_loss = svi.step(x, idx)
                 if not math.isfinite(step_loss):
                     raise FloatingPointError(
@@ -175,7 +193,7 @@ def test_elbo_loss(model, guide, x: torch.Tensor, chunk_size: int = 1024) -> flo
     return -total / len(x)
 
 
-def _check_setup(model, guide, data, epochs, batch_size) -> None:
+def _check_setup(model, guide, data, epochs, batch_size, local_steps=1) -> None:
     """Clear errors before any step: a Dataset that fits the model, model and guide agree on N, sane sizes."""
     from .data import Dataset
 
@@ -184,7 +202,7 @@ def _check_setup(model, guide, data, epochs, batch_size) -> None:
             f"fit needs a pyro_vae.data.Dataset (a train and a test split), got {type(data).__name__}: "
             f"wrap tensors with data.from_tensors(train, test), or load one with data.load(name)."
         )
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("local_steps", local_steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     model.check_data(data.train, "data.train")

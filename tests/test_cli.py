@@ -133,10 +133,13 @@ def test_unknown_guide_is_refused_by_the_parser(capsys):
 @pytest.mark.parametrize("dataset", ["digits", "linear-gaussian"])
 def test_compare_quick(tmp_path, capsys, dataset):
     out = tmp_path / "cmp"
-    z = ["--z-dim", "2"] if dataset == "linear-gaussian" else []
-    assert cli.main(["compare", "--quick", "--data", dataset, "--out", str(out), "--no-progress", *z]) == 0
+    more = ["--z-dim", "2"] if dataset == "linear-gaussian" else ["--local-steps", "1", "3"]
+    assert cli.main(["compare", "--quick", "--data", dataset, "--out", str(out), "--no-progress", *more]) == 0
     table = pd.read_csv(out / "results.csv")
-    assert table["guide"].unique().tolist() == ["normal", "mvn", "flow", "semi_amortized", "meanfield"]
+    iterated = dataset == "digits"
+    trained = ["normal", "mvn", "flow", "semi_amortized", "meanfield", *(["meanfield T=3"] if iterated else [])]
+    assert table["guide"].unique().tolist() == trained
+    assert pd.read_csv(out / "cost.csv")["local_steps"].tolist() == [1, 1, 1, 1, 1, *([3] if iterated else [])]
     assert set(table["split"]) == {"train", "test"} and "approximation_gap_flow" in table
     for name in ("cost.csv", "per_point.csv", "history.csv", "learning_curves.png", "gaps.png", "latents.png"):
         assert (out / name).exists(), name

@@ -42,21 +42,22 @@ def test_grey_level_likelihoods_train(likelihood):
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0] - 1.0
 
 
-@pytest.mark.parametrize("name", ["mvn", "meanfield"])
-def test_resume_reproduces_the_uninterrupted_run(digits, tmp_path, name):
+@pytest.mark.parametrize("name,local_steps", [("mvn", 1), ("meanfield", 1), ("meanfield", 3)])
+def test_resume_reproduces_the_uninterrupted_run(digits, tmp_path, name, local_steps):
     pyro.set_rng_seed(7)  # the same initial weights for both runs
     model, guide, optim = _build(digits, name)
-    straight = fit(model, guide, digits, epochs=4, optim=optim, progress=False, seed=7)
+    straight = fit(model, guide, digits, epochs=4, optim=optim, progress=False, seed=7, local_steps=local_steps)
 
     pyro.clear_param_store()
     pyro.set_rng_seed(7)
     model, guide, optim = _build(digits, name)
-    fit(model, guide, digits, epochs=2, optim=optim, progress=False, seed=7, checkpoint_dir=str(tmp_path))
+    fit(model, guide, digits, epochs=2, optim=optim, progress=False, seed=7, checkpoint_dir=str(tmp_path),
+        local_steps=local_steps)
     pyro.clear_param_store()
     torch.manual_seed(12345)  # a resumed process starts from another RNG state
     model, guide, optim = _build(digits, name)
     resumed = fit(model, guide, digits, epochs=4, optim=optim, progress=False, checkpoint_dir=str(tmp_path),
-                  resume=True)
+                  resume=True, local_steps=local_steps)
     cols = ["epoch", "train_loss", "test_loss"]
     pd.testing.assert_frame_equal(straight[cols], resumed[cols])
 
