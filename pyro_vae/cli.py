@@ -148,6 +148,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--guides", nargs="+", default=list(compare.Settings.guides), choices=guides.names(),
                    help="guides to train decoders with")
     c.add_argument("--epochs", type=positive_int, default=300, help="passes over the training set, per guide")
+    c.add_argument("--seeds", type=positive_int, default=1, metavar="N",
+                   help="repeat every training with seeds SEED, SEED+1, ..., SEED+N-1; tables and figures show the "
+                        "mean and the spread across seeds")
     c.add_argument("--local-steps", type=positive_int, nargs="+", default=list(compare.Settings.local_steps),
                    metavar="T", help="one decoder per T for each per-datapoint guide (meanfield, ...), trained "
                                      "iteratively: T steps of the batch's rows per visit, T - 1 with the decoder fixed")
@@ -219,9 +222,9 @@ def cmd_compare(cfg: dict) -> None:
         epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], local_lr=cfg["local_lr"],
         qstar_lr=cfg["qstar_lr"], elbo=cfg["elbo"], particles=cfg["particles"], num_flows=cfg["num_flows"],
         refine_steps=cfg["refine_steps"], local_steps=cfg["local_steps"], families=cfg["families"],
-        jit=not cfg["no_jit"],
-        seed=cfg["seed"], n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"], qstar_steps=cfg["qstar_steps"],
-        device=cfg["device"], progress=not cfg["no_progress"])
+        jit=not cfg["no_jit"], seed=cfg["seed"], seeds=cfg["seeds"], n_eval=cfg["n_eval"],
+        ll_samples=cfg["ll_samples"], qstar_steps=cfg["qstar_steps"], device=cfg["device"],
+        progress=not cfg["no_progress"])
     if cfg["quick"]:
         settings = dataclasses.replace(settings, **QUICK)
     (out / "config.json").write_text(json.dumps({"data": cfg["data"], "binarize": ds.binarize,
@@ -241,18 +244,27 @@ def cmd_compare(cfg: dict) -> None:
         figures["images.png"] = plots.image_grid(compare.image_rows(result, ds), ds.image_shape)
     for fname, fig in figures.items():
         plots.save(fig, out / fname)
-    print(format_table(result.table))
+    if settings.seeds > 1:
+        summary = compare.across_seeds(result.table)
+        print(f"means over {settings.seeds} seeds")
+        print(format_table(summary))
+        spread = summary[["guide", "split", *[c for c in summary if c.endswith("_seed_sd")]]]
+        print(f"\nstandard deviations across the {settings.seeds} seeds")
+        print(format_table(spread.rename(columns=lambda c: c.removesuffix("_seed_sd")), with_se=False))
+    else:
+        print(format_table(result.table))
     print()
     print(result.cost.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"\nwrote {out}/{{results.csv, cost.csv, per_point.csv, history.csv, {', '.join(figures)}}}")
 
 
-def format_table(table: pd.DataFrame, labels=("guide", "split")) -> str:
-    """The headline table: means in nats per datapoint, log p(x) with its standard error."""
+def format_table(table: pd.DataFrame, labels=("guide", "split"), with_se: bool = True) -> str:
+    """The headline table: means in nats per datapoint, log p(x) with its standard error (when ``with_se``)."""
     cols = [*labels, "log_px", "log_px_exact", "elbo_qstar_normal", "elbo_qstar_mvn", "elbo_qstar_flow", "elbo_q",
             "approximation_gap", "approximation_gap_flow", "amortization_gap", "optimization_gap"]
     view = table[[c for c in cols if c in table]].copy()
-    view.insert(len(labels) + 1, "log_px_se", table["log_px_se"])
+    if with_se:
+        view.insert(len(labels) + 1, "log_px_se", table["log_px_se"])
     return view.to_string(index=False, float_format=lambda v: f"{v:.3f}")
 
 

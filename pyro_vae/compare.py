@@ -38,6 +38,8 @@ class Settings:
     ``jit`` compiles the ELBO where model and guide are marked JIT-safe (see :mod:`pyro_vae.objectives`).
     ``local_steps``: each per-datapoint guide trains one decoder per T (``fit(local_steps=T)``), labelled
     ``"meanfield"`` for T = 1 and ``"meanfield T=5"`` otherwise; amortized guides train with T = 1.
+    ``seeds``: every training is repeated with seeds ``seed, seed + 1, ..., seed + seeds - 1`` (initial
+    weights, batch order, Monte Carlo draws of training and evaluation).
     """
 
     guides: Sequence[str] = ("normal", "mvn", "flow", "semi_amortized", "meanfield")
@@ -56,6 +58,7 @@ class Settings:
     local_steps: Sequence[int] = (1,)
     jit: bool = True
     seed: int = 0
+    seeds: int = 1
     n_eval: int = 200
     ll_samples: int = 5000
     elbo_samples: int = 500
@@ -69,11 +72,12 @@ class Settings:
 class Result:
     """What :func:`compare` returns; every table is in nats per datapoint.
 
-    ``histories``: fit's rows plus ``guide``; ``table``: one row per (guide, split)
+    ``histories``: fit's rows plus ``guide`` and ``seed``; ``table``: one row per (guide, seed, split)
     with the means of :func:`pyro_vae.gaps.decompose` and their ``_se``; ``cost``:
-    one row per guide (parameters, inference time per new point, training
-    seconds); ``per_point``: decompose's rows with ``guide`` and ``split``;
-    ``models`` and ``guides``: the trained modules by guide name.
+    one row per (guide, seed) (parameters, inference time per new point, training
+    seconds); ``per_point``: decompose's rows with ``guide``, ``seed`` and ``split``;
+    ``models`` and ``guides``: the trained modules of the first seed, by guide label
+    (:func:`across_seeds` summarizes ``table`` over seeds).
     """
 
     histories: pd.DataFrame
@@ -115,24 +119,26 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
     """
     s = settings
     histories, tables, per_point, cost, trained_models, trained_guides = [], [], [], [], {}, {}
-    phases = progress_bar(trainings(s), "compare", s.progress)
-    for label, name, local_steps in phases:
-        phases.set_postfix(guide=label, refresh=False)
-        pyro.set_rng_seed(s.seed)  # every decoder starts from the same weights
-        model = build_model(ds, s.z_dim, s.hidden, s.likelihood, s.seed)
+    jobs = [(*training, seed) for training in trainings(s) for seed in range(s.seed, s.seed + s.seeds)]
+    phases = progress_bar(jobs, "compare", s.progress)
+    for label, name, local_steps, seed in phases:
+        phases.set_postfix(guide=label, seed=seed, refresh=False)
+        pyro.set_rng_seed(seed)  # for one seed every decoder starts from the same weights
+        model = build_model(ds, s.z_dim, s.hidden, s.likelihood, seed)
         guide = build_guide(name, ds, s.z_dim, s.hidden, model=model,
                             **guide_options(name, {"num_flows": s.num_flows, "refine_steps": s.refine_steps}))
         optim = LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr})  # the same decoder lr for every guide
         loss = objectives.for_training(s.elbo, model, guide, jit=s.jit, particles=s.particles)
         history = fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, optim=optim, loss=loss,
-                      progress=s.progress, seed=s.seed, device=s.device, local_steps=local_steps)
-        histories.append(history.assign(guide=label))
+                      progress=s.progress, seed=seed, device=s.device, local_steps=local_steps)
+        histories.append(history.assign(guide=label, seed=seed))
         summary, points = evaluate(model, guide, ds, s)
-        tables.append(summary.assign(guide=label))
-        per_point.append(points.assign(guide=label))
+        tables.append(summary.assign(guide=label, seed=seed))
+        per_point.append(points.assign(guide=label, seed=seed))
         n_params = sum(p.numel() for p in guide.parameters())
         cost.append({
             "guide": label,
+            "seed": seed,
             "local_steps": local_steps,
             "amortized": guide.amortized,
             "guide_params": n_params,
@@ -142,15 +148,25 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
                                                                s.qstar_lr),
             "train_seconds": float(history["seconds"].sum()),
         })
-        trained_models[label], trained_guides[label] = model, guide
+        if seed == s.seed:
+            trained_models[label], trained_guides[label] = model, guide
     return Result(
         histories=pd.concat(histories, ignore_index=True),
-        table=pd.concat(tables, ignore_index=True)[["guide", *tables[0].columns.drop("guide")]],
+        table=pd.concat(tables, ignore_index=True)[["guide", "seed", *tables[0].columns.drop(["guide", "seed"])]],
         cost=pd.DataFrame(cost),
         per_point=pd.concat(per_point).reset_index(),
         models=trained_models,
         guides=trained_guides,
     )
+
+
+def across_seeds(table: pd.DataFrame) -> pd.DataFrame:
+    """:attr:`Result.table` over seeds: one row per (guide, split) with the mean of every column across seeds
+    and, for each, ``<column>_seed_sd``, the standard deviation across seeds (NaN for one seed)."""
+    values = table.drop(columns="seed")
+    groups = values.groupby(["guide", "split"], sort=False)
+    mean, sd = groups.mean().reset_index(), groups.std(ddof=1).reset_index()
+    return pd.concat([mean, sd.drop(columns=["guide", "split"]).add_suffix("_seed_sd")], axis=1)
 
 
 def evaluate(model, guide, ds: data.Dataset, settings: Settings = Settings(),

@@ -42,7 +42,8 @@ def save(fig, path) -> Path:
 
 
 def learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
-    """-ELBO per epoch, train and test, one colour per guide (column ``guide`` if present)."""
+    """-ELBO per epoch, train and test, one colour per guide (column ``guide`` if present); with several seeds
+    (a ``seed`` column), their mean and a band of one standard deviation."""
     df = history.copy()
     if "guide" not in df:
         df["guide"] = "guide"
@@ -51,7 +52,7 @@ def learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
     long["split"] = long["split"].str.replace("_loss", "", regex=False)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     with _quiet():
-        sns.lineplot(data=long, x="epoch", y="-ELBO", hue="guide", style="split", ax=ax)
+        sns.lineplot(data=long, x="epoch", y="-ELBO", hue="guide", style="split", errorbar="sd", ax=ax)
     ax.set(title=title, xlabel="epoch", ylabel="-ELBO (nats per datapoint)")
     lo, hi = long["-ELBO"].quantile([0.0, 0.9])
     ax.set_ylim(lo - 0.05 * (hi - lo), hi)
@@ -73,15 +74,20 @@ def gap_bars(per_point: pd.DataFrame, title: str = "Where the ELBO loses to log 
     ``per_point``: one row per datapoint with columns ``x`` (default ``guide``), ``split``
     and any of the gap columns of :func:`pyro_vae.gaps.decompose` (nats). Bars stand side
     by side, not stacked, so a gap that comes out negative within its error shows as one.
+    With a ``seed`` column holding several seeds, bars are the mean of the seeds' means and
+    error bars their standard deviation across seeds.
     """
     gaps = [c for c in GAP_LABELS if c in per_point]
+    seeds = "seed" in per_point and per_point["seed"].nunique() > 1
+    if seeds:
+        per_point = per_point.groupby([x, "split", "seed"], sort=False)[gaps].mean().reset_index()
     long = per_point.melt(id_vars=[x, "split"], value_vars=gaps, var_name="gap", value_name="nats").dropna()
     long["gap"] = long["gap"].map(GAP_LABELS)
     order = list(dict.fromkeys(per_point[x]))
     with _quiet():
         grid = sns.catplot(data=long, kind="bar", x=x, y="nats", hue="gap", col="split",
                            hue_order=[GAP_LABELS[g] for g in gaps if GAP_LABELS[g] in set(long["gap"])],
-                           errorbar=("se", 2), capsize=0.1, height=4.2, aspect=max(1.1, 0.3 * len(order)),
+                           errorbar="sd" if seeds else ("se", 2), capsize=0.1, height=4.2, aspect=max(1.1, 0.3 * len(order)),
                            order=order, legend_out=False)
     for ax in grid.axes.flat:
         ax.axhline(0.0, color="black", linewidth=0.8)
@@ -89,8 +95,9 @@ def gap_bars(per_point: pd.DataFrame, title: str = "Where the ELBO loses to log 
     xlabel = "guide the decoder was trained with" if x == "guide" else x
     grid.set_axis_labels(xlabel, "gap (nats per datapoint)")
     grid.set_titles("{col_name} points")
-    sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, -0.05), ncol=1, title="mean over datapoints, "
-                    "error bars: 2 standard errors")
+    legend = "means over seeds, error bars: sd across seeds" if seeds else \
+        "mean over datapoints, error bars: 2 standard errors"
+    sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, -0.05), ncol=1, title=legend)
     grid.figure.suptitle(title, y=1.03)
     return grid.figure
 

@@ -133,13 +133,14 @@ def test_unknown_guide_is_refused_by_the_parser(capsys):
 @pytest.mark.parametrize("dataset", ["digits", "linear-gaussian"])
 def test_compare_quick(tmp_path, capsys, dataset):
     out = tmp_path / "cmp"
-    more = ["--z-dim", "2"] if dataset == "linear-gaussian" else ["--local-steps", "1", "3"]
+    more = ["--z-dim", "2", "--seeds", "2"] if dataset == "linear-gaussian" else ["--local-steps", "1", "3"]
     assert cli.main(["compare", "--quick", "--data", dataset, "--out", str(out), "--no-progress", *more]) == 0
     table = pd.read_csv(out / "results.csv")
     iterated = dataset == "digits"
     trained = ["normal", "mvn", "flow", "semi_amortized", "meanfield", *(["meanfield T=3"] if iterated else [])]
     assert table["guide"].unique().tolist() == trained
-    assert pd.read_csv(out / "cost.csv")["local_steps"].tolist() == [1, 1, 1, 1, 1, *([3] if iterated else [])]
+    seeds = 1 if iterated else 2
+    assert pd.read_csv(out / "cost.csv")["local_steps"].tolist() == [1] * 5 * seeds + ([3] if iterated else [])
     assert set(table["split"]) == {"train", "test"} and "approximation_gap_flow" in table
     for name in ("cost.csv", "per_point.csv", "history.csv", "learning_curves.png", "gaps.png", "latents.png"):
         assert (out / name).exists(), name
@@ -147,5 +148,7 @@ def test_compare_quick(tmp_path, capsys, dataset):
     printed = capsys.readouterr().out
     assert "amortization_gap" in printed
     if dataset == "linear-gaussian":
+        assert table["seed"].value_counts().to_dict() == {0: 10, 1: 10}
+        assert "means over 2 seeds" in printed and "standard deviations across the 2 seeds" in printed
         assert "log_px_exact" in printed
         assert (table["log_px"] - table["log_px_exact"]).abs().max() < 0.1
