@@ -160,6 +160,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--n-eval", type=positive_int, default=200, help="train and test points evaluated")
     c.add_argument("--ll-samples", type=positive_int, default=5000, help="importance samples for log p(x)")
     c.add_argument("--qstar-steps", type=positive_int, default=3000, help="most optimization steps for q*")
+    c.add_argument("--budget-every", type=nonnegative_int, default=compare.Settings.budget_every, metavar="E",
+                   help="measure each decoder in training every E epochs on --budget-points test points (budget.csv, "
+                        "budget.png); 0: off")
+    c.add_argument("--budget-points", type=positive_int, default=compare.Settings.budget_points,
+                   help="test points of the budget curves")
     c.add_argument("--quick", action="store_true", help="a small budget for smoke tests (under a minute)")
     c.add_argument("--out", default="runs/compare", help="output folder")
 
@@ -208,7 +213,8 @@ def cmd_train(cfg: dict) -> None:
           f"learning_curves.png}}")
 
 
-QUICK = {"epochs": 15, "n_eval": 20, "ll_samples": 300, "qstar_steps": 150, "elbo_samples": 50}
+QUICK = {"epochs": 15, "n_eval": 20, "ll_samples": 300, "qstar_steps": 150, "elbo_samples": 50, "budget_every": 5,
+         "budget_points": 10, "budget_ll_samples": 100}
 
 
 def cmd_compare(cfg: dict) -> None:
@@ -223,6 +229,7 @@ def cmd_compare(cfg: dict) -> None:
         qstar_lr=cfg["qstar_lr"], elbo=cfg["elbo"], particles=cfg["particles"], num_flows=cfg["num_flows"],
         refine_steps=cfg["refine_steps"], local_steps=cfg["local_steps"], families=cfg["families"],
         jit=not cfg["no_jit"], seed=cfg["seed"], seeds=cfg["seeds"], n_eval=cfg["n_eval"],
+        budget_every=cfg["budget_every"], budget_points=cfg["budget_points"],
         ll_samples=cfg["ll_samples"], qstar_steps=cfg["qstar_steps"], device=cfg["device"],
         progress=not cfg["no_progress"])
     if cfg["quick"]:
@@ -235,11 +242,15 @@ def cmd_compare(cfg: dict) -> None:
     result.cost.to_csv(out / "cost.csv", index=False)
     result.per_point.to_csv(out / "per_point.csv", index=False)
     result.histories.to_csv(out / "history.csv", index=False)
+    if len(result.budget):
+        result.budget.to_csv(out / "budget.csv", index=False)
     figures = {
         "learning_curves.png": plots.learning_curves(result.histories, title=f"Learning curves on {ds.name}"),
         "gaps.png": plots.gap_bars(result.per_point, title=f"Approximation and amortization gaps on {ds.name}"),
         "latents.png": plots.latent_scatter(compare.latent_frame(result, ds)),
     }
+    if len(result.budget):
+        figures["budget.png"] = plots.budget_curves(result.budget, title=f"Test log p(x) during training on {ds.name}")
     if ds.image_shape:
         figures["images.png"] = plots.image_grid(compare.image_rows(result, ds), ds.image_shape)
     for fname, fig in figures.items():
@@ -255,7 +266,9 @@ def cmd_compare(cfg: dict) -> None:
         print(format_table(result.table))
     print()
     print(result.cost.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    print(f"\nwrote {out}/{{results.csv, cost.csv, per_point.csv, history.csv, {', '.join(figures)}}}")
+    tables = ["results.csv", "cost.csv", "per_point.csv", "history.csv"]
+    tables += ["budget.csv"] if len(result.budget) else []
+    print(f"\nwrote {out}/{{{', '.join(tables + list(figures))}}}")
 
 
 def format_table(table: pd.DataFrame, labels=("guide", "split"), with_se: bool = True) -> str:

@@ -40,6 +40,8 @@ class Settings:
     ``"meanfield"`` for T = 1 and ``"meanfield T=5"`` otherwise; amortized guides train with T = 1.
     ``seeds``: every training is repeated with seeds ``seed, seed + 1, ..., seed + seeds - 1`` (initial
     weights, batch order, Monte Carlo draws of training and evaluation).
+    ``budget_every``: every so many epochs (and at the last), the decoder in training is measured on the
+    first ``budget_points`` test points (:func:`budget_row`); 0 turns the budget curves off.
     """
 
     guides: Sequence[str] = ("normal", "mvn", "flow", "semi_amortized", "meanfield")
@@ -64,6 +66,9 @@ class Settings:
     elbo_samples: int = 500
     qstar_steps: int = 3000
     families: Sequence[str] = ("normal", "mvn", "flow")
+    budget_every: int = 30
+    budget_points: int = 50
+    budget_ll_samples: int = 1000
     device: str = "cpu"
     progress: bool = True
 
@@ -77,7 +82,8 @@ class Result:
     one row per (guide, seed) (parameters, inference time per new point, training
     seconds); ``per_point``: decompose's rows with ``guide``, ``seed`` and ``split``;
     ``models`` and ``guides``: the trained modules of the first seed, by guide label
-    (:func:`across_seeds` summarizes ``table`` over seeds).
+    (:func:`across_seeds` summarizes ``table`` over seeds); ``budget``: one row per (guide, seed,
+    measurement during training), see :func:`budget_row` (empty when ``budget_every`` is 0).
     """
 
     histories: pd.DataFrame
@@ -86,6 +92,7 @@ class Result:
     per_point: pd.DataFrame
     models: Dict
     guides: Dict
+    budget: pd.DataFrame
 
 
 def inference_seconds(model, guide, x1: torch.Tensor, qstar_steps: int, qstar_lr: float) -> float:
@@ -118,7 +125,8 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
     The ``guide`` column of every table holds the training's label (see :func:`trainings`).
     """
     s = settings
-    histories, tables, per_point, cost, trained_models, trained_guides = [], [], [], [], {}, {}
+    histories, tables, per_point, cost, budget, trained_models, trained_guides = [], [], [], [], [], {}, {}
+    x_budget = ds.test[:s.budget_points].to(s.device)
     jobs = [(*training, seed) for training in trainings(s) for seed in range(s.seed, s.seed + s.seeds)]
     phases = progress_bar(jobs, "compare", s.progress)
     for label, name, local_steps, seed in phases:
@@ -129,8 +137,16 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
                             **guide_options(name, {"num_flows": s.num_flows, "refine_steps": s.refine_steps}))
         optim = LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr})  # the same decoder lr for every guide
         loss = objectives.for_training(s.elbo, model, guide, jit=s.jit, particles=s.particles)
+        seconds = []
+
+        def measure(epoch, row, model=model, guide=guide, label=label, seed=seed, seconds=seconds):
+            seconds.append(row["seconds"])
+            if s.budget_every and (epoch % s.budget_every == 0 or epoch == s.epochs):
+                budget.append({"guide": label, "seed": seed, "epoch": epoch, "seconds": sum(seconds),
+                               **budget_row(model, guide, x_budget, s)})
+
         history = fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, optim=optim, loss=loss,
-                      progress=s.progress, seed=seed, device=s.device, local_steps=local_steps)
+                      progress=s.progress, seed=seed, device=s.device, local_steps=local_steps, on_epoch=measure)
         histories.append(history.assign(guide=label, seed=seed))
         summary, points = evaluate(model, guide, ds, s)
         tables.append(summary.assign(guide=label, seed=seed))
@@ -157,7 +173,30 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
         per_point=pd.concat(per_point).reset_index(),
         models=trained_models,
         guides=trained_guides,
+        budget=pd.DataFrame(budget, columns=["guide", "seed", "epoch", "seconds", *BUDGET_COLUMNS]),
     )
+
+
+#: what :func:`budget_row` measures, in nats per datapoint (means over the budget's test points)
+BUDGET_COLUMNS = ["log_px", "log_px_mc_se", "elbo_qstar", "elbo_q", "approximation_gap", "amortization_gap"]
+
+
+def budget_row(model, guide, x: torch.Tensor, settings: Settings) -> dict:
+    """The decoder in training, measured on test points ``x: (n, D)``: one point of a budget curve.
+
+    ``log_px`` (importance-weighted, ``budget_ll_samples`` draws, proposal the best q found; ``log_px_mc_se``
+    its Monte Carlo standard error),
+    ``elbo_qstar`` (L[q*] of the guide's own family, fitted with the decoder frozen, so that a
+    decoder trained without an encoder is measured the same way), ``elbo_q`` (L[q], NaN for a
+    per-datapoint guide, which has no q for test points) and the gaps; means over the points.
+    """
+    s = settings
+    table = gaps.decompose(model.model, guide, x, families=(guide.family,), ll_samples=s.budget_ll_samples,
+                           elbo_samples=min(s.elbo_samples, 100), steps=s.qstar_steps, lr=s.qstar_lr)
+    means = table.mean()
+    mc_se = float((table["log_px_se"] ** 2).sum() ** 0.5 / len(table))
+    return {"log_px": means["log_px"], "log_px_mc_se": mc_se, "elbo_qstar": means[f"elbo_qstar_{guide.family}"], "elbo_q": means["elbo_q"],
+            "approximation_gap": means["approximation_gap"], "amortization_gap": means["amortization_gap"]}
 
 
 def across_seeds(table: pd.DataFrame) -> pd.DataFrame:

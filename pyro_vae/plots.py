@@ -87,7 +87,8 @@ def gap_bars(per_point: pd.DataFrame, title: str = "Where the ELBO loses to log 
     with _quiet():
         grid = sns.catplot(data=long, kind="bar", x=x, y="nats", hue="gap", col="split",
                            hue_order=[GAP_LABELS[g] for g in gaps if GAP_LABELS[g] in set(long["gap"])],
-                           errorbar="sd" if seeds else ("se", 2), capsize=0.1, height=4.2, aspect=max(1.1, 0.3 * len(order)),
+                           errorbar="sd" if seeds else ("se", 2), capsize=0.1, height=4.2,
+                           aspect=max(1.1, 0.3 * len(order)),
                            order=order, legend_out=False)
     for ax in grid.axes.flat:
         ax.axhline(0.0, color="black", linewidth=0.8)
@@ -100,6 +101,27 @@ def gap_bars(per_point: pd.DataFrame, title: str = "Where the ELBO loses to log 
     sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, -0.05), ncol=1, title=legend)
     grid.figure.suptitle(title, y=1.03)
     return grid.figure
+
+
+def budget_curves(budget: pd.DataFrame, title: str = "Test log p(x) during training"):
+    """Test log p(x) against epochs and against training seconds, one line per training method (``guide``).
+
+    ``budget``: :attr:`pyro_vae.compare.Result.budget` (columns guide, seed, epoch, seconds,
+    log_px, ...); with several seeds, lines are means over seeds with a band of one standard deviation
+    (against seconds, each seed's measurements are drawn at their mean time over seeds).
+    """
+    df = budget.copy()
+    df["seconds"] = df.groupby(["guide", "epoch"])["seconds"].transform("mean")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    with _quiet():
+        for ax, x, label in ((axes[0], "epoch", "epochs of training"), (axes[1], "seconds", "seconds of training")):
+            sns.lineplot(data=df, x=x, y="log_px", hue="guide", errorbar="sd", marker="o", ax=ax,
+                         legend=ax is axes[1])
+            ax.set(xlabel=label, ylabel="test log p(x) (nats per datapoint)")
+    sns.move_legend(axes[1], "lower right", title="trained with")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def latent_scatter(latents: pd.DataFrame, title: str = "Latent means coloured by label"):

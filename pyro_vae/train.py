@@ -24,7 +24,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -59,7 +59,7 @@ class CheckpointWarning(UserWarning):
 def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, loss=None, jit: Optional[bool] = None,
         device: str = "cpu", checkpoint_dir: Optional[str] = None, resume: bool = False, progress: bool = True,
         seed: int = 0, config: Optional[dict] = None, validate_every_step: bool = False,
-        local_steps: int = 1) -> pd.DataFrame:
+        local_steps: int = 1, on_epoch: Optional[Callable[[int, dict], None]] = None) -> pd.DataFrame:
     """Train ``model`` and ``guide`` by SVI on ``data.train`` for ``epochs`` epochs.
 
     Each epoch is ``for x, idx in data.loader("train", batch_size, shuffle=True): svi.step(x, idx)``.
@@ -92,6 +92,9 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         ("aggressive" inference-network training, He et al. 2019). The extra steps use ``loss``'s
         estimator uncompiled (:func:`pyro_vae.objectives.uncompiled`) and the same ``optim`` (the
         rows' Adam moments carry over).
+    :param on_epoch: called as ``on_epoch(epoch, row)`` after each epoch (``row``: that epoch's history
+        row), e.g. to measure the model during training. It runs outside the timed loop, and the
+        random state is put back after it, so it does not change the run's losses.
     :returns: one row per epoch: ``epoch``, ``train_loss`` (mean ``loss`` over the
         epoch's steps: -ELBO, or -IWAE_K with ``objectives.iwae``), ``test_loss`` (-ELBO
         of the test split, one sample per point; NaN for per-datapoint guides, which have
@@ -152,6 +155,10 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
             train_loss = total / n_train
             test_loss = test_elbo_loss(model, guide, data.test)
             rows.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss, "seconds": seconds})
+            if on_epoch is not None:
+                rng = _rng_state()
+                on_epoch(epoch + 1, dict(rows[-1]))
+                _set_rng_state(rng)
             shown = {"train": f"{train_loss:.2f}"}
             if math.isfinite(test_loss):
                 shown["test"] = f"{test_loss:.2f}"
