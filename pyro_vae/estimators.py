@@ -12,6 +12,8 @@ event ``(K,)``) and scores it under the model with ``z`` conditioned, through
 Pyro's own trace, so it works for any model that keeps the contract in
 :mod:`pyro_vae.contract`. Log-densities are the per-datapoint, unscaled ones.
 
+``ais`` and ``bdmc`` (annealed importance sampling with HMC; its BDMC sandwich) are from :mod:`pyro_vae.ais`.
+
 Importing this module registers the closed-form KL between a
 MultivariateNormal and a diagonal Normal with torch's KL registry, so
 ``TraceMeanField_ELBO`` uses it for the full-covariance guides.
@@ -145,3 +147,6 @@ def _kl_mvn_diagonal_normal(q: MultivariateNormal, p: Independent) -> torch.Tens
     logdet_q = 2 * torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1)
     logdet_p = 2 * s.log().sum(-1)
     return 0.5 * (trace + maha - q.loc.shape[-1] + logdet_p - logdet_q)
+
+
+from .ais import ais, bdmc  # noqa: E402,F401  (re-exported; pyro_vae.ais imports Estimate from here)
