@@ -148,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--guides", nargs="+", default=list(compare.Settings.guides), choices=guides.names(),
                    help="guides to train decoders with")
     c.add_argument("--epochs", type=positive_int, default=300, help="passes over the training set, per guide")
-    c.add_argument("--seeds", type=positive_int, default=1, metavar="N",
+    c.add_argument("--seeds", type=positive_int, default=compare.Settings.seeds, metavar="N",
                    help="repeat every training with seeds SEED, SEED+1, ..., SEED+N-1; tables and figures show the "
                         "mean and the spread across seeds")
     c.add_argument("--local-steps", type=positive_int, nargs="+", default=list(compare.Settings.local_steps),

@@ -184,19 +184,20 @@ BUDGET_COLUMNS = ["log_px", "log_px_mc_se", "elbo_qstar", "elbo_q", "approximati
 def budget_row(model, guide, x: torch.Tensor, settings: Settings) -> dict:
     """The decoder in training, measured on test points ``x: (n, D)``: one point of a budget curve.
 
-    ``log_px`` (importance-weighted, ``budget_ll_samples`` draws, proposal the best q found; ``log_px_mc_se``
-    its Monte Carlo standard error),
-    ``elbo_qstar`` (L[q*] of the guide's own family, fitted with the decoder frozen, so that a
-    decoder trained without an encoder is measured the same way), ``elbo_q`` (L[q], NaN for a
-    per-datapoint guide, which has no q for test points) and the gaps; means over the points.
+    ``log_px`` (importance-weighted, ``budget_ll_samples`` draws, proposal the best q found) and
+    ``log_px_mc_se`` (its Monte Carlo standard error), ``elbo_qstar`` (L[q*] of the guide's own
+    family, fitted with the decoder frozen, so that a decoder trained without an encoder is
+    measured the same way), ``elbo_q`` (L[q], NaN for a per-datapoint guide, which has no q for
+    test points) and the gaps; means over the points.
     """
     s = settings
     table = gaps.decompose(model.model, guide, x, families=(guide.family,), ll_samples=s.budget_ll_samples,
                            elbo_samples=min(s.elbo_samples, 100), steps=s.qstar_steps, lr=s.qstar_lr)
     means = table.mean()
     mc_se = float((table["log_px_se"] ** 2).sum() ** 0.5 / len(table))
-    return {"log_px": means["log_px"], "log_px_mc_se": mc_se, "elbo_qstar": means[f"elbo_qstar_{guide.family}"], "elbo_q": means["elbo_q"],
-            "approximation_gap": means["approximation_gap"], "amortization_gap": means["amortization_gap"]}
+    return {"log_px": means["log_px"], "log_px_mc_se": mc_se, "elbo_qstar": means[f"elbo_qstar_{guide.family}"],
+            "elbo_q": means["elbo_q"], "approximation_gap": means["approximation_gap"],
+            "amortization_gap": means["amortization_gap"]}
 
 
 def across_seeds(table: pd.DataFrame) -> pd.DataFrame:
