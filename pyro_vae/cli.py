@@ -165,7 +165,8 @@ def parser() -> argparse.ArgumentParser:
                         "budget.png); 0: off")
     c.add_argument("--budget-points", type=positive_int, default=compare.Settings.budget_points,
                    help="test points of the budget curves")
-    c.add_argument("--quick", action="store_true", help="a small budget for smoke tests (under a minute)")
+    c.add_argument("--quick", action="store_true",
+                   help="a small budget for smoke tests (about a minute and a half on digits)")
     c.add_argument("--out", default="runs/compare", help="output folder")
 
     e = sub.add_parser("evaluate", help="the gap decomposition of trained runs, side by side", formatter_class=fmt)
