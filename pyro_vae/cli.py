@@ -159,6 +159,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--qstar-lr", type=positive_float, default=3e-2, help="learning rate of the q* fits")
     c.add_argument("--n-eval", type=positive_int, default=200, help="train and test points evaluated")
     c.add_argument("--ll-samples", type=positive_int, default=5000, help="importance samples for log p(x)")
+    c.add_argument("--ais-steps", type=nonnegative_int, default=0,
+                   help="also estimate log p(x) by AIS with this many annealing steps (16 chains) and use the larger "
+                        "estimate per point; 0: importance weighting alone")
     c.add_argument("--qstar-steps", type=positive_int, default=3000, help="most optimization steps for q*")
     c.add_argument("--budget-every", type=nonnegative_int, default=compare.Settings.budget_every, metavar="E",
                    help="measure each decoder in training every E epochs on --budget-points test points (budget.csv, "
@@ -175,6 +178,9 @@ def parser() -> argparse.ArgumentParser:
                    help="splits to evaluate (the first --n-eval points of each)")
     e.add_argument("--n-eval", type=positive_int, default=200, help="points evaluated per split")
     e.add_argument("--ll-samples", type=positive_int, default=5000, help="importance samples for log p(x)")
+    e.add_argument("--ais-steps", type=nonnegative_int, default=0,
+                   help="also estimate log p(x) by AIS with this many annealing steps (16 chains) and use the larger "
+                        "estimate per point; 0: importance weighting alone")
     e.add_argument("--elbo-samples", type=positive_int, default=500, help="samples for each ELBO estimate")
     e.add_argument("--families", nargs="+", default=None, choices=sorted(gaps.FAMILIES),
                    help="families of q*; each run's own guide family must be among them (default: normal and mvn, "
@@ -231,7 +237,7 @@ def cmd_compare(cfg: dict) -> None:
         refine_steps=cfg["refine_steps"], local_steps=cfg["local_steps"], families=cfg["families"],
         jit=not cfg["no_jit"], seed=cfg["seed"], seeds=cfg["seeds"], n_eval=cfg["n_eval"],
         budget_every=cfg["budget_every"], budget_points=cfg["budget_points"],
-        ll_samples=cfg["ll_samples"], qstar_steps=cfg["qstar_steps"], device=cfg["device"],
+        ll_samples=cfg["ll_samples"], ais_steps=cfg["ais_steps"], qstar_steps=cfg["qstar_steps"], device=cfg["device"],
         progress=not cfg["no_progress"])
     if cfg["quick"]:
         settings = dataclasses.replace(settings, **QUICK)
@@ -274,8 +280,9 @@ def cmd_compare(cfg: dict) -> None:
 
 def format_table(table: pd.DataFrame, labels=("guide", "split"), with_se: bool = True) -> str:
     """The headline table: means in nats per datapoint, log p(x) with its standard error (when ``with_se``)."""
-    cols = [*labels, "log_px", "log_px_exact", "elbo_qstar_normal", "elbo_qstar_mvn", "elbo_qstar_flow", "elbo_q",
-            "approximation_gap", "approximation_gap_flow", "amortization_gap", "optimization_gap"]
+    cols = [*labels, "log_px", "log_px_exact", "log_px_iwae", "log_px_ais", "elbo_qstar_normal", "elbo_qstar_mvn",
+            "elbo_qstar_flow", "elbo_q", "approximation_gap", "approximation_gap_flow", "amortization_gap",
+            "optimization_gap"]
     view = table[[c for c in cols if c in table]].copy()
     if with_se:
         view.insert(len(labels) + 1, "log_px_se", table["log_px_se"])
@@ -294,7 +301,8 @@ def cmd_evaluate(cfg: dict) -> None:
         raise ValueError(f"evaluate: two runs share a folder name ({', '.join(names)}); tables label runs by it.")
     flows = ["flow"] if any(run.guide.family == "flow" for run in loaded) else []
     families = cfg["families"] or ["normal", "mvn", *flows]
-    settings = compare.Settings(n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"], elbo_samples=cfg["elbo_samples"],
+    settings = compare.Settings(n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"], ais_steps=cfg["ais_steps"],
+                                elbo_samples=cfg["elbo_samples"],
                                 qstar_steps=cfg["qstar_steps"], qstar_lr=cfg["qstar_lr"], families=families,
                                 device=cfg["device"], progress=not cfg["no_progress"])
     for run in loaded:

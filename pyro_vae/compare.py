@@ -40,6 +40,8 @@ class Settings:
     ``"meanfield"`` for T = 1 and ``"meanfield T=5"`` otherwise; amortized guides train with T = 1.
     ``seeds``: every training is repeated with seeds ``seed, seed + 1, ..., seed + seeds - 1`` (initial
     weights, batch order, Monte Carlo draws of training and evaluation).
+    ``ais_steps``: when > 0, the evaluation also estimates log p(x) by AIS with that many steps and uses
+    the larger estimate per datapoint (:func:`pyro_vae.gaps.decompose`).
     ``budget_every``: every so many epochs (and at the last), the decoder in training is measured on the
     first ``budget_points`` test points (:func:`budget_row`); 0 turns the budget curves off.
     """
@@ -63,6 +65,7 @@ class Settings:
     seeds: int = 1
     n_eval: int = 200
     ll_samples: int = 5000
+    ais_steps: int = 0
     elbo_samples: int = 500
     qstar_steps: int = 3000
     families: Sequence[str] = ("normal", "mvn", "flow")
@@ -226,6 +229,7 @@ def evaluate(model, guide, ds: data.Dataset, settings: Settings = Settings(),
         x = ds.split(split)[:n].to(s.device)
         idx = torch.arange(n, device=s.device) if split == "train" else None
         table = gaps.decompose(model.model, guide, x, idx, families=s.families, ll_samples=s.ll_samples,
+                               ais_steps=s.ais_steps,
                                elbo_samples=s.elbo_samples, exact=exact, steps=s.qstar_steps, lr=s.qstar_lr,
                                progress=s.progress)
         points.append(table.assign(split=split))

@@ -164,14 +164,17 @@ def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=Non
 
 def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tensor] = None, *,
               families: Sequence[str] = ("normal", "mvn"), ll_samples: int = 5000, elbo_samples: int = 500,
-              chunk_size: int = 250, exact: Optional[Callable] = None, progress: bool = False, **fit_kwargs
-              ) -> pd.DataFrame:
+              chunk_size: int = 250, exact: Optional[Callable] = None, ais_steps: int = 0, ais_chains: int = 16,
+              progress: bool = False, **fit_kwargs) -> pd.DataFrame:
     """The gap decomposition for ``guide`` on ``x: (n, D)``: one row per datapoint, in nats.
 
     Columns, each estimate with a ``_se`` Monte Carlo standard error column:
 
     - ``log_px``: importance-weighted log p(x), ``ll_samples`` samples, proposal the best q found;
-      ``log_px_exact`` when ``exact`` (a function x -> exact log p(x)) is given;
+      ``log_px_exact`` when ``exact`` (a function x -> exact log p(x)) is given. With ``ais_steps > 0``
+      also ``log_px_iwae`` (that estimate) and ``log_px_ais`` (:func:`pyro_vae.estimators.ais`,
+      ``ais_chains`` chains of ``ais_steps`` steps), and ``log_px`` is, per datapoint, the larger of
+      the two (both are stochastic lower bounds; Cremer, Li & Duvenaud 2018 used the larger too);
     - ``elbo_q``: L[q] of ``guide`` (NaN when a per-datapoint guide has no parameters for
       these rows, i.e. ``idx`` is None);
     - ``elbo_qstar_<family>`` for each family: L[q*], the per-datapoint optimum, decoder frozen
@@ -220,7 +223,15 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
         if out[f"elbo_qstar_{family}"].mean() > best_elbo:
             best_guide, best_elbo = qstar, out[f"elbo_qstar_{family}"].mean()
     proposal_idx = rows if best_guide is not guide else idx
-    put("log_px", estimators.log_likelihood(model, best_guide, x, proposal_idx, ll_samples, chunk_size))
+    iwae = estimators.log_likelihood(model, best_guide, x, proposal_idx, ll_samples, chunk_size)
+    if ais_steps > 0:
+        ais = estimators.ais(model, x, num_chains=ais_chains, num_steps=ais_steps, progress=progress)
+        put("log_px_iwae", iwae)
+        put("log_px_ais", ais)
+        larger = ais.value > iwae.value
+        iwae = estimators.Estimate(torch.where(larger, ais.value, iwae.value),
+                                   torch.where(larger, ais.stderr, iwae.stderr))
+    put("log_px", iwae)
     if exact is not None:
         out["log_px_exact"] = exact(x).detach().cpu().numpy()
     own = f"elbo_qstar_{guide.family}"
