@@ -125,6 +125,13 @@ def test_evaluate_needs_the_runs_own_family(two_runs, capsys):
     assert "add it to --families" in err and len(err.strip().splitlines()) == 1
 
 
+def test_evaluate_puts_ais_beside_iwae(two_runs, capsys):
+    assert cli.main(["evaluate", str(two_runs / "normal"), "--split", "test", "--ais-steps", "5", *EVAL]) == 0
+    points = pd.read_csv(two_runs / "normal" / "evaluation_per_point.csv")
+    assert (points["log_px"] == points[["log_px_iwae", "log_px_ais"]].max(axis=1)).all()
+    assert "log_px_ais" in capsys.readouterr().out
+
+
 def test_evaluate_adds_the_flow_family_for_a_flow_run(tmp_path):
     runs.train({**SMALL, "guide": "flow", "num_flows": 1, "epochs": 1, "out": str(tmp_path / "flow")})
     assert cli.main(["evaluate", str(tmp_path / "flow"), "--split", "test", *EVAL]) == 0
