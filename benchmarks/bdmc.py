@@ -28,6 +28,8 @@ import torch
 
 from pyro_vae import estimators, runs
 
+from iwae import markdown  # benchmarks/ is on the path when a script here runs
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -74,9 +76,7 @@ def main(argv=None) -> int:
     lines = [f"Measured by `{command}` on {platform.system()} {platform.machine()}, {torch.get_num_threads()} threads, "
              f"torch {torch.__version__}, pyro {pyro.__version__}. Decoder: `pyro-vae train --guide normal --epochs "
              f"{args.epochs}` (digits, 64-256-8); {args.points} images simulated from it; nats per datapoint.", "",
-             "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    for r in table.itertuples(index=False):
-        lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r) + " |")
+             markdown(table, digits=4)]
     (args.out / "bdmc.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}/bdmc.csv and bdmc.md")
     return 0

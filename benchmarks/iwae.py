@@ -78,12 +78,12 @@ def summary(values: dict) -> dict:
     return out
 
 
-def markdown(table: pd.DataFrame) -> str:
+def markdown(table: pd.DataFrame, digits: int = 3) -> str:
     """A pipe table (pandas' ``to_markdown`` needs tabulate, which this project does not install)."""
     def cell(v):
         if pd.isna(v):
             return ""
-        return (f"{v:.0f}" if v.is_integer() else f"{v:.3f}") if isinstance(v, float) else str(v)
+        return (f"{v:.0f}" if v.is_integer() else f"{v:.{digits}f}") if isinstance(v, float) else str(v)
 
     cells = [[cell(v) for v in row] for row in table.itertuples(index=False)]
     lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]

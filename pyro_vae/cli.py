@@ -84,6 +84,8 @@ def device_name(text: str) -> str:
 SEED_HELP = ("seeds what is random in training: the initial weights of decoder and encoder, the order of the "
              "mini-batches, the dynamic binarization draws and every Monte Carlo sample (of training, q* and "
              "log p(x)); the same seed, data and flags give the same history.csv losses")
+AIS_HELP = ("also estimate log p(x) by AIS with this many annealing steps (16 chains) and use the larger estimate per "
+            "point; 0: importance weighting alone")
 DATA_SEED_HELP = ("seeds the data: the digits train/test split, the static binarization draws and the "
                   "linear-gaussian data (kept apart from --seed so that runs with several seeds see the same data)")
 
@@ -159,9 +161,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--qstar-lr", type=positive_float, default=3e-2, help="learning rate of the q* fits")
     c.add_argument("--n-eval", type=positive_int, default=200, help="train and test points evaluated")
     c.add_argument("--ll-samples", type=positive_int, default=5000, help="importance samples for log p(x)")
-    c.add_argument("--ais-steps", type=nonnegative_int, default=0,
-                   help="also estimate log p(x) by AIS with this many annealing steps (16 chains) and use the larger "
-                        "estimate per point; 0: importance weighting alone")
+    c.add_argument("--ais-steps", type=nonnegative_int, default=0, help=AIS_HELP)
     c.add_argument("--qstar-steps", type=positive_int, default=3000, help="most optimization steps for q*")
     c.add_argument("--budget-every", type=nonnegative_int, default=compare.Settings.budget_every, metavar="E",
                    help="measure each decoder in training every E epochs on --budget-points test points (budget.csv, "
@@ -178,9 +178,7 @@ def parser() -> argparse.ArgumentParser:
                    help="splits to evaluate (the first --n-eval points of each)")
     e.add_argument("--n-eval", type=positive_int, default=200, help="points evaluated per split")
     e.add_argument("--ll-samples", type=positive_int, default=5000, help="importance samples for log p(x)")
-    e.add_argument("--ais-steps", type=nonnegative_int, default=0,
-                   help="also estimate log p(x) by AIS with this many annealing steps (16 chains) and use the larger "
-                        "estimate per point; 0: importance weighting alone")
+    e.add_argument("--ais-steps", type=nonnegative_int, default=0, help=AIS_HELP)
     e.add_argument("--elbo-samples", type=positive_int, default=500, help="samples for each ELBO estimate")
     e.add_argument("--families", nargs="+", default=None, choices=sorted(gaps.FAMILIES),
                    help="families of q*; each run's own guide family must be among them (default: normal and mvn, "
