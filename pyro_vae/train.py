@@ -17,6 +17,7 @@ or :class:`~pyro_vae.models.LinearGaussian`); ``guide`` is a guide module.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -34,6 +35,7 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 
 from . import estimators, objectives
+from .gaps import frozen
 from .progress import progress_bar
 
 CHECKPOINT = "checkpoint.pt"
@@ -59,7 +61,8 @@ class CheckpointWarning(UserWarning):
 def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, loss=None, jit: Optional[bool] = None,
         device: str = "cpu", checkpoint_dir: Optional[str] = None, resume: bool = False, progress: bool = True,
         seed: int = 0, config: Optional[dict] = None, validate_every_step: bool = False,
-        local_steps: int = 1, on_epoch: Optional[Callable[[int, dict], None]] = None) -> pd.DataFrame:
+        local_steps: int = 1, on_epoch: Optional[Callable[[int, dict], None]] = None,
+        train_model: bool = True) -> pd.DataFrame:
     """Train ``model`` and ``guide`` by SVI on ``data.train`` for ``epochs`` epochs.
 
     Each epoch is ``for x, idx in data.loader("train", batch_size, shuffle=True): svi.step(x, idx)``.
@@ -95,6 +98,9 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
     :param on_epoch: called as ``on_epoch(epoch, row)`` after each epoch (``row``: that epoch's history
         row), e.g. to measure the model during training. It runs outside the timed loop, and the
         random state is put back after it, so it does not change the run's losses.
+    :param train_model: False holds the model's parameters fixed for the whole run (``svi.step`` on
+        ``poutine.block(model.model, hide_types=["param"])``, uncompiled): only the guide trains, e.g. a
+        new encoder for a trained decoder (:func:`pyro_vae.compare.encoder_width_sweep`).
     :returns: one row per epoch: ``epoch``, ``train_loss`` (mean ``loss`` over the
         epoch's steps: -ELBO, or -IWAE_K with ``objectives.iwae``), ``test_loss`` (-ELBO
         of the test split, one sample per point; NaN for per-datapoint guides, which have
@@ -117,8 +123,9 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         loss = objectives.make("trace", jit=objectives.jit_safe(model, guide) if jit is None else jit)
     # the guide-only steps hide the model's parameters, which the JIT cannot trace: they run uncompiled
     local_loss = objectives.uncompiled(loss)
-    local_svi = SVI(poutine.block(model.model, hide_types=["param"]), guide, optim, local_loss)
-    svi = SVI(model.model, guide, optim, loss)
+    fixed_model = poutine.block(model.model, hide_types=["param"])
+    local_svi = SVI(fixed_model, guide, optim, local_loss)
+    svi = SVI(model.model, guide, optim, loss) if train_model else local_svi
     path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
 
     rows, start, state = [], 0, None
@@ -130,7 +137,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
             raise ValueError(f"the run in {path.parent} has already trained {state['epoch']} epochs: pass epochs > "
                              f"{state['epoch']} to continue it (epochs counts from the start of the run).")
         rows, start = _restore(state, model, guide, optim)
-    _preflight(svi, loss, model, guide, data, batch_size)
+    _preflight(svi, svi.loss, model, guide, data, batch_size)
     if state is not None:
         _set_rng_state(state["rng"])  # after the preflight, which draws random numbers
     else:
@@ -138,13 +145,12 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
 
     n_train = len(data.train)
     bar = progress_bar(range(start, epochs), f"fit {type(guide).__name__}", progress, initial=start, total=epochs)
-    with pyro.validation_enabled(validate_every_step), objectives.quiet_jit():
+    with pyro.validation_enabled(validate_every_step), objectives.quiet_jit(), \
+            (contextlib.nullcontext() if train_model else frozen(model)):
         for epoch in bar:
             t0, total = time.perf_counter(), 0.0
             for x, idx in data.loader("train", batch_size, shuffle=True):
-                for _ in range(local_steps - 1):
-                    local_svi.step(x, idx)  # the guide's parameters alone, the model fixed
-                step_loss = svi.step(x, idx)
+                step_loss = visit(svi, local_svi, model, x, idx, local_steps)
                 if not math.isfinite(step_loss):
                     raise FloatingPointError(
                         f"svi.step returned {step_loss} at epoch {epoch + 1} (batch of rows {idx[:5].tolist()}...): "
@@ -166,6 +172,23 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
             if path is not None:
                 _save_checkpoint(path, model, guide, optim, rows, config)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def visit(svi, local_svi, model, x: torch.Tensor, idx: torch.Tensor, local_steps: int = 1) -> float:
+    """One mini-batch ``x: (B, D)`` with dataset rows ``idx: (B,)``: ``local_steps - 1`` steps of ``local_svi``
+    (the guide alone, the model fixed), then ``svi.step``; returns its loss (nats, the batch's -ELBO estimate
+    scaled to the full data).
+
+    The guide-only steps run with the model's weights frozen (:func:`pyro_vae.gaps.frozen`): autograd
+    computes no gradient for them, which saves about half a backward pass, and none accumulates into
+    their ``.grad`` to be added to the gradient of the ``svi.step`` that follows (Pyro zeroes only the
+    gradients of the parameters a step saw, and the hidden model's are not among them).
+    """
+    if local_steps > 1:
+        with frozen(model):
+            for _ in range(local_steps - 1):
+                local_svi.step(x, idx)
+    return svi.step(x, idx)
 
 
 def _preflight(svi, loss, model, guide, data, batch_size) -> None:

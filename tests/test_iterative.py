@@ -10,6 +10,7 @@ import guides
 from pyro_vae import data, estimators, fit, gaps, models
 from pyro_vae.optim import LazyAdam
 from pyro_vae.runs import build_guide, build_model
+from pyro_vae.train import visit
 
 
 def test_a_guide_only_step_leaves_the_decoder_where_it_is(digits):
@@ -26,6 +27,41 @@ def test_a_guide_only_step_leaves_the_decoder_where_it_is(digits):
         local.step(x, idx)
     assert all(torch.equal(a, b) for a, b in zip(decoder, model.parameters()))
     assert all(not torch.equal(a, b) for a, b in zip(encoder, guide.parameters()))
+
+
+def test_guide_only_steps_leave_no_gradient_for_the_model_step(digits):
+    """Pyro zeroes the gradients of the parameters a step saw, and a hidden decoder's are not among them: if the
+    T - 1 guide-only steps computed decoder gradients, the svi.step that follows would add them to its own."""
+    model = build_model(digits, 4, (32,))
+    guide = build_guide("meanfield", digits, 4, (32,))
+    x, idx = digits.train[:64], torch.arange(64)
+    local = SVI(poutine.block(model.model, hide_types=["param"]), guide, LazyAdam({"lr": 1e-3}), Trace_ELBO())
+    local.step(x, idx)  # the decoder's weights are now Pyro parameters that require a gradient
+    for p in model.parameters():
+        p.grad = None
+    before = [p.detach().clone() for p in guide.parameters()]
+    seen = {}
+
+    class Recorder:
+        def step(self, *args):
+            seen["grads"] = [p.grad for p in model.parameters()]
+            return 0.0
+
+    visit(Recorder(), local, model, x, idx, local_steps=4)
+    assert seen["grads"] and all(g is None for g in seen["grads"])
+    assert all(p.requires_grad for p in model.parameters())  # put back for the model step
+    assert all(not torch.equal(a, b) for a, b in zip(before, guide.parameters()))
+
+
+def test_train_model_false_trains_the_guide_alone(digits):
+    """fit(train_model=False) on a trained decoder: it ends bit-identical while a new encoder learns."""
+    model = build_model(digits, 4, (32,))
+    fit(model, build_guide("normal", digits, 4, (32,)), digits, epochs=10, batch_size=128, progress=False)
+    guide = build_guide("normal", digits, 4, (32,))
+    decoder = [p.detach().clone() for p in model.parameters()]
+    history = fit(model, guide, digits, epochs=5, batch_size=128, progress=False, train_model=False)
+    assert all(torch.equal(a, b) for a, b in zip(decoder, model.parameters()))
+    assert history.train_loss.iloc[-1] < history.train_loss.iloc[0] - 1.0
 
 
 @pytest.mark.parametrize("T", [1, 4])
