@@ -168,6 +168,13 @@ def parser() -> argparse.ArgumentParser:
                         "budget.png); 0: off")
     c.add_argument("--budget-points", type=positive_int, default=compare.Settings.budget_points,
                    help="test points of the budget curves")
+    c.add_argument("--encoder-widths", type=positive_int, nargs="+", default=[], metavar="W",
+                   help="the encoder-width sweep: on the decoder trained with the normal guide, held fixed, train new "
+                        "normal encoders W units wide for --epochs each and measure their amortization gap "
+                        "(encoder_widths.csv, encoder_widths.png)")
+    c.add_argument("--workers", type=positive_int, default=compare.Settings.workers,
+                   help="trainings run in this many processes at once, each with an equal share of the cores (CPU "
+                        "only); the numbers do not depend on it")
     c.add_argument("--quick", action="store_true",
                    help="a small budget for smoke tests (about a minute and a half on digits)")
     c.add_argument("--out", default="runs/compare", help="output folder")
@@ -235,6 +242,7 @@ def cmd_compare(cfg: dict) -> None:
         refine_steps=cfg["refine_steps"], local_steps=cfg["local_steps"], families=cfg["families"],
         jit=not cfg["no_jit"], seed=cfg["seed"], seeds=cfg["seeds"], n_eval=cfg["n_eval"],
         budget_every=cfg["budget_every"], budget_points=cfg["budget_points"],
+        encoder_widths=cfg["encoder_widths"], workers=cfg["workers"],
         ll_samples=cfg["ll_samples"], ais_steps=cfg["ais_steps"], qstar_steps=cfg["qstar_steps"], device=cfg["device"],
         progress=not cfg["no_progress"])
     if cfg["quick"]:
@@ -243,21 +251,27 @@ def cmd_compare(cfg: dict) -> None:
                                                  "data_seed": cfg["data_seed"], **compare.settings_dict(settings)},
                                                 indent=2))
     result = compare.compare(ds, settings)
-    result.table.to_csv(out / "results.csv", index=False)
-    result.cost.to_csv(out / "cost.csv", index=False)
-    result.per_point.to_csv(out / "per_point.csv", index=False)
-    result.histories.to_csv(out / "history.csv", index=False)
-    if len(result.budget):
-        result.budget.to_csv(out / "budget.csv", index=False)
+    tables = {"results.csv": result.table, "cost.csv": result.cost, "per_point.csv": result.per_point,
+              "history.csv": result.histories}
     figures = {
         "learning_curves.png": plots.learning_curves(result.histories, title=f"Learning curves on {ds.name}"),
         "gaps.png": plots.gap_bars(result.per_point, title=f"Approximation and amortization gaps on {ds.name}"),
         "latents.png": plots.latent_scatter(compare.latent_frame(result, ds)),
     }
     if len(result.budget):
+        comparisons = compare.budget_comparisons(result.budget)
+        tables.update({"budget.csv": result.budget, "budget_comparisons.csv": comparisons})
         figures["budget.png"] = plots.budget_curves(result.budget, title=f"Test log p(x) during training on {ds.name}")
+        figures["gaps_during_training.png"] = plots.gap_curves(result.budget, title=f"The gaps during training on "
+                                                                                     f"{ds.name} (test points)")
+    if len(result.encoder_widths):
+        tables["encoder_widths.csv"] = result.encoder_widths
+        figures["encoder_widths.png"] = plots.encoder_widths(
+            result.encoder_widths, title=f"Amortization gap against the encoder's width on {ds.name}")
     if ds.image_shape:
         figures["images.png"] = plots.image_grid(compare.image_rows(result, ds), ds.image_shape)
+    for fname, table in tables.items():
+        table.to_csv(out / fname, index=False)
     for fname, fig in figures.items():
         plots.save(fig, out / fname)
     if settings.seeds > 1:
@@ -271,9 +285,22 @@ def cmd_compare(cfg: dict) -> None:
         print(format_table(result.table))
     print()
     print(result.cost.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    tables = ["results.csv", "cost.csv", "per_point.csv", "history.csv"]
-    tables += ["budget.csv"] if len(result.budget) else []
-    print(f"\nwrote {out}/{{{', '.join(tables + list(figures))}}}")
+    if len(result.budget):
+        print(f"\nbudget curves (test log p(x) on {settings.budget_points} test points), means over seeds:")
+        print(format_comparisons(comparisons))
+    if len(result.encoder_widths):
+        widths = result.encoder_widths.groupby(["split", "width", "retrained"], sort=False).mean(numeric_only=True)
+        print("\nencoder widths on the normal guide's decoder (means over seeds):")
+        print(widths[["encoder_params", "elbo_q", "amortization_gap"]].to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"\nwrote {out}/{{{', '.join(list(tables) + list(figures))}}}")
+
+
+def format_comparisons(comparisons: pd.DataFrame) -> str:
+    """:func:`pyro_vae.compare.budget_comparisons` as means over seeds (nats per datapoint)."""
+    columns = ["log_px_equal_epochs", "equal_seconds", "log_px_equal_seconds", "log_px_best", "best_epoch",
+               "rise_last_third", "flattened"]
+    means = comparisons.groupby("guide", sort=False)[columns].mean()
+    return means.to_string(float_format=lambda v: f"{v:.3f}")
 
 
 def format_table(table: pd.DataFrame, labels=("guide", "split"), with_se: bool = True) -> str:

@@ -15,17 +15,20 @@ approximation and the amortization gap.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 import pyro
 import torch
 
 import guides
 
-from . import data, gaps, objectives
+from . import data, estimators, gaps, objectives
 from .optim import LazyAdam
 from .progress import progress_bar
 from .runs import build_guide, build_model, guide_options  # the one place models and guides are built from settings
@@ -43,7 +46,12 @@ class Settings:
     ``ais_steps``: when > 0, the evaluation also estimates log p(x) by AIS with that many steps and uses
     the larger estimate per datapoint (:func:`pyro_vae.gaps.decompose`).
     ``budget_every``: every so many epochs (and at the last), the decoder in training is measured on the
-    first ``budget_points`` test points (:func:`budget_row`); 0 turns the budget curves off.
+    first ``budget_points`` test points (:func:`budget_row`), and once before training (epoch 0); 0 turns the
+    budget curves off.
+    ``encoder_widths``: after training, new ``normal`` encoders of these widths train on the decoder of the
+    ``normal`` guide, held fixed (:func:`encoder_width_sweep`); empty: no sweep.
+    ``workers``: trainings run in that many processes at once, each with an equal share of the cores
+    (CPU only). Each training is seeded by its own seed alone, so the tables do not depend on it.
     """
 
     guides: Sequence[str] = ("normal", "mvn", "flow", "semi_amortized", "meanfield")
@@ -72,6 +80,8 @@ class Settings:
     budget_every: int = 30
     budget_points: int = 50
     budget_ll_samples: int = 1000
+    encoder_widths: Sequence[int] = ()
+    workers: int = 1
     device: str = "cpu"
     progress: bool = True
 
@@ -86,7 +96,8 @@ class Result:
     seconds); ``per_point``: decompose's rows with ``guide``, ``seed`` and ``split``;
     ``models`` and ``guides``: the trained modules of the first seed, by guide label
     (:func:`across_seeds` summarizes ``table`` over seeds); ``budget``: one row per (guide, seed,
-    measurement during training), see :func:`budget_row` (empty when ``budget_every`` is 0).
+    measurement during training), see :func:`budget_row` (empty when ``budget_every`` is 0);
+    ``encoder_widths``: :func:`encoder_width_sweep`'s rows (empty without ``encoder_widths``).
     """
 
     histories: pd.DataFrame
@@ -96,6 +107,7 @@ class Result:
     models: Dict
     guides: Dict
     budget: pd.DataFrame
+    encoder_widths: pd.DataFrame
 
 
 def inference_seconds(model, guide, x1: torch.Tensor, qstar_steps: int, qstar_lr: float) -> float:
@@ -125,59 +137,193 @@ def trainings(settings: Settings):
 def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
     """Train a decoder with each guide in ``settings.guides`` and decompose its gaps on train and test points.
 
-    The ``guide`` column of every table holds the training's label (see :func:`trainings`).
+    The ``guide`` column of every table holds the training's label (see :func:`trainings`). Each training
+    (one per label and seed) is one call of :func:`train_and_measure`, seeded by its own seed alone, so
+    ``settings.workers`` processes give the same tables as one (they differ in ``seconds`` only).
     """
     s = settings
-    histories, tables, per_point, cost, budget, trained_models, trained_guides = [], [], [], [], [], {}, {}
-    x_budget = ds.test[:s.budget_points].to(s.device)
+    if s.encoder_widths and "normal" not in s.guides:
+        raise ValueError("compare: encoder_widths re-trains normal encoders on the decoder trained with the normal "
+                         "guide: add normal to guides.")
+    if s.workers > 1 and torch.device(s.device).type != "cpu":
+        raise ValueError(f"compare: workers={s.workers} runs trainings in parallel CPU processes; on {s.device} "
+                         f"use workers=1.")
     jobs = [(*training, seed) for training in trainings(s) for seed in range(s.seed, s.seed + s.seeds)]
-    phases = progress_bar(jobs, "compare", s.progress)
-    for label, name, local_steps, seed in phases:
-        phases.set_postfix(guide=label, seed=seed, refresh=False)
-        pyro.set_rng_seed(seed)  # for one seed every decoder starts from the same weights
-        model = build_model(ds, s.z_dim, s.hidden, s.likelihood, seed)
-        guide = build_guide(name, ds, s.z_dim, s.hidden, model=model,
-                            **guide_options(name, {"num_flows": s.num_flows, "refine_steps": s.refine_steps}))
-        optim = LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr})  # the same decoder lr for every guide
-        loss = objectives.for_training(s.elbo, model, guide, jit=s.jit, particles=s.particles)
-        seconds = []
-
-        def measure(epoch, row, model=model, guide=guide, label=label, seed=seed, seconds=seconds):
-            seconds.append(row["seconds"])
-            if s.budget_every and (epoch % s.budget_every == 0 or epoch == s.epochs):
-                budget.append({"guide": label, "seed": seed, "epoch": epoch, "seconds": sum(seconds),
-                               **budget_row(model, guide, x_budget, s)})
-
-        history = fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, optim=optim, loss=loss,
-                      progress=s.progress, seed=seed, device=s.device, local_steps=local_steps, on_epoch=measure)
-        histories.append(history.assign(guide=label, seed=seed))
-        summary, points = evaluate(model, guide, ds, s)
-        tables.append(summary.assign(guide=label, seed=seed))
-        per_point.append(points.assign(guide=label, seed=seed))
-        n_params = sum(p.numel() for p in guide.parameters())
-        cost.append({
-            "guide": label,
-            "seed": seed,
-            "local_steps": local_steps,
-            "amortized": guide.amortized,
-            "guide_params": n_params,
-            "guide_params_at_60000": n_params if guide.amortized else n_params * 60000 // len(ds.train),
-            "decoder_params": sum(p.numel() for p in model.parameters()),
-            "infer_ms_per_new_point": 1e3 * inference_seconds(model, guide, ds.test[:1].to(s.device), s.qstar_steps,
-                                                               s.qstar_lr),
-            "train_seconds": float(history["seconds"].sum()),
-        })
+    if s.workers > 1:
+        outputs = _in_processes(ds, s, jobs)
+    else:
+        phases = progress_bar(jobs, "compare", s.progress)
+        outputs = []
+        for job in phases:
+            phases.set_postfix(guide=job[0], seed=job[3], refresh=False)
+            outputs.append(train_and_measure(ds, s, *job))
+    trained_models, trained_guides = {}, {}
+    for (label, name, local_steps, seed), out in zip(jobs, outputs):
         if seed == s.seed:
-            trained_models[label], trained_guides[label] = model, guide
+            trained_models[label], trained_guides[label] = out["model"], out["guide"]
+    tables = [out["summary"] for out in outputs]
     return Result(
-        histories=pd.concat(histories, ignore_index=True),
+        histories=pd.concat([out["history"] for out in outputs], ignore_index=True),
         table=pd.concat(tables, ignore_index=True)[["guide", "seed", *tables[0].columns.drop(["guide", "seed"])]],
-        cost=pd.DataFrame(cost),
-        per_point=pd.concat(per_point).reset_index(),
+        cost=pd.DataFrame([out["cost"] for out in outputs]),
+        per_point=pd.concat([out["points"] for out in outputs]).reset_index(),
         models=trained_models,
         guides=trained_guides,
-        budget=pd.DataFrame(budget, columns=["guide", "seed", "epoch", "seconds", *BUDGET_COLUMNS]),
+        budget=pd.DataFrame([row for out in outputs for row in out["budget"]],
+                            columns=["guide", "seed", "epoch", "seconds", *BUDGET_COLUMNS]),
+        encoder_widths=pd.DataFrame([row for out in outputs for row in out["encoder_widths"]],
+                                    columns=ENCODER_WIDTH_COLUMNS),
     )
+
+
+def _build(ds: data.Dataset, s: Settings, name: str, seed: int, hidden=None):
+    """The model and the guide ``name`` of one training, initialized from ``seed``."""
+    pyro.set_rng_seed(seed)  # for one seed every decoder starts from the same weights
+    model = build_model(ds, s.z_dim, s.hidden, s.likelihood, seed)
+    guide = build_guide(name, ds, s.z_dim, s.hidden if hidden is None else hidden, model=model,
+                        **guide_options(name, {"num_flows": s.num_flows, "refine_steps": s.refine_steps}))
+    return model, guide
+
+
+def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: str, local_steps: int,
+                      seed: int) -> dict:
+    """One training of :func:`compare`: the decoder and guide ``name`` (T = ``local_steps``) trained from
+    ``seed``, measured during training (budget curves) and after (gap decomposition, cost, and the
+    encoder-width sweep for the ``normal`` guide).
+
+    Returns a dict of ``model`` and ``guide`` (trained modules), ``history``, ``summary``, ``points``
+    (DataFrames labelled by ``guide`` and ``seed``), ``cost`` (one row), ``budget`` and
+    ``encoder_widths`` (lists of rows).
+    """
+    s = settings
+    model, guide = _build(ds, s, name, seed)
+    optim = LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr})  # the same decoder lr for every guide
+    loss = objectives.for_training(s.elbo, model, guide, jit=s.jit, particles=s.particles)
+    x_budget = ds.test[:s.budget_points].to(s.device)
+    budget, seconds = [], [0.0]
+
+    def measure(epoch, row):
+        seconds.append(row["seconds"])
+        if s.budget_every and (epoch % s.budget_every == 0 or epoch == s.epochs):
+            budget.append({"guide": label, "seed": seed, "epoch": epoch, "seconds": sum(seconds),
+                           **budget_row(model, guide, x_budget, s)})
+
+    if s.budget_every:
+        with torch.random.fork_rng(devices=[]):  # the untrained decoder: where every curve starts
+            measure(0, {"seconds": 0.0})
+    history = fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, optim=optim, loss=loss,
+                  progress=s.progress, seed=seed, device=s.device, local_steps=local_steps, on_epoch=measure)
+    summary, points = evaluate(model, guide, ds, s)
+    n_params = sum(p.numel() for p in guide.parameters())
+    cost = {
+        "guide": label,
+        "seed": seed,
+        "local_steps": local_steps,
+        "amortized": guide.amortized,
+        "guide_params": n_params,
+        "guide_params_at_60000": n_params if guide.amortized else n_params * 60000 // len(ds.train),
+        "decoder_params": sum(p.numel() for p in model.parameters()),
+        "infer_ms_per_new_point": 1e3 * inference_seconds(model, guide, ds.test[:1].to(s.device), s.qstar_steps,
+                                                           s.qstar_lr),
+        "train_seconds": float(history["seconds"].sum()),
+    }
+    widths = encoder_width_sweep(model, guide, ds, points, s, seed) if name == "normal" and s.encoder_widths else []
+    return {"model": model, "guide": guide, "history": history.assign(guide=label, seed=seed),
+            "summary": summary.assign(guide=label, seed=seed), "points": points.assign(guide=label, seed=seed),
+            "cost": cost, "budget": budget, "encoder_widths": widths}
+
+
+def _expected_cost(job) -> float:
+    """A rough relative cost of a training, to start the longest first: guide-only steps and refinement
+    steps multiply the work of a step, and a flow's q* fits cost about four Gaussian ones."""
+    label, name, local_steps, seed = job
+    return local_steps * (6 if name == "semi_amortized" else 1) * (2 if guides.get(name).family == "flow" else 1)
+
+
+_WORKER = {}
+
+
+def _start_worker(ds: data.Dataset, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["ds"] = ds
+
+
+def _train_in_worker(settings: Settings, job) -> dict:
+    """:func:`train_and_measure` in a worker process; the modules travel back as state dicts."""
+    out = train_and_measure(_WORKER["ds"], settings, *job)
+    out["model"], out["guide"] = out["model"].state_dict(), out["guide"].state_dict()
+    return out
+
+
+def _in_processes(ds: data.Dataset, s: Settings, jobs) -> list:
+    """Every job of :func:`compare` in ``s.workers`` processes (spawned, each with an equal share of the
+    cores, longest job first); the outputs in the order of ``jobs``, with modules rebuilt here."""
+    import concurrent.futures
+    import multiprocessing
+    import os
+
+    quiet = dataclasses.replace(s, progress=False)
+    threads = max(1, (os.cpu_count() or 1) // s.workers)
+    pool = concurrent.futures.ProcessPoolExecutor(s.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_start_worker, initargs=(ds, threads))
+    with pool:
+        order = sorted(range(len(jobs)), key=lambda i: -_expected_cost(jobs[i]))
+        futures = {pool.submit(_train_in_worker, quiet, jobs[i]): i for i in order}
+        outputs = [None] * len(jobs)
+        bar = progress_bar(concurrent.futures.as_completed(futures), f"compare ({s.workers} workers)", s.progress,
+                           total=len(jobs))
+        for future in bar:
+            i = futures[future]
+            outputs[i] = future.result()
+            bar.set_postfix(done=jobs[i][0], seed=jobs[i][3], refresh=False)
+    for (label, name, local_steps, seed), out in zip(jobs, outputs):
+        model, guide = _build(ds, s, name, seed)
+        model.load_state_dict(out["model"])
+        guide.load_state_dict(out["guide"])
+        out["model"], out["guide"] = model.to(s.device), guide.to(s.device)
+    return outputs
+
+
+#: the columns of :attr:`Result.encoder_widths`
+ENCODER_WIDTH_COLUMNS = ["guide", "seed", "split", "width", "retrained", "encoder_params", "log_px", "elbo_qstar",
+                         "elbo_q", "elbo_q_se", "approximation_gap", "amortization_gap", "amortization_gap_se"]
+
+
+def encoder_width_sweep(model, guide, ds: data.Dataset, points: pd.DataFrame, settings: Settings, seed: int) -> list:
+    """Cremer, Li & Duvenaud's question: does a larger encoder close the amortization gap?
+
+    With ``model`` (the decoder trained with the ``normal`` guide ``guide``) held fixed, a new ``normal`` encoder
+    of each width in ``settings.encoder_widths`` (every hidden layer that wide) trains for
+    ``settings.epochs`` epochs (``fit(train_model=False)``, from ``seed``); its L[q] is estimated on the
+    evaluation points. log p(x) and L[q*] depend on the decoder alone, so they are taken from ``points``
+    (:func:`evaluate`'s rows for that decoder). Returns rows of :data:`ENCODER_WIDTH_COLUMNS`, nats per
+    datapoint, one per (split, width), plus the jointly trained encoder's (``retrained`` False).
+    """
+    s = settings
+    rows = []
+
+    def add(guide, width, retrained):
+        for split, table in points.groupby("split", sort=False):
+            n = len(table)
+            x = ds.split(split)[:n].to(s.device)
+            q = estimators.elbo(model.model, guide, x, None, s.elbo_samples)
+            gap = table["elbo_qstar_normal"].to_numpy() - q.value.cpu().numpy()
+            rows.append({"guide": "normal", "seed": seed, "split": split, "width": width, "retrained": retrained,
+                         "encoder_params": sum(p.numel() for p in guide.parameters()),
+                         "log_px": table["log_px"].mean(), "elbo_qstar": table["elbo_qstar_normal"].mean(),
+                         "elbo_q": float(q.value.mean()), "elbo_q_se": float(q.stderr.pow(2).sum().sqrt() / n),
+                         "approximation_gap": table["approximation_gap"].mean(), "amortization_gap": gap.mean(),
+                         "amortization_gap_se": gap.std(ddof=1) / math.sqrt(n)})
+
+    with torch.random.fork_rng(devices=[]):
+        add(guide, s.hidden[-1], False)
+        for width in s.encoder_widths:
+            pyro.set_rng_seed(seed)
+            encoder = build_guide("normal", ds, s.z_dim, (width,) * len(s.hidden))
+            fit(model, encoder, ds, epochs=s.epochs, batch_size=s.batch_size, optim=LazyAdam({"lr": s.lr}),
+                progress=s.progress, seed=seed, device=s.device, train_model=False)
+            add(encoder, width, True)
+    return rows
 
 
 #: what :func:`budget_row` measures, in nats per datapoint (means over the budget's test points)
@@ -201,6 +347,38 @@ def budget_row(model, guide, x: torch.Tensor, settings: Settings) -> dict:
     return {"log_px": means["log_px"], "log_px_mc_se": mc_se, "elbo_qstar": means[f"elbo_qstar_{guide.family}"],
             "elbo_q": means["elbo_q"], "approximation_gap": means["approximation_gap"],
             "amortization_gap": means["amortization_gap"]}
+
+
+#: how little a budget curve may still rise over the last third of its epochs to count as flattened (nats)
+FLAT_RISE = 0.05
+
+
+def budget_comparisons(budget: pd.DataFrame) -> pd.DataFrame:
+    """The three comparisons of the budget curves (:attr:`Result.budget`): one row per (guide, seed), nats per
+    datapoint on the budget's test points.
+
+    - ``log_px_equal_epochs``: at the last epoch, which every training of a run reaches;
+    - ``equal_seconds`` and ``log_px_equal_seconds``: at the training time of that seed's quickest
+      training, by linear interpolation of the curve against seconds (it starts at the untrained decoder,
+      0 seconds), so that every training is judged after the same wall-clock time;
+    - ``log_px_best`` and ``best_epoch``: the curve's highest point, the comparison at convergence when
+      the curve has ``flattened``: it rose less than :data:`FLAT_RISE` over the last third of the epochs
+      (``rise_last_third``; negative when the decoder is past its best, e.g. overfitting).
+    """
+    rows = []
+    quickest = budget.groupby(["seed", "guide"])["seconds"].max().groupby(level="seed").min()
+    for (guide, seed), curve in budget.groupby(["guide", "seed"], sort=False):
+        curve = curve.sort_values("epoch")
+        last = curve.iloc[-1]
+        earlier = curve[curve["epoch"] <= last["epoch"] * 2 / 3].iloc[-1]
+        best = curve.loc[curve["log_px"].idxmax()]
+        rise = last["log_px"] - earlier["log_px"]
+        rows.append({"guide": guide, "seed": seed, "epochs": int(last["epoch"]),
+                     "log_px_equal_epochs": last["log_px"], "equal_seconds": quickest[seed],
+                     "log_px_equal_seconds": float(np.interp(quickest[seed], curve["seconds"], curve["log_px"])),
+                     "log_px_best": best["log_px"], "best_epoch": int(best["epoch"]), "rise_last_third": rise,
+                     "flattened": bool(rise < FLAT_RISE)})
+    return pd.DataFrame(rows)
 
 
 def across_seeds(table: pd.DataFrame) -> pd.DataFrame:
@@ -248,7 +426,7 @@ def summary_row(table: pd.DataFrame) -> dict:
 def settings_dict(s: Settings) -> dict:
     out = asdict(s)
     out["guides"], out["hidden"], out["families"] = list(s.guides), list(s.hidden), list(s.families)
-    out["local_steps"] = list(s.local_steps)
+    out["local_steps"], out["encoder_widths"] = list(s.local_steps), list(s.encoder_widths)
     return out
 
 

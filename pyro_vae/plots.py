@@ -118,9 +118,62 @@ def budget_curves(budget: pd.DataFrame, title: str = "Test log p(x) during train
             sns.lineplot(data=df, x=x, y="log_px", hue="guide", errorbar="sd", marker="o", ax=ax,
                          legend=ax is axes[1])
             ax.set(xlabel=label, ylabel="test log p(x) (nats per datapoint)")
+    trained = df.loc[df["epoch"] > 0, "log_px"]  # the untrained decoder (epoch 0) is far below: its line leaves the axes
+    if len(trained):
+        lo, hi = trained.min(), df["log_px"].max()
+        axes[0].set_ylim(lo - 0.1 * (hi - lo), hi + 0.05 * (hi - lo))
     sns.move_legend(axes[1], "lower right", title="trained with")
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def gap_curves(budget: pd.DataFrame, title: str = "The gaps during training"):
+    """The approximation and the amortization gap on the budget's test points against epochs, one panel each,
+    one line per training method (``guide``); with several seeds, means with a band of one standard deviation.
+
+    ``budget``: :attr:`pyro_vae.compare.Result.budget`. A per-datapoint guide has no q for test points, so it
+    has an approximation gap only.
+    """
+    gaps = ["approximation_gap", "amortization_gap"]
+    long = budget.melt(id_vars=["guide", "seed", "epoch"], value_vars=gaps, var_name="gap", value_name="nats")
+    long = long.dropna()
+    long = long[long["epoch"] > 0]  # the untrained decoder's posterior is the prior's: gaps there say little
+    long["gap"] = long["gap"].map(GAP_LABELS)
+    with _quiet():
+        grid = sns.relplot(data=long, kind="line", x="epoch", y="nats", hue="guide", col="gap", errorbar="sd",
+                           marker="o", height=4, aspect=1.2, facet_kws={"sharey": False})
+    grid.set_axis_labels("epochs of training", "gap (nats per datapoint)")
+    grid.set_titles("{col_name}")
+    sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, -0.02), ncol=4, title="trained with")
+    grid.figure.suptitle(title, y=1.03)
+    return grid.figure
+
+
+def encoder_widths(table: pd.DataFrame, title: str = "Amortization gap against the encoder's width"):
+    """The amortization gap of encoders of each width on one fixed decoder, train and test points.
+
+    ``table``: :attr:`pyro_vae.compare.Result.encoder_widths`. Encoders re-trained on the fixed decoder are a
+    line (means over seeds, band of one sd, or of 2 standard errors across datapoints for one seed); the
+    encoder trained with the decoder is a separate marker.
+    """
+    seeds = table["seed"].nunique() > 1
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    retrained, joint = table[table["retrained"]], table[~table["retrained"]]
+    with _quiet():
+        sns.lineplot(data=retrained, x="width", y="amortization_gap", hue="split", marker="o", ax=ax,
+                     errorbar="sd" if seeds else None)
+        sns.scatterplot(data=joint.groupby("split", as_index=False, sort=False).mean(numeric_only=True),
+                        x="width", y="amortization_gap", hue="split", marker="*", s=250, ax=ax, legend=False)
+    if not seeds:
+        for split, rows in retrained.groupby("split", sort=False):
+            ax.errorbar(rows["width"], rows["amortization_gap"], yerr=2 * rows["amortization_gap_se"], fmt="none",
+                        ecolor="grey", capsize=3)
+    ax.set_xscale("log", base=2)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set(title=title, xlabel="encoder hidden width (units per layer; decoder fixed)",
+           ylabel="amortization gap L[q*] - L[q] (nats per datapoint)")
+    ax.legend(title="points (star: encoder trained with the decoder)")
     return fig
 
 
