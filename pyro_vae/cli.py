@@ -232,9 +232,6 @@ QUICK = {"epochs": 15, "n_eval": 20, "ll_samples": 300, "qstar_steps": 150, "elb
 def cmd_compare(cfg: dict) -> None:
     from . import plots
 
-    out = Path(cfg["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    ds = runs.load_data(cfg)
     settings = compare.Settings(
         guides=cfg["guides"], z_dim=cfg["z_dim"], hidden=cfg["hidden"], likelihood=cfg["likelihood"],
         epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], local_lr=cfg["local_lr"],
@@ -247,6 +244,10 @@ def cmd_compare(cfg: dict) -> None:
         progress=not cfg["no_progress"])
     if cfg["quick"]:
         settings = dataclasses.replace(settings, **QUICK)
+    compare.check(settings)
+    out = Path(cfg["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    ds = runs.load_data(cfg)
     (out / "config.json").write_text(json.dumps({"data": cfg["data"], "binarize": ds.binarize,
                                                  "data_seed": cfg["data_seed"], **compare.settings_dict(settings)},
                                                 indent=2))

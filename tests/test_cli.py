@@ -124,6 +124,13 @@ def test_a_truncated_checkpoint_in_a_fresh_process(tmp_path):
     assert code == 2 and "cannot be read" in err and "Traceback" not in err and err.count("\n") == 1
 
 
+def test_an_encoder_width_sweep_without_the_normal_guide_is_refused_before_any_work(tmp_path):
+    code, _, err = _run("compare", "--guides", "mvn", "--encoder-widths", "64", "--out", str(tmp_path / "c"),
+                        "--no-progress")
+    assert code == 2 and "add normal to guides" in err and err.count("\n") == 1
+    assert not (tmp_path / "c").exists()
+
+
 def test_unknown_guide_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--guide", "no_such_guide"])
@@ -133,7 +140,8 @@ def test_unknown_guide_is_refused_by_the_parser(capsys):
 @pytest.mark.parametrize("dataset", ["digits", "linear-gaussian"])
 def test_compare_quick(tmp_path, capsys, dataset):
     out = tmp_path / "cmp"
-    more = ["--z-dim", "2", "--seeds", "2"] if dataset == "linear-gaussian" else ["--local-steps", "1", "3"]
+    more = ["--z-dim", "2", "--seeds", "2", "--encoder-widths", "4", "32", "--workers", "2"] \
+        if dataset == "linear-gaussian" else ["--local-steps", "1", "3"]
     assert cli.main(["compare", "--quick", "--data", dataset, "--out", str(out), "--no-progress", *more]) == 0
     table = pd.read_csv(out / "results.csv")
     iterated = dataset == "digits"
@@ -142,10 +150,12 @@ def test_compare_quick(tmp_path, capsys, dataset):
     seeds = 1 if iterated else 2
     assert pd.read_csv(out / "cost.csv")["local_steps"].tolist() == [1] * 5 * seeds + ([3] if iterated else [])
     assert set(table["split"]) == {"train", "test"} and "approximation_gap_flow" in table
-    for name in ("cost.csv", "per_point.csv", "history.csv", "budget.csv", "learning_curves.png", "gaps.png",
-                 "latents.png", "budget.png"):
+    for name in ("cost.csv", "per_point.csv", "history.csv", "budget.csv", "budget_comparisons.csv",
+                 "learning_curves.png", "gaps.png", "latents.png", "budget.png", "gaps_during_training.png"):
         assert (out / name).exists(), name
     assert (out / "images.png").exists() == (dataset == "digits")
+    for name in ("encoder_widths.csv", "encoder_widths.png"):
+        assert (out / name).exists() == (dataset == "linear-gaussian"), name
     printed = capsys.readouterr().out
     assert "amortization_gap" in printed
     if dataset == "linear-gaussian":
@@ -153,3 +163,7 @@ def test_compare_quick(tmp_path, capsys, dataset):
         assert "means over 2 seeds" in printed and "standard deviations across the 2 seeds" in printed
         assert "log_px_exact" in printed
         assert (table["log_px"] - table["log_px_exact"]).abs().max() < 0.1
+        widths = pd.read_csv(out / "encoder_widths.csv")
+        assert widths[["seed", "width"]].drop_duplicates().values.tolist() == [[0, 256], [0, 4], [0, 32], [1, 256],
+                                                                               [1, 4], [1, 32]]
+        assert "encoder widths on the normal guide's decoder" in printed

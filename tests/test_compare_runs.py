@@ -1,6 +1,11 @@
-"""compare across seeds and during training: one row per seed, and budget curves that leave training as it was."""
+"""compare across seeds, processes and during training: one row per seed, the same numbers in parallel, budget
+curves that leave training as it was, and the encoder-width sweep."""
+
+import math
 
 import pandas as pd
+import pytest
+import torch
 
 from pyro_vae import compare, data
 
@@ -30,9 +35,10 @@ def test_budget_curves_measure_the_decoder_in_training():
                                 budget_points=10, budget_ll_samples=500)
     result = compare.compare(ds, settings)
     budget = result.budget
-    assert budget[["epoch"]].values.ravel().tolist() == [2, 4]
+    assert budget[["epoch"]].values.ravel().tolist() == [0, 2, 4]  # epoch 0: the untrained decoder
     history = result.histories.set_index("epoch")["seconds"].cumsum()
-    assert budget["seconds"].tolist() == history.loc[[2, 4]].tolist()  # training seconds so far, from fit's history
+    # training seconds so far, from fit's history
+    assert budget["seconds"].tolist() == [0.0, *history.loc[[2, 4]].tolist()]
     # the last measurement is of the trained decoder: it agrees with its exact log p(x) on those points
     exact = result.per_point.query("split == 'test'")["log_px_exact"].mean()
     last = budget.iloc[-1]
@@ -42,3 +48,62 @@ def test_budget_curves_measure_the_decoder_in_training():
     pd.testing.assert_frame_equal(result.histories.drop(columns="seconds"),
                                   unmeasured.histories.drop(columns="seconds"))
     assert unmeasured.budget.empty
+
+
+def test_workers_give_the_same_numbers_as_one_process():
+    """Each training is seeded by its own seed alone: two processes reproduce one process's tables exactly."""
+    ds = data.load("linear-gaussian")
+    settings = compare.Settings(**TINY, seeds=2, budget_every=3, budget_points=5, budget_ll_samples=20)
+    one = compare.compare(ds, settings)
+    two = compare.compare(ds, compare.Settings(**{**vars(settings), "workers": 2}))
+    pd.testing.assert_frame_equal(one.table, two.table)
+    pd.testing.assert_frame_equal(one.budget.drop(columns="seconds"), two.budget.drop(columns="seconds"))
+    assert list(two.models) == ["normal", "meanfield"]
+    for label in one.models:  # the first seed's modules come back with their trained weights
+        for a, b in zip(one.models[label].state_dict().values(), two.models[label].state_dict().values()):
+            assert torch.equal(a, b)
+
+
+def test_workers_refuse_a_gpu_before_any_work():
+    with pytest.raises(ValueError, match="use workers=1"):
+        compare.compare(data.load("linear-gaussian"), compare.Settings(**TINY, workers=2, device="cuda"))
+
+
+def test_budget_comparisons_on_curves_with_known_answers():
+    """A: fast, still rising over its last third; B: slow, flat. Equal seconds is A's total time, 2 s."""
+    rows = [("A", 0, 0, -10.0), ("A", 15, 1, -5.0), ("A", 30, 2, -4.0),
+            ("B", 0, 0, -10.0), ("B", 15, 3, -4.0), ("B", 30, 6, -3.99)]
+    budget = pd.DataFrame([{"guide": g, "seed": 7, "epoch": e, "seconds": t, "log_px": v} for g, e, t, v in rows])
+    out = compare.budget_comparisons(budget).set_index("guide")
+    assert out.loc["A", "log_px_equal_epochs"] == -4.0 and out.loc["B", "log_px_equal_epochs"] == -3.99
+    assert out["equal_seconds"].tolist() == [2, 2]
+    assert out.loc["A", "log_px_equal_seconds"] == -4.0
+    assert math.isclose(out.loc["B", "log_px_equal_seconds"], -10.0 + 6.0 * 2 / 3)  # between (0 s, -10), (3 s, -4)
+    assert out["best_epoch"].tolist() == [30, 30]
+    assert math.isclose(out.loc["A", "rise_last_third"], 1.0) and not out.loc["A", "flattened"]
+    assert math.isclose(out.loc["B", "rise_last_third"], 0.01, abs_tol=1e-9) and out.loc["B", "flattened"]
+
+
+def test_encoder_width_sweep_trains_encoders_on_the_fixed_decoder():
+    """New encoders on the normal guide's decoder: the decoder and every other number stay as without the sweep;
+    log p(x) and L[q*] are the decoder's, each row's gap is L[q*] - L[q], and no encoder beats q* (its family's
+    optimum for each point) by more than the Monte Carlo error."""
+    ds = data.load("linear-gaussian")
+    settings = compare.Settings(**{**TINY, "guides": ("normal",), "epochs": 20, "n_eval": 50, "elbo_samples": 200,
+                                   "qstar_steps": 500}, budget_every=0)
+    plain = compare.compare(ds, settings)
+    swept = compare.compare(ds, compare.Settings(**{**vars(settings), "encoder_widths": (4, 64)}))
+    pd.testing.assert_frame_equal(plain.table, swept.table)
+    for a, b in zip(plain.models["normal"].state_dict().values(), swept.models["normal"].state_dict().values()):
+        assert torch.equal(a, b)
+    widths = swept.encoder_widths
+    assert widths[["split", "width", "retrained"]].values.tolist() == [
+        ["train", 16, False], ["test", 16, False], ["train", 4, True], ["test", 4, True], ["train", 64, True],
+        ["test", 64, True]]
+    means = plain.per_point.groupby("split")[["log_px", "elbo_qstar_normal"]].mean()
+    for _, row in widths.iterrows():
+        assert math.isclose(row["log_px"], means.loc[row["split"], "log_px"])
+        assert math.isclose(row["amortization_gap"], row["elbo_qstar"] - row["elbo_q"], abs_tol=1e-9)
+        assert row["amortization_gap"] > -4 * row["amortization_gap_se"] - 0.01
+    sizes = {w: (ds.x_dim + 1) * w + (w + 1) * 2 * settings.z_dim for w in (16, 4, 64)}  # x -> w -> (loc, scale)
+    assert widths["encoder_params"].tolist() == [sizes[w] for w in widths["width"]]
