@@ -92,8 +92,8 @@ class Result:
 
     ``histories``: fit's rows plus ``guide`` and ``seed``; ``table``: one row per (guide, seed, split)
     with the means of :func:`pyro_vae.gaps.decompose` and their ``_se``; ``cost``:
-    one row per (guide, seed) (parameters, inference time per new point, training
-    seconds); ``per_point``: decompose's rows with ``guide``, ``seed`` and ``split``;
+    one row per (guide, seed) (parameters, inference time per new point, seconds of training, of the budget
+    measurements, of the evaluation and of the encoder-width sweep); ``per_point``: decompose's rows with ``guide``, ``seed`` and ``split``;
     ``models`` and ``guides``: the trained modules of the first seed, by guide label
     (:func:`across_seeds` summarizes ``table`` over seeds); ``budget``: one row per (guide, seed,
     measurement during training), see :func:`budget_row` (empty when ``budget_every`` is 0);
@@ -192,28 +192,33 @@ def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: st
     encoder-width sweep for the ``normal`` guide).
 
     Returns a dict of ``model`` and ``guide`` (trained modules), ``history``, ``summary``, ``points``
-    (DataFrames labelled by ``guide`` and ``seed``), ``cost`` (one row), ``budget`` and
-    ``encoder_widths`` (lists of rows).
+    (DataFrames labelled by ``guide`` and ``seed``), ``cost`` (one row; where the time
+    went: ``train_seconds``, ``budget_seconds`` of the budget measurements, ``evaluate_seconds`` of the gap
+    decomposition, ``sweep_seconds`` of the encoder-width sweep), ``budget`` and ``encoder_widths`` (lists of rows).
     """
     s = settings
     model, guide = _build(ds, s, name, seed)
     optim = LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr})  # the same decoder lr for every guide
     loss = objectives.for_training(s.elbo, model, guide, jit=s.jit, particles=s.particles)
     x_budget = ds.test[:s.budget_points].to(s.device)
-    budget, seconds = [], [0.0]
+    budget, seconds, spent = [], [0.0], {"budget": 0.0}
 
     def measure(epoch, row):
         seconds.append(row["seconds"])
         if s.budget_every and (epoch % s.budget_every == 0 or epoch == s.epochs):
+            t0 = time.perf_counter()
             budget.append({"guide": label, "seed": seed, "epoch": epoch, "seconds": sum(seconds),
                            **budget_row(model, guide, x_budget, s)})
+            spent["budget"] += time.perf_counter() - t0
 
     if s.budget_every:
         with torch.random.fork_rng(devices=[]):  # the untrained decoder: where every curve starts
             measure(0, {"seconds": 0.0})
     history = fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, optim=optim, loss=loss,
                   progress=s.progress, seed=seed, device=s.device, local_steps=local_steps, on_epoch=measure)
+    t0 = time.perf_counter()
     summary, points = evaluate(model, guide, ds, s)
+    evaluate_seconds = time.perf_counter() - t0
     n_params = sum(p.numel() for p in guide.parameters())
     cost = {
         "guide": label,
@@ -226,8 +231,12 @@ def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: st
         "infer_ms_per_new_point": 1e3 * inference_seconds(model, guide, ds.test[:1].to(s.device), s.qstar_steps,
                                                            s.qstar_lr),
         "train_seconds": float(history["seconds"].sum()),
+        "budget_seconds": spent["budget"],
+        "evaluate_seconds": evaluate_seconds,
     }
+    t0 = time.perf_counter()
     widths = encoder_width_sweep(model, guide, ds, points, s, seed) if name == "normal" and s.encoder_widths else []
+    cost["sweep_seconds"] = time.perf_counter() - t0
     return {"model": model, "guide": guide, "history": history.assign(guide=label, seed=seed),
             "summary": summary.assign(guide=label, seed=seed), "points": points.assign(guide=label, seed=seed),
             "cost": cost, "budget": budget, "encoder_widths": widths}
