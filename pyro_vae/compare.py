@@ -134,6 +134,17 @@ def trainings(settings: Settings):
     return out
 
 
+def check(settings: Settings) -> None:
+    """Settings that :func:`compare` cannot honour, refused before any work with a one-line ``ValueError``."""
+    s = settings
+    if s.encoder_widths and "normal" not in s.guides:
+        raise ValueError("compare: encoder_widths re-trains normal encoders on the decoder trained with the normal "
+                         "guide: add normal to guides.")
+    if s.workers > 1 and torch.device(s.device).type != "cpu":
+        raise ValueError(f"compare: workers={s.workers} runs trainings in parallel CPU processes; on {s.device} "
+                         f"use workers=1.")
+
+
 def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
     """Train a decoder with each guide in ``settings.guides`` and decompose its gaps on train and test points.
 
@@ -142,12 +153,7 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
     ``settings.workers`` processes give the same tables as one (they differ in ``seconds`` only).
     """
     s = settings
-    if s.encoder_widths and "normal" not in s.guides:
-        raise ValueError("compare: encoder_widths re-trains normal encoders on the decoder trained with the normal "
-                         "guide: add normal to guides.")
-    if s.workers > 1 and torch.device(s.device).type != "cpu":
-        raise ValueError(f"compare: workers={s.workers} runs trainings in parallel CPU processes; on {s.device} "
-                         f"use workers=1.")
+    check(s)
     jobs = [(*training, seed) for training in trainings(s) for seed in range(s.seed, s.seed + s.seeds)]
     if s.workers > 1:
         outputs = _in_processes(ds, s, jobs)

@@ -102,8 +102,9 @@ def test_encoder_width_sweep_trains_encoders_on_the_fixed_decoder():
         ["test", 64, True]]
     means = plain.per_point.groupby("split")[["log_px", "elbo_qstar_normal"]].mean()
     for _, row in widths.iterrows():
-        assert math.isclose(row["log_px"], means.loc[row["split"], "log_px"])
-        assert math.isclose(row["amortization_gap"], row["elbo_qstar"] - row["elbo_q"], abs_tol=1e-9)
+        assert math.isclose(row["log_px"], means.loc[row["split"], "log_px"], abs_tol=1e-4)  # float32 sums
+        assert math.isclose(row["elbo_qstar"], means.loc[row["split"], "elbo_qstar_normal"], abs_tol=1e-4)
+        assert math.isclose(row["amortization_gap"], row["elbo_qstar"] - row["elbo_q"], abs_tol=1e-5)
         assert row["amortization_gap"] > -4 * row["amortization_gap_se"] - 0.01
     sizes = {w: (ds.x_dim + 1) * w + (w + 1) * 2 * settings.z_dim for w in (16, 4, 64)}  # x -> w -> (loc, scale)
     assert widths["encoder_params"].tolist() == [sizes[w] for w in widths["width"]]
