@@ -93,7 +93,8 @@ class Result:
     ``histories``: fit's rows plus ``guide`` and ``seed``; ``table``: one row per (guide, seed, split)
     with the means of :func:`pyro_vae.gaps.decompose` and their ``_se``; ``cost``:
     one row per (guide, seed) (parameters, inference time per new point, seconds of training, of the budget
-    measurements, of the evaluation and of the encoder-width sweep); ``per_point``: decompose's rows with ``guide``, ``seed`` and ``split``;
+    measurements, of the evaluation and of the encoder-width sweep); ``per_point``: decompose's rows with
+    ``guide``, ``seed`` and ``split``;
     ``models`` and ``guides``: the trained modules of the first seed, by guide label
     (:func:`across_seeds` summarizes ``table`` over seeds); ``budget``: one row per (guide, seed,
     measurement during training), see :func:`budget_row` (empty when ``budget_every`` is 0);
@@ -162,7 +163,10 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
         outputs = []
         for job in phases:
             phases.set_postfix(guide=job[0], seed=job[3], refresh=False)
-            outputs.append(train_and_measure(ds, s, *job))
+            out = train_and_measure(ds, s, *job)
+            if job[3] != s.seed:  # only the first seed's modules are returned: let the others go
+                out["model"] = out["guide"] = None
+            outputs.append(out)
     trained_models, trained_guides = {}, {}
     for (label, name, local_steps, seed), out in zip(jobs, outputs):
         if seed == s.seed:
@@ -292,6 +296,9 @@ def _in_processes(ds: data.Dataset, s: Settings, jobs) -> list:
             outputs[i] = future.result()
             bar.set_postfix(done=jobs[i][0], seed=jobs[i][3], refresh=False)
     for (label, name, local_steps, seed), out in zip(jobs, outputs):
+        if seed != s.seed:  # only the first seed's modules are returned
+            out["model"] = out["guide"] = None
+            continue
         model, guide = _build(ds, s, name, seed)
         model.load_state_dict(out["model"])
         guide.load_state_dict(out["guide"])

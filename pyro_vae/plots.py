@@ -118,7 +118,7 @@ def budget_curves(budget: pd.DataFrame, title: str = "Test log p(x) during train
             sns.lineplot(data=df, x=x, y="log_px", hue="guide", errorbar="sd", marker="o", ax=ax,
                          legend=ax is axes[1])
             ax.set(xlabel=label, ylabel="test log p(x) (nats per datapoint)")
-    trained = df.loc[df["epoch"] > 0, "log_px"]  # the untrained decoder (epoch 0) is far below: its line leaves the axes
+    trained = df.loc[df["epoch"] > 0, "log_px"]  # the untrained decoder (epoch 0) is far below: off the axes
     if len(trained):
         lo, hi = trained.min(), df["log_px"].max()
         axes[0].set_ylim(lo - 0.1 * (hi - lo), hi + 0.05 * (hi - lo))

@@ -125,7 +125,8 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
     local_loss = objectives.uncompiled(loss)
     fixed_model = poutine.block(model.model, hide_types=["param"])
     local_svi = SVI(fixed_model, guide, optim, local_loss)
-    svi = SVI(model.model, guide, optim, loss) if train_model else local_svi
+    objective = loss if train_model else local_loss  # the ELBO object (SVI keeps only its bound methods)
+    svi = SVI(model.model, guide, optim, objective) if train_model else local_svi
     path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
 
     rows, start, state = [], 0, None
@@ -137,7 +138,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
             raise ValueError(f"the run in {path.parent} has already trained {state['epoch']} epochs: pass epochs > "
                              f"{state['epoch']} to continue it (epochs counts from the start of the run).")
         rows, start = _restore(state, model, guide, optim)
-    _preflight(svi, svi.loss, model, guide, data, batch_size)
+    _preflight(svi, objective, model, guide, data, batch_size)
     if state is not None:
         _set_rng_state(state["rng"])  # after the preflight, which draws random numbers
     else:
