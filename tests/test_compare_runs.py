@@ -37,7 +37,7 @@ def test_budget_curves_measure_the_decoder_in_training():
     budget = result.budget
     assert budget[["epoch"]].values.ravel().tolist() == [0, 2, 4]  # epoch 0: the untrained decoder
     history = result.histories.set_index("epoch")["seconds"].cumsum()
-    # training seconds so far, from fit's history
+    # bookkeeping, not timing: each point's seconds are the running sum of fit's own recorded epoch seconds
     assert budget["seconds"].tolist() == [0.0, *history.loc[[2, 4]].tolist()]
     # the last measurement is of the trained decoder: it agrees with its exact log p(x) on those points
     exact = result.per_point.query("split == 'test'")["log_px_exact"].mean()
@@ -70,7 +70,8 @@ def test_workers_refuse_a_gpu_before_any_work():
 
 
 def test_budget_comparisons_on_curves_with_known_answers():
-    """A: fast, still rising over its last third; B: slow, flat. Equal seconds is A's total time, 2 s."""
+    """A: fast, still rising over its last third; B: slow, flat. Equal seconds is A's total time, 2 s.
+    The seconds are made-up inputs (no clock is read): this checks the arithmetic of the comparisons."""
     rows = [("A", 0, 0, -10.0), ("A", 15, 1, -5.0), ("A", 30, 2, -4.0),
             ("B", 0, 0, -10.0), ("B", 15, 3, -4.0), ("B", 30, 6, -3.99)]
     budget = pd.DataFrame([{"guide": g, "seed": 7, "epoch": e, "seconds": t, "log_px": v} for g, e, t, v in rows])
