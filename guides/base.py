@@ -50,6 +50,12 @@ class Guide(pyro.nn.PyroModule):
         """q(z | x, idx) for ``x: (batch, x_dim)``: batch shape ``(batch,)``, event shape ``(z_dim,)``."""
         raise NotImplementedError
 
+    def row_parameter_names(self) -> list:
+        """Names of the per-datapoint parameters, ``(num_data, ...)`` tensors of which a step reads only the
+        batch's rows (none for an amortized guide). Data-parallel training never all-reduces them: each row
+        belongs to the process that holds its datapoint (:mod:`pyro_vae.distributed`)."""
+        return []
+
     def forward(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Sample ``z: (batch, z_dim)`` at site ``"z"`` inside the plate ``"data"``."""
         with data_plate(x, idx, self.num_data, owner=type(self).__name__):

@@ -61,6 +61,9 @@ class LocalGuide(Guide):
         idx = idx.long()
         return tuple(F.embedding(idx, param, sparse=True) for param in params)
 
+    def row_parameter_names(self) -> list:
+        return [name for name, p in self.named_parameters() if p.dim() and p.shape[0] == self.num_data]
+
     def init_from(self, q: torch.distributions.Distribution) -> "LocalGuide":
         """Set every datapoint's parameters from ``q`` (batch ``(num_data,)``, event ``(z_dim,)``)."""
         raise NotImplementedError

@@ -143,6 +143,11 @@ def parser() -> argparse.ArgumentParser:
                         "model held fixed (1: plain SVI)")
     t.add_argument("--out", default="runs/train", help="output folder")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel training in the processes torchrun starts (`torchrun --standalone "
+                        "--nproc_per_node=P --no-python pyro-vae train ... --distributed`): gloo on CPU, nccl with "
+                        "--device cuda (one GPU per process); --batch-size is the global batch, a multiple of P; "
+                        "rank 0 writes the outputs")
 
     c = sub.add_parser("compare", help="the amortization question: train with each guide, decompose the gaps",
                        formatter_class=fmt)
@@ -211,9 +216,25 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(cfg: dict) -> None:
-    from . import plots
+    if not cfg["distributed"]:
+        return _train(cfg)
+    from . import distributed
+
+    if not distributed.launched_by_torchrun():  # before any work
+        raise distributed.DistributedError(f"--distributed runs in the processes torchrun starts: launch with "
+                                           f"`{distributed.LAUNCH}`, or drop --distributed.")
+    if cfg["local_steps"] != 1:
+        raise distributed.DistributedError("--distributed trains with plain SVI steps: drop --local-steps.")
+    with distributed.process_group(cfg["device"]):
+        _train(cfg)
+
+
+def _train(cfg: dict) -> None:
+    from . import distributed, plots
 
     run = runs.train(cfg, resume=cfg["resume"])
+    if not distributed.is_main():
+        return
     plots.save(plots.learning_curves(run.history.assign(guide=run.config["guide"]),
                                      title=f"{run.config['guide']} guide on {run.config['data']}"),
                run.path / "learning_curves.png")

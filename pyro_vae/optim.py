@@ -63,6 +63,13 @@ class LazyAdam(PyroOptim):
         self.sparse_args = sparse_args
         #: the one torch Adam that steps every dense parameter seen so far (None before the first step)
         self.dense = None
+        #: parameter -> name for parameters outside Pyro's param store (``module_local_params=True``, as in
+        #: data-parallel training); the others are named by the param store
+        self.names = {}
+
+    def param_name(self, p: torch.Tensor) -> str:
+        """The name ``get_state`` / ``set_state`` use for ``p``: from :attr:`names`, else from Pyro's param store."""
+        return self.names.get(p) or pyro.get_param_store().param_name(p)
 
     def __call__(self, params, *args, **kwargs) -> None:
         """One optimization step for ``params`` (what ``SVI.step`` collected): dense ones together."""
@@ -99,11 +106,10 @@ class LazyAdam(PyroOptim):
             self.dense = torch.optim.Adam(new, **args)
         else:
             self.dense.add_param_group({"params": new, **args})
-        store = pyro.get_param_store()
         for p in new:
             self.optim_objs[p] = self.dense
             self.grad_clip[p] = self._get_grad_clip(p)
-            state = self._state_waiting_to_be_consumed.pop(store.param_name(p), None)
+            state = self._state_waiting_to_be_consumed.pop(self.param_name(p), None)
             if state is not None and state.get("state"):
                 self.dense.state[p] = self._placed(state["state"][0], p, args.get("fused"))
 
@@ -129,23 +135,22 @@ class LazyAdam(PyroOptim):
         optimizer = self.optim_objs[p] = torch.optim.SparseAdam(
             [p], **{k: v for k, v in args.items() if k in self._SPARSE_ARGS})
         self.grad_clip[p] = self._get_grad_clip(p)
-        state = self._state_waiting_to_be_consumed.pop(pyro.get_param_store().param_name(p), None)
+        state = self._state_waiting_to_be_consumed.pop(self.param_name(p), None)
         if state is not None:
             _load_state_dict(optimizer, state)
 
     def get_state(self) -> dict:
         """Parameter name -> a one-parameter optimizer ``state_dict``, as every PyroOptim returns it."""
-        store = pyro.get_param_store()
         out = {}
         for p, optimizer in self.optim_objs.items():
             if optimizer is self.dense:
                 group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
                 state = {k: v.clone() if torch.is_tensor(v) else v for k, v in optimizer.state.get(p, {}).items()}
-                out[store.param_name(p)] = {"state": {0: state} if state else {},
+                out[self.param_name(p)] = {"state": {0: state} if state else {},
                                             "param_groups": [{**{k: v for k, v in group.items() if k != "params"},
                                                               "params": [0]}]}
             else:
-                out[store.param_name(p)] = optimizer.state_dict()
+                out[self.param_name(p)] = optimizer.state_dict()
         return out
 
     def set_state(self, state_dict: dict) -> None:

@@ -28,7 +28,7 @@ import torch
 
 import guides
 
-from . import data, models, objectives
+from . import data, distributed, models, objectives
 from .optim import LazyAdam
 from .train import CHECKPOINT, PREVIOUS_CHECKPOINT, COLUMNS, fit, read_run_checkpoint
 
@@ -40,7 +40,7 @@ DEFAULTS = {
     "hidden": [256], "batch_size": 128, "lr": 1e-3, "local_lr": 1e-2, "elbo": "trace", "particles": 5,
     "no_jit": False, "validate_every_step": False, "seed": 0, "data_seed": 0, "device": "cpu", "no_progress": False,
     "guide": "normal", "scale": "softplus", "num_flows": 2, "refine_steps": 5, "local_steps": 1, "epochs": 300,
-    "out": "runs/train",
+    "out": "runs/train", "distributed": False,
 }
 
 
@@ -127,27 +127,35 @@ def train(cfg: dict, resume: bool = False) -> Run:
 
     Writes ``config.json`` first, then ``checkpoint.pt`` every epoch and ``history.csv``
     at the end. With ``resume`` the saved settings are kept, except ``epochs`` (the total to
-    reach), ``device``, ``no_jit``, ``validate_every_step`` and ``no_progress``, taken from ``cfg``.
+    reach), ``device``, ``no_jit``, ``validate_every_step``, ``no_progress`` and ``distributed``, taken from
+    ``cfg``. With ``cfg["distributed"]`` it runs in every process torchrun started (data-parallel training,
+    :mod:`pyro_vae.distributed`): rank 0 alone writes the files, and every rank returns the same history.
     """
     out = Path(cfg["out"])
     if resume:
-        keep = ("epochs", "device", "no_jit", "validate_every_step", "no_progress")
+        keep = ("epochs", "device", "no_jit", "validate_every_step", "no_progress", "distributed")
         cfg = {**saved_config(out, "--resume"), **{k: cfg[k] for k in keep if k in cfg}}
     cfg = {**DEFAULTS, **cfg, "out": str(out)}
     cfg.pop("resume", None)
     cfg.pop("command", None)
     ds = load_data(cfg)
     pyro.clear_param_store()
+    device, main = cfg["device"], True
+    if cfg["distributed"]:  # every process torchrun started builds the same modules; rank 0 writes the files
+        pyro.settings.set(module_local_params=True)  # before the modules are built, as Pyro requires
+        device, main = distributed.init(cfg["device"]), distributed.is_main()
     model, guide = build(cfg, ds)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG).write_text(json.dumps(cfg, indent=2))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG).write_text(json.dumps(cfg, indent=2))
     loss = objectives.for_training(cfg["elbo"], model, guide, jit=not cfg["no_jit"], particles=cfg["particles"])
     history = fit(model, guide, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                   optim=LazyAdam({"lr": cfg["lr"]}, sparse_args={"lr": cfg["local_lr"]}),
-                  loss=loss, checkpoint_dir=str(out), device=cfg["device"],
+                  loss=loss, checkpoint_dir=str(out), device=device,
                   validate_every_step=cfg["validate_every_step"], resume=resume, progress=not cfg["no_progress"],
-                  seed=cfg["seed"], config=cfg, local_steps=cfg["local_steps"])
-    history.to_csv(out / HISTORY, index=False)
+                  seed=cfg["seed"], config=cfg, local_steps=cfg["local_steps"], distributed=cfg["distributed"])
+    if main:
+        history.to_csv(out / HISTORY, index=False)
     return Run(out, model, guide, ds, cfg, history)
 
 

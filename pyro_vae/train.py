@@ -62,7 +62,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         device: str = "cpu", checkpoint_dir: Optional[str] = None, resume: bool = False, progress: bool = True,
         seed: int = 0, config: Optional[dict] = None, validate_every_step: bool = False,
         local_steps: int = 1, on_epoch: Optional[Callable[[int, dict], None]] = None,
-        train_model: bool = True) -> pd.DataFrame:
+        train_model: bool = True, distributed: bool = False, shards: Optional[int] = None) -> pd.DataFrame:
     """Train ``model`` and ``guide`` by SVI on ``data.train`` for ``epochs`` epochs.
 
     Each epoch is ``for x, idx in data.loader("train", batch_size, shuffle=True): svi.step(x, idx)``.
@@ -101,6 +101,14 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
     :param train_model: False holds the model's parameters fixed for the whole run (``svi.step`` on
         ``poutine.block(model.model, hide_types=["param"])``, uncompiled): only the guide trains, e.g. a
         new encoder for a trained decoder (:func:`pyro_vae.compare.encoder_width_sweep`).
+    :param distributed: data-parallel training, one process per core or GPU: call ``fit`` on every rank of a
+        process group (``torchrun``, then :func:`pyro_vae.distributed.init`). ``batch_size`` is the global batch,
+        each rank takes ``batch_size / P`` rows of its fixed shard of the training set, and the step is Pyro's
+        ELBO as a module inside ``DistributedDataParallel`` (see :mod:`pyro_vae.distributed`): no ``svi.step``,
+        no JIT, ``local_steps=1`` and ``train_model=True`` only; ``optim`` must be a LazyAdam. Every rank returns
+        the same history; rank 0 alone writes the checkpoint. Resume needs the same number of processes.
+    :param shards: with ``distributed``, the number of fixed shards of the training set (default: one per
+        process). One process with ``shards=P`` takes the same global batches as ``P`` processes.
     :returns: one row per epoch: ``epoch``, ``train_loss`` (mean ``loss`` over the
         epoch's steps: -ELBO, or -IWAE_K with ``objectives.iwae``), ``test_loss`` (-ELBO
         of the test split, one sample per point; NaN for per-datapoint guides, which have
@@ -121,6 +129,16 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3}, sparse_args={"lr": 1e-2})
     if loss is None:
         loss = objectives.make("trace", jit=objectives.jit_safe(model, guide) if jit is None else jit)
+    if shards is not None and not distributed:
+        raise ValueError("shards splits the training set among data-parallel processes: pass distributed=True.")
+    if distributed:
+        from . import distributed as ddp
+
+        if local_steps != 1 or not train_model:
+            raise ValueError("distributed training runs plain SVI steps: local_steps=1 and train_model=True.")
+        return ddp.fit(model, guide, data, epochs=epochs, batch_size=batch_size, optim=optim, loss=loss,
+                       device=torch.device(device), shards=shards, checkpoint_dir=checkpoint_dir, resume=resume,
+                       progress=progress, seed=seed, config=config, on_epoch=on_epoch)
     # the guide-only steps hide the model's parameters, which the JIT cannot trace: they run uncompiled
     local_loss = objectives.uncompiled(loss)
     fixed_model = poutine.block(model.model, hide_types=["param"])
@@ -134,11 +152,15 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         if path is None:
             raise ValueError("resume=True needs checkpoint_dir, the folder of the run to continue.")
         state = read_run_checkpoint(path)
+        if "distributed" in state:
+            raise ValueError(f"{path} was written by {state['distributed']['world_size']} processes: resume it in as "
+                             f"many with distributed=True (torchrun ... --distributed); one process cannot continue "
+                             f"their random streams.")
         if state["epoch"] > epochs:
             raise ValueError(f"the run in {path.parent} has already trained {state['epoch']} epochs: pass epochs > "
                              f"{state['epoch']} to continue it (epochs counts from the start of the run).")
         rows, start = _restore(state, model, guide, optim)
-    _preflight(svi, objective, model, guide, data, batch_size)
+    _preflight(svi.model, svi.guide, objective, model, guide, data, batch_size)
     if state is not None:
         _set_rng_state(state["rng"])  # after the preflight, which draws random numbers
     else:
@@ -192,21 +214,21 @@ def visit(svi, local_svi, model, x: torch.Tensor, idx: torch.Tensor, local_steps
     return svi.step(x, idx)
 
 
-def _preflight(svi, loss, model, guide, data, batch_size) -> None:
+def _preflight(model_fn, guide_fn, loss, model, guide, data, batch_size) -> None:
     """One batch through Pyro's checks, and through the JIT's compilation; leaves no gradient behind.
 
     Validation is on for this one loss: it checks every site's shape, support and
     model/guide match with Pyro's own messages. A compiled loss is traced here, on the
-    same callables ``svi.step`` uses, so the first training step does not draw extra
-    random numbers for its compilation.
+    same callables ``svi.step`` uses (``model_fn``, ``guide_fn``), so the first training
+    step does not draw extra random numbers for its compilation.
     """
     n = min(batch_size, len(data.train))
     x, idx = data.train[:n], torch.arange(n, device=data.train.device)
     with pyro.validation_enabled(True):
-        Trace_ELBO().loss(svi.model, svi.guide, x, idx)
+        Trace_ELBO().loss(model_fn, guide_fn, x, idx)
     if objectives.is_jit(loss):
         with objectives.quiet_jit():
-            loss.loss_and_grads(svi.model, svi.guide, x, idx)
+            loss.loss_and_grads(model_fn, guide_fn, x, idx)
     for p in [*model.parameters(), *guide.parameters()]:
         p.grad = None
 
@@ -283,8 +305,11 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
 
 
-def _save_checkpoint(path: Path, model, guide, optim, rows, config) -> None:
-    """Write the checkpoint to a temp file in the same folder, then rename it over the old one."""
+def _save_checkpoint(path: Path, model, guide, optim, rows, config, extra: Optional[dict] = None) -> None:
+    """Write the checkpoint to a temp file in the same folder, then rename it over the old one.
+
+    ``extra``: more fields (data-parallel runs add ``distributed``: the world size and every rank's RNG state).
+    """
     to_local = {}
     for prefix, module in (("model", model), ("guide", guide)):
         to_local.update({store: f"{prefix}/{local}" for local, store in _store_names(module).items()})
@@ -301,6 +326,7 @@ def _save_checkpoint(path: Path, model, guide, optim, rows, config) -> None:
         "rng": _rng_state(),
         "history": [{k: float(v) for k, v in row.items()} for row in rows],
         "config": dict(config or {}),
+        **(extra or {}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")

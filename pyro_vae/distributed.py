@@ -1,0 +1,331 @@
+"""Data-parallel training on ``torch.distributed``: one process per core or GPU, launched by torchrun.
+
+Usage, from the command line or from a script launched the same way::
+
+    torchrun --standalone --nproc_per_node=2 --no-python pyro-vae train --guide normal --distributed
+
+    # script.py, run as: torchrun --standalone --nproc_per_node=2 script.py
+    from pyro_vae import distributed
+    pyro.settings.set(module_local_params=True)   # before the model and guide are built
+    device = distributed.init()          # the process group torchrun describes: gloo on CPU, nccl on CUDA
+    history = fit(vae, guide, ds, epochs=50, distributed=True, device=device, checkpoint_dir="runs/ddp")
+    if distributed.is_main():            # rank 0 alone writes files
+        history.to_csv("history.csv")
+
+Each rank builds the same model and guide, and each step is Pyro's ELBO as a module (the pattern
+of Pyro's ``examples/svi_lightning.py``), wrapped in ``DistributedDataParallel``::
+
+    pyro.settings.set(module_local_params=True)   # before building the modules, as Pyro requires
+    elbo = DistributedDataParallel(Trace_ELBO()(vae, guide))
+    loss = elbo(x, idx)              # this rank's batch: -ELBO scaled to the full data
+    loss.backward()                  # DDP all-reduces (averages) the networks' gradients
+    optim(params)                    # a Pyro optimizer, stepped on the module's parameters
+
+There is no ``svi.step`` here: ``SVI`` owns its backward pass, and DDP must hook into it. Each
+rank's loss is ``(N / b) sum_i loss_i`` over its ``b = B / P`` rows, so the average DDP takes is
+``(N / B) sum_i loss_i`` over the global batch of ``B``: the single-process loss at batch size
+``B``.
+
+**Per-datapoint rows.** The training set is cut into fixed shards (:class:`ShardSampler`), one
+per rank, reshuffled within the shard every epoch. A row of a per-datapoint guide
+(``guide.row_parameter_names()``) is read and written only by the rank that holds its
+datapoint, so DDP is told to ignore those tensors: they are never all-reduced. Their sparse
+gradient is divided by ``P``, which makes it the gradient of the same averaged objective (for
+Adam the scale matters only through ``eps``). Before each checkpoint, and at the end, the
+ranks exchange their rows (:func:`gather_rows`), so that rank 0's checkpoint holds every
+row and its Adam moments: one file that ``pyro-vae evaluate``, ``load_run`` and ``--resume``
+read as they read a one-process run. (At N where the rows no longer fit in one process,
+that gather is what must go; every rank holds all N rows today.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from . import objectives
+from .progress import progress_bar
+
+#: environment variables torchrun sets in every process it launches
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+LAUNCH = "torchrun --standalone --nproc_per_node=P --no-python pyro-vae train ... --distributed"
+
+
+class DistributedError(ValueError):
+    """Data-parallel training asked for where it cannot run (no torchrun, a mismatched checkpoint, ...)."""
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process was started by torchrun (its environment names a rank and a rendezvous)."""
+    return all(k in os.environ for k in TORCHRUN_ENV)
+
+
+def init(device: str = "cpu", timeout_s: float = 600.0) -> torch.device:
+    """Join the process group torchrun describes; returns this rank's device.
+
+    gloo for ``device="cpu"``, nccl for CUDA with one GPU per rank (``cuda:LOCAL_RANK``).
+    Does nothing but return the device when the group already exists.
+
+    :raises DistributedError: when the process was not launched by torchrun.
+    """
+    if not dist.is_initialized():
+        if not launched_by_torchrun():
+            raise DistributedError(f"distributed training needs the processes torchrun starts; launch with "
+                                   f"`{LAUNCH}` (missing {', '.join(k for k in TORCHRUN_ENV if k not in os.environ)}).")
+        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    if torch.device(device).type == "cuda":
+        local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(local)
+        return local
+    return torch.device(device)
+
+
+def rank() -> int:
+    """This process's rank (0 outside a process group)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """The number of processes training together (1 outside a process group)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0, which alone writes checkpoints, tables and figures (and outside a process group)."""
+    return rank() == 0
+
+
+def rank_seed(seed: int, r: int) -> int:
+    """The RNG seed of rank ``r``: ``seed`` itself on rank 0, an independent stream on the others."""
+    return seed if r == 0 else int(np.random.SeedSequence([seed, r]).generate_state(1)[0])
+
+
+class ShardSampler:
+    """Mini-batches of dataset indices for data-parallel training: fixed shards, a new order every epoch.
+
+    Shard ``s`` of ``shards`` holds rows ``s, s + shards, s + 2 shards, ...`` of the training set,
+    always the same, so a per-datapoint guide's row lives with its datapoint on one rank. Rank
+    ``r`` of ``world`` takes shards ``r k, ..., r k + k - 1`` (``k = shards / world``). Every
+    epoch each shard is shuffled by a generator seeded with ``(seed, epoch, shard)``, the way
+    torch's ``DistributedSampler`` seeds by epoch, so that a resumed run needs no sampler state.
+    Shards one row short repeat their first row, so every rank takes the same number of
+    equal-sized steps (DDP needs every rank in every all-reduce).
+
+    Step ``t`` of a rank is the concatenation of step ``t`` of each of its shards, each
+    ``batch_size / shards`` rows: a process with ``world=1`` and ``shards=P`` takes, step by
+    step, the union of what ``P`` ranks take — the one-process run that the ``P``-process run
+    must equal.
+
+    :param int num_data: N, the training rows.
+    :param int batch_size: B, the global batch (all ranks together); a multiple of ``shards``.
+    """
+
+    def __init__(self, num_data: int, batch_size: int, world: int = 1, shards: Optional[int] = None, seed: int = 0):
+        shards = world if shards is None else shards
+        if shards % world:
+            raise DistributedError(f"{shards} shards cannot be split among {world} processes: give a multiple.")
+        if batch_size % shards:
+            raise DistributedError(f"the batch size {batch_size} is the global batch of {shards} shards: give a "
+                                   f"multiple of {shards} (each shard takes batch_size / {shards} rows a step).")
+        if num_data < shards:
+            raise DistributedError(f"{num_data} training rows cannot fill {shards} shards.")
+        self.num_data, self.batch_size, self.world, self.shards, self.seed = num_data, batch_size, world, shards, seed
+        self.shard_batch = batch_size // shards
+        self.shard_size = math.ceil(num_data / shards)
+
+    def shard(self, s: int) -> torch.Tensor:
+        """The dataset indices of shard ``s``: ``(N / shards,)`` rounded up or down."""
+        return torch.arange(s, self.num_data, self.shards)
+
+    def owned(self, r: int) -> torch.Tensor:
+        """The dataset indices rank ``r`` holds (the rows whose per-datapoint parameters it trains)."""
+        k = self.shards // self.world
+        return torch.cat([self.shard(s) for s in range(r * k, (r + 1) * k)])
+
+    def batches(self, epoch: int, r: int) -> List[torch.Tensor]:
+        """Rank ``r``'s batches of ``epoch``: index tensors ``(B / world,)`` (the last may be shorter)."""
+        k = self.shards // self.world
+        orders = [self._order(epoch, s) for s in range(r * k, (r + 1) * k)]
+        steps = range(0, self.shard_size, self.shard_batch)
+        return [torch.cat([o[t:t + self.shard_batch] for o in orders]) for t in steps]
+
+    def _order(self, epoch: int, s: int) -> torch.Tensor:
+        rows = self.shard(s)
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch, s]).generate_state(1)[0]))
+        rows = rows[torch.randperm(len(rows), generator=g)]
+        return torch.cat([rows, rows[: self.shard_size - len(rows)]])  # pad a short shard with its first rows
+
+
+def fit(model, guide, data, *, epochs: int, batch_size: int, optim, loss, device, shards: Optional[int],
+        checkpoint_dir: Optional[str], resume: bool, progress: bool, seed: int, config: Optional[dict],
+        on_epoch: Optional[Callable[[int, dict], None]]) -> pd.DataFrame:
+    """:func:`pyro_vae.train.fit` with ``distributed=True``: see there and this module's docstring.
+
+    Called on every rank of an initialized process group (or, with none, as one process over
+    ``shards`` shards). Every rank returns the same history; only rank 0 writes the checkpoint.
+    """
+    from . import train
+    from .optim import LazyAdam
+
+    if not isinstance(optim, LazyAdam):
+        raise DistributedError(f"distributed training steps its parameters with pyro_vae.optim.LazyAdam, got "
+                               f"{type(optim).__name__}: pass optim=LazyAdam({{...}}) (or none, the default).")
+    r, world = rank(), world_size()
+    sampler = ShardSampler(len(data.train), batch_size, world, shards, seed)
+    rows = set(guide.row_parameter_names())
+    elbo_loss = objectives.uncompiled(loss)  # DDP runs the module's forward eagerly; the JIT is not used
+    path = Path(checkpoint_dir) / train.CHECKPOINT if checkpoint_dir else None
+    history, start, state = [], 0, None
+    if not pyro.settings.get("module_local_params"):
+        raise DistributedError("distributed training needs module-local parameters: call "
+                               "pyro.settings.set(module_local_params=True) before building the model and guide.")
+    elbo = elbo_loss(model, guide)  # an ELBOModule: its parameters are the model's and the guide's
+    for module in (model, guide):  # module-local parameters are not in the param store: name them for optim
+        local = dict(module.named_parameters())
+        optim.names.update({local[k]: name for k, name in train._store_names(module).items()})
+    row_params = [p for name, p in guide.named_parameters() if name in rows]
+    if resume:
+        state = _read_checkpoint(path, world, epochs)
+        history, start = train._restore(state, model, guide, optim)
+    train._preflight(model, guide, elbo_loss, model, guide, data, batch_size // sampler.shards)
+    if world > 1:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(elbo, [f"guide.{n}" for n in rows])
+        step_module = DistributedDataParallel(elbo, device_ids=[device] if device.type == "cuda" else None)
+    else:
+        step_module = elbo
+    params = [p for p in elbo.parameters() if p.requires_grad]
+    if state is not None:
+        train._set_rng_state(state["distributed"]["rng"][r])
+    else:
+        pyro.set_rng_seed(rank_seed(seed, r))
+
+    n_train = len(data.train)
+    bar = progress_bar(range(start, epochs), f"fit {type(guide).__name__} ({world} processes)",
+                       progress and r == 0, initial=start, total=epochs)
+    for epoch in bar:
+        t0, total = time.perf_counter(), torch.zeros((), dtype=torch.float64)
+        for idx in sampler.batches(epoch, r):
+            idx = idx.to(device)
+            x = _rows(data, idx)
+            step_loss = step_module(x, idx)
+            step_loss.backward()
+            for p in row_params:  # the rows' gradient of the ranks' average loss (DDP averages the rest)
+                if p.grad is not None and world > 1:
+                    p.grad = p.grad / world
+            optim([p for p in params if p.grad is not None])
+            for p in params:
+                p.grad = None
+            step_total = torch.tensor([step_loss.item() * len(idx) / n_train], dtype=torch.float64)
+            if world > 1:
+                dist.all_reduce(step_total)  # the global batch's loss, and every rank learns of a NaN
+            if not math.isfinite(float(step_total)):
+                raise FloatingPointError(f"the loss was {float(step_total)} at epoch {epoch + 1} on some rank: "
+                                         f"lower the learning rate, or check the data and the likelihood's scale.")
+            total += step_total[0]
+        seconds = time.perf_counter() - t0
+        test_loss = _broadcast(train.test_elbo_loss(model, guide, data.test) if r == 0 else 0.0, world)
+        history.append({"epoch": epoch + 1, "train_loss": float(total) / n_train, "test_loss": test_loss,
+                        "seconds": seconds})
+        if on_epoch is not None:
+            rng = train._rng_state()
+            on_epoch(epoch + 1, dict(history[-1]))
+            train._set_rng_state(rng)
+        bar.set_postfix({"train": f"{history[-1]['train_loss']:.2f}"}, refresh=False)
+        if path is not None:
+            gather_rows(guide, optim, sampler, r)
+            rng_states = [None] * world
+            if world > 1:
+                dist.all_gather_object(rng_states, train._rng_state())
+            else:
+                rng_states = [train._rng_state()]
+            if r == 0:
+                train._save_checkpoint(path, model, guide, optim, history, config,
+                                       extra={"distributed": {"world_size": world, "shards": sampler.shards,
+                                                              "rng": rng_states}})
+            if world > 1:
+                dist.barrier()  # no rank starts the next epoch (or returns) before the checkpoint is written
+    gather_rows(guide, optim, sampler, r)
+    return pd.DataFrame(history, columns=train.COLUMNS)
+
+
+def _rows(data, idx: torch.Tensor) -> torch.Tensor:
+    """The training rows ``idx``: ``(len(idx), D)``, redrawn from the grey levels under dynamic binarization."""
+    if data.binarize == "dynamic":
+        return torch.bernoulli(data.train_probs[idx])
+    return data.train[idx]
+
+
+def _broadcast(value: float, world: int) -> float:
+    """Rank 0's ``value`` on every rank."""
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.broadcast(t, src=0)
+    return float(t)
+
+
+@torch.no_grad()
+def gather_rows(guide, optim, sampler: ShardSampler, r: int) -> None:
+    """Give every rank every row of the per-datapoint parameters and of their Adam moments.
+
+    Each rank zeroes the rows it does not own and an all-reduce sums the ranks' tensors: the
+    owner's values, everywhere. Ranks never read rows they do not own, so this changes no
+    later step; it makes rank 0's checkpoint (and every rank's returned guide) complete.
+    """
+    world = sampler.world
+    names = guide.row_parameter_names()
+    if world == 1 or not names:
+        return
+    params = dict(guide.named_parameters())
+    owned = torch.zeros(sampler.num_data, dtype=torch.bool)
+    owned[sampler.owned(r)] = True
+    for name in names:
+        p = params[name]
+        mask = owned.to(p.device).reshape(-1, *[1] * (p.dim() - 1))
+        state = optim.optim_objs[p].state.get(p, {}) if p in optim.optim_objs else {}
+        for t in [p.data, *[v for v in state.values() if torch.is_tensor(v) and v.shape == p.shape]]:
+            t.mul_(mask)
+            dist.all_reduce(t)
+
+
+def _read_checkpoint(path: Optional[Path], world: int, epochs: int) -> dict:
+    from . import train
+
+    if path is None:
+        raise ValueError("resume=True needs checkpoint_dir, the folder of the run to continue.")
+    state = train.read_run_checkpoint(path)
+    if state["epoch"] > epochs:
+        raise ValueError(f"the run in {path.parent} has already trained {state['epoch']} epochs: pass epochs > "
+                         f"{state['epoch']} to continue it (epochs counts from the start of the run).")
+    saved = state.get("distributed")
+    if saved is None:
+        raise DistributedError(f"{path} was written by a one-process run: resume it without --distributed (the "
+                               f"ranks' random streams cannot continue one process's).")
+    if saved["world_size"] != world:
+        raise DistributedError(f"{path} was written by {saved['world_size']} processes and this run has {world}: "
+                               f"resume with --nproc_per_node={saved['world_size']}.")
+    return state
+
+
+@contextlib.contextmanager
+def process_group(device: str = "cpu"):
+    """``init(device)`` for a block, and the process group destroyed after it (what ``pyro-vae train`` does)."""
+    local = init(device)
+    try:
+        yield local
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

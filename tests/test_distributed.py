@@ -1,0 +1,168 @@
+"""Data-parallel training: 2 CPU processes on gloo (loopback only) against one process, resume, the CLI.
+
+The processes are launched the standard way (``python -m torch.distributed.run --standalone``, which is
+``torchrun``), each launch bounded in time. ``tests/ddp_run.py`` is the training script they run.
+"""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyro
+import pytest
+import torch
+
+from pyro_vae import data, distributed, models
+from pyro_vae.distributed import DistributedError, ShardSampler
+from pyro_vae.train import fit
+
+SCRIPT = Path(__file__).with_name("ddp_run.py")
+#: one process per core, loopback only
+ENV = {"OMP_NUM_THREADS": "1", **({"GLOO_SOCKET_IFNAME": "lo"} if sys.platform.startswith("linux") else {})}
+TIMEOUT_S = 240
+
+
+def _run(args, processes=None, cwd=None):
+    """``args`` in one process, or under torchrun in ``processes``; fails the test with the output on error."""
+    launcher = [sys.executable] if processes is None else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    import os
+
+    done = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=TIMEOUT_S, cwd=cwd,
+                          env={**os.environ, **ENV})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _state(folder, r=0):
+    return torch.load(Path(folder) / f"rows{r}.pt", weights_only=True)
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batches(tmp_path):
+    """A point-estimate guide (deterministic loss): 2 ranks equal 1 process over 2 shards up to float order.
+
+    The guide has an encoder (all-reduced by DDP) and per-datapoint rows (not all-reduced; their gradient
+    divided by P, which the rows' Adam eps = 1 makes visible: without the division the rows end 0.03 apart).
+    """
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([str(SCRIPT), str(one), "--guide", "delta", "--epochs", "3", "--shards", "2"])
+    _run([str(SCRIPT), str(two), "--guide", "delta", "--epochs", "3"], processes=2)
+    h1, h2 = pd.read_csv(one / "history.csv"), pd.read_csv(two / "history.csv")
+    assert len(h1) == len(h2) == 3
+    assert h1.train_loss.diff().dropna().lt(0).all()  # it trains
+    pd.testing.assert_series_equal(h1.train_loss, h2.train_loss, rtol=1e-6, atol=0)
+    pd.testing.assert_series_equal(h1.test_loss, h2.test_loss, rtol=1e-6, atol=0)
+    s1, s2a, s2b = _state(one), _state(two, 0), _state(two, 1)
+    assert _max_diff(s1["model"], s2a["model"]) < 1e-6  # decoder (and encoder, which moves the rows' loss)
+    assert _max_diff(s1["rows"], s2a["rows"]) < 1e-6
+    assert _max_diff(s2a["rows"], s2b["rows"]) == 0  # every rank ends with every row (rank 1's from rank 1)
+    assert _max_diff(s2a["model"], s2b["model"]) == 0
+
+
+@pytest.mark.parametrize("guide", ["normal", "meanfield"])
+def test_distributed_resume_continues_exactly(tmp_path, guide):
+    """2 processes, stochastic guides: 2 epochs, stop, resume to 4 == 4 epochs straight (each rank's RNG saved)."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _run([str(SCRIPT), str(straight), "--guide", guide, "--epochs", "4", "--checkpoint"], processes=2)
+    _run([str(SCRIPT), str(resumed), "--guide", guide, "--epochs", "2", "--checkpoint"], processes=2)
+    _run([str(SCRIPT), str(resumed), "--guide", guide, "--epochs", "4", "--resume"], processes=2)
+    h1, h2 = pd.read_csv(straight / "history.csv"), pd.read_csv(resumed / "history.csv")
+    pd.testing.assert_frame_equal(h1.drop(columns="seconds"), h2.drop(columns="seconds"), check_exact=True)
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(resumed / "checkpoint.pt", weights_only=True)
+    assert _max_diff(a["guide"], b["guide"]) == 0 and _max_diff(a["model"], b["model"]) == 0
+    assert a["distributed"]["world_size"] == 2 and len(a["distributed"]["rng"]) == 2
+    assert sorted(p.name for p in resumed.iterdir() if "checkpoint" in p.name) == ["checkpoint.prev.pt",
+                                                                                  "checkpoint.pt"]
+
+
+def test_cli_distributed_train_writes_from_rank_0_and_refuses_a_single_process(tmp_path):
+    out = tmp_path / "run"
+    exe = shutil.which("pyro-vae") or str(Path(sys.executable).with_name("pyro-vae"))
+    cli = ["--no-python", exe] if Path(exe).exists() else ["-m", "pyro_vae.cli"]
+    flags = ["train", "--distributed", "--guide", "meanfield", "--epochs", "2", "--no-progress", "--out", str(out)]
+    done = _run([*cli, *flags], processes=2)
+    assert done.stdout.count("meanfield on digits: epoch 2") == 1  # rank 0 alone reports
+    assert {p.name for p in out.iterdir()} == {"config.json", "history.csv", "checkpoint.pt", "checkpoint.prev.pt",
+                                              "learning_curves.png"}
+    assert len(pd.read_csv(out / "history.csv")) == 2
+    # the run is an ordinary run for every other command
+    from pyro_vae import runs
+
+    run = runs.load_run(out)
+    assert run.epochs == 2 and run.config["distributed"]
+    # one process cannot continue it, and --distributed outside torchrun stops before any work
+    for argv, message in ((["train", "--resume", "--epochs", "3", "--out", str(out)], "written by 2 processes"),
+                          (flags[:-1] + [str(tmp_path / "new")], "launch with `torchrun")):
+        done = subprocess.run([sys.executable, "-m", "pyro_vae.cli", *argv], capture_output=True, text=True,
+                              timeout=TIMEOUT_S)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "new").exists()
+
+
+# ---------------------------------------------------------------- in one process
+
+
+@pytest.mark.parametrize("n", [96, 97, 99])
+def test_shard_sampler_keeps_rows_on_their_rank_and_reshuffles_them(n):
+    world, batch = 2, 16
+    s = ShardSampler(n, batch, world, seed=3)
+    owned = [set(s.owned(r).tolist()) for r in range(world)]
+    assert owned[0].isdisjoint(owned[1]) and owned[0] | owned[1] == set(range(n))
+    for epoch in (0, 1):
+        per_rank = [s.batches(epoch, r) for r in range(world)]
+        assert len(per_rank[0]) == len(per_rank[1])  # same number of steps on every rank
+        for batches, rows in zip(per_rank, owned):
+            seen = torch.cat(batches).tolist()
+            assert set(seen) == rows  # every owned row, nothing else
+            assert len(seen) - len(rows) <= 1  # a short shard repeats one row
+            assert all(len(b) == len(c) for b, c in zip(*per_rank))  # equal steps across ranks
+    assert not torch.equal(torch.cat(s.batches(0, 0)), torch.cat(s.batches(1, 0)))  # a new order each epoch
+    assert torch.equal(torch.cat(s.batches(1, 0)), torch.cat(ShardSampler(n, batch, world, seed=3).batches(1, 0)))
+    # one process over 2 shards takes, step by step, what the 2 ranks take together
+    single = ShardSampler(n, batch, 1, shards=2, seed=3)
+    for t, b in enumerate(single.batches(0, 0)):
+        assert torch.equal(b, torch.cat([s.batches(0, 0)[t], s.batches(0, 1)[t]]))
+
+
+def _small():
+    ds = data.from_tensors((torch.rand(40, 6) < 0.5).float(), (torch.rand(8, 6) < 0.5).float(), binarize="static")
+    model = models.VAE(6, 2, (8,), likelihood="bernoulli", num_data=40)
+    import guides
+
+    return ds, model, guides.make("normal", x_dim=6, z_dim=2, hidden=(8,), num_data=40)
+
+
+def test_distributed_fit_refuses_bad_settings_before_any_step():
+    ds, model, guide = _small()
+    with pytest.raises(DistributedError, match="module_local_params=True"):
+        fit(model, guide, ds, epochs=1, distributed=True)
+    with pytest.raises(ValueError, match="local_steps=1"):
+        fit(model, guide, ds, epochs=1, distributed=True, local_steps=2)
+    with pytest.raises(ValueError, match="distributed=True"):
+        fit(model, guide, ds, epochs=1, shards=2)
+    with pyro.settings.context(module_local_params=True):
+        ds, model, guide = _small()
+        before = {k: v.clone() for k, v in {**model.state_dict(), **guide.state_dict()}.items()}
+        with pytest.raises(DistributedError, match="multiple of 3"):
+            fit(model, guide, ds, epochs=1, batch_size=16, distributed=True, shards=3)
+        with pytest.raises(DistributedError, match="LazyAdam"):
+            fit(model, guide, ds, epochs=1, distributed=True, optim=pyro.optim.Adam({"lr": 1e-3}))
+        after = {**model.state_dict(), **guide.state_dict()}
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        history = fit(model, guide, ds, epochs=2, batch_size=8, distributed=True, shards=2, progress=False)
+        assert len(history) == 2 and history.train_loss.notna().all()  # the same call, well set, trains
+
+
+def test_init_outside_torchrun_names_the_launch(monkeypatch):
+    for k in distributed.TORCHRUN_ENV:
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(DistributedError, match="torchrun --standalone"):
+        distributed.init()
