@@ -143,6 +143,9 @@ def parser() -> argparse.ArgumentParser:
                         "model held fixed (1: plain SVI)")
     t.add_argument("--out", default="runs/train", help="output folder")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--rows-on-disk", default=None, metavar="FOLDER",
+                   help="keep a per-datapoint guide's rows and their Adam moments in memory-mapped files in FOLDER "
+                        "(only each batch's rows are read and written per step): for N too large for RAM")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel training in the processes torchrun starts (`torchrun --standalone "
                         "--nproc_per_node=P --no-python pyro-vae train ... --distributed`): gloo on CPU, nccl with "
@@ -216,6 +219,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(cfg: dict) -> None:
+    if cfg["rows_on_disk"] and guides.get(cfg["guide"]).amortized:
+        raise ValueError(f"--rows-on-disk keeps per-datapoint rows in files, and the {cfg['guide']} guide has none: "
+                         f"drop it, or train a per-datapoint guide (meanfield, local_mvn, local_flow).")
+    if cfg["rows_on_disk"] and torch.device(cfg["device"]).type != "cpu":
+        raise ValueError("--rows-on-disk keeps the rows in memory-mapped files on the CPU: drop it with --device cuda.")
     if not cfg["distributed"]:
         return _train(cfg)
     from . import distributed

@@ -63,6 +63,9 @@ class LazyAdam(PyroOptim):
         self.sparse_args = sparse_args
         #: the one torch Adam that steps every dense parameter seen so far (None before the first step)
         self.dense = None
+        #: per-datapoint parameter -> file prefix: its SparseAdam moments live in memory-mapped files
+        #: (:func:`pyro_vae.rows.memory_map`)
+        self.moment_files = {}
         #: parameter -> name for parameters outside Pyro's param store (``module_local_params=True``, as in
         #: data-parallel training); the others are named by the param store
         self.names = {}
@@ -138,6 +141,16 @@ class LazyAdam(PyroOptim):
         state = self._state_waiting_to_be_consumed.pop(self.param_name(p), None)
         if state is not None:
             _load_state_dict(optimizer, state)
+        if p in self.moment_files:  # the moments in files too, with any state just loaded copied in
+            from .rows import mapped_zeros
+
+            loaded = optimizer.state.get(p, {})
+            moments = {k: mapped_zeros(f"{self.moment_files[p]}.{k}.f32", tuple(p.shape)) for k in ("exp_avg",
+                                                                                                  "exp_avg_sq")}
+            for k, t in moments.items():
+                if k in loaded:
+                    t.copy_(loaded[k])
+            optimizer.state[p] = {"step": loaded.get("step", 0), **moments}
 
     def get_state(self) -> dict:
         """Parameter name -> a one-parameter optimizer ``state_dict``, as every PyroOptim returns it."""

@@ -28,7 +28,7 @@ import torch
 
 import guides
 
-from . import data, distributed, models, objectives
+from . import data, distributed, models, objectives, rows
 from .optim import LazyAdam
 from .train import CHECKPOINT, PREVIOUS_CHECKPOINT, COLUMNS, fit, read_run_checkpoint
 
@@ -40,7 +40,7 @@ DEFAULTS = {
     "hidden": [256], "batch_size": 128, "lr": 1e-3, "local_lr": 1e-2, "elbo": "trace", "particles": 5,
     "no_jit": False, "validate_every_step": False, "seed": 0, "data_seed": 0, "device": "cpu", "no_progress": False,
     "guide": "normal", "scale": "softplus", "num_flows": 2, "refine_steps": 5, "local_steps": 1, "epochs": 300,
-    "out": "runs/train", "distributed": False,
+    "out": "runs/train", "distributed": False, "rows_on_disk": None,
 }
 
 
@@ -127,13 +127,14 @@ def train(cfg: dict, resume: bool = False) -> Run:
 
     Writes ``config.json`` first, then ``checkpoint.pt`` every epoch and ``history.csv``
     at the end. With ``resume`` the saved settings are kept, except ``epochs`` (the total to
-    reach), ``device``, ``no_jit``, ``validate_every_step``, ``no_progress`` and ``distributed``, taken from
-    ``cfg``. With ``cfg["distributed"]`` it runs in every process torchrun started (data-parallel training,
+    reach), ``device``, ``no_jit``, ``validate_every_step``, ``no_progress``, ``distributed`` and
+    ``rows_on_disk``, taken from ``cfg``. With ``cfg["rows_on_disk"]`` a per-datapoint guide's rows and their
+    Adam moments live in memory-mapped files in that folder (:mod:`pyro_vae.rows`). With ``cfg["distributed"]`` it runs in every process torchrun started (data-parallel training,
     :mod:`pyro_vae.distributed`): rank 0 alone writes the files, and every rank returns the same history.
     """
     out = Path(cfg["out"])
     if resume:
-        keep = ("epochs", "device", "no_jit", "validate_every_step", "no_progress", "distributed")
+        keep = ("epochs", "device", "no_jit", "validate_every_step", "no_progress", "distributed", "rows_on_disk")
         cfg = {**saved_config(out, "--resume"), **{k: cfg[k] for k in keep if k in cfg}}
     cfg = {**DEFAULTS, **cfg, "out": str(out)}
     cfg.pop("resume", None)
@@ -149,9 +150,11 @@ def train(cfg: dict, resume: bool = False) -> Run:
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG).write_text(json.dumps(cfg, indent=2))
     loss = objectives.for_training(cfg["elbo"], model, guide, jit=not cfg["no_jit"], particles=cfg["particles"])
-    history = fit(model, guide, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                  optim=LazyAdam({"lr": cfg["lr"]}, sparse_args={"lr": cfg["local_lr"]}),
-                  loss=loss, checkpoint_dir=str(out), device=device,
+    optim = LazyAdam({"lr": cfg["lr"]}, sparse_args={"lr": cfg["local_lr"]})
+    if cfg["rows_on_disk"]:
+        rows.memory_map(guide, optim, Path(cfg["rows_on_disk"]) / (f"rank{distributed.rank()}" if
+                                                                 cfg["distributed"] else ""))
+    history = fit(model, guide, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"], optim=optim, loss=loss, checkpoint_dir=str(out), device=device,
                   validate_every_step=cfg["validate_every_step"], resume=resume, progress=not cfg["no_progress"],
                   seed=cfg["seed"], config=cfg, local_steps=cfg["local_steps"], distributed=cfg["distributed"])
     if main:

@@ -37,6 +37,7 @@ from pyro.infer import SVI, Trace_ELBO
 from . import estimators, objectives
 from .gaps import frozen
 from .progress import progress_bar
+from .rows import is_mapped
 
 CHECKPOINT = "checkpoint.pt"
 #: the checkpoint before the latest, kept so that a corrupted latest one does not cost the run
@@ -123,6 +124,9 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
     from .optim import LazyAdam
 
     _check_setup(model, guide, data, epochs, batch_size, local_steps)
+    if torch.device(device).type != "cpu" and any(is_mapped(p) for p in guide.parameters()):
+        raise ValueError(f"the guide's rows are memory-mapped files (pyro_vae.rows.memory_map), which live on the "
+                         f"CPU: train on the CPU, or keep the rows in memory for device={device!r}.")
     model.to(device)
     guide.to(device)
     data = data.to(device)  # batches are then cut on the device
