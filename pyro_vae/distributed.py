@@ -216,7 +216,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int, optim, loss, device
     bar = progress_bar(range(start, epochs), f"fit {type(guide).__name__} ({world} processes)",
                        progress and r == 0, initial=start, total=epochs)
     for epoch in bar:
-        t0, total = time.perf_counter(), torch.zeros((), dtype=torch.float64)
+        t0, total = time.perf_counter(), 0.0
         for idx in sampler.batches(epoch, r):
             idx = idx.to(device)
             x = _rows(data, idx)
@@ -228,16 +228,17 @@ def fit(model, guide, data, *, epochs: int, batch_size: int, optim, loss, device
             optim([p for p in params if p.grad is not None])
             for p in params:
                 p.grad = None
-            step_total = torch.tensor([step_loss.item() * len(idx) / n_train], dtype=torch.float64)
+            step_total = torch.tensor([step_loss.item() * len(idx) / n_train], dtype=torch.float64,
+                                      device=device)  # nccl reduces only tensors on the GPU
             if world > 1:
                 dist.all_reduce(step_total)  # the global batch's loss, and every rank learns of a NaN
-            if not math.isfinite(float(step_total)):
-                raise FloatingPointError(f"the loss was {float(step_total)} at epoch {epoch + 1} on some rank: "
+            if not math.isfinite(step_total.item()):
+                raise FloatingPointError(f"the loss was {step_total.item()} at epoch {epoch + 1} on some rank: "
                                          f"lower the learning rate, or check the data and the likelihood's scale.")
-            total += step_total[0]
+            total += step_total.item()
         seconds = time.perf_counter() - t0
-        test_loss = _broadcast(train.test_elbo_loss(model, guide, data.test) if r == 0 else 0.0, world)
-        history.append({"epoch": epoch + 1, "train_loss": float(total) / n_train, "test_loss": test_loss,
+        test_loss = _broadcast(train.test_elbo_loss(model, guide, data.test) if r == 0 else 0.0, world, device)
+        history.append({"epoch": epoch + 1, "train_loss": total / n_train, "test_loss": test_loss,
                         "seconds": seconds})
         if on_epoch is not None:
             rng = train._rng_state()
@@ -268,11 +269,11 @@ def _rows(data, idx: torch.Tensor) -> torch.Tensor:
     return data.train[idx]
 
 
-def _broadcast(value: float, world: int) -> float:
-    """Rank 0's ``value`` on every rank."""
+def _broadcast(value: float, world: int, device) -> float:
+    """Rank 0's ``value`` on every rank (sent from ``device``: nccl sends only GPU tensors)."""
     if world == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.broadcast(t, src=0)
     return float(t)
 
