@@ -143,9 +143,11 @@ def rows_rows(args) -> pd.DataFrame:
                     continue
                 done = subprocess.run([sys.executable, __file__, "--case", str(n), str(z), str(int(mapped))],
                                       capture_output=True, text=True, timeout=3600)
-                row = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else \
-                    {"n": n, "z": z, "rows": "memory-mapped" if mapped else "in memory",
-                     "note": f"failed: {done.stderr.strip().splitlines()[-1][:100] if done.stderr else done.returncode}"}
+                if done.returncode == 0:
+                    row = json.loads(done.stdout.strip().splitlines()[-1])
+                else:
+                    why = done.stderr.strip().splitlines()[-1][:100] if done.stderr.strip() else done.returncode
+                    row = {"n": n, "z": z, "rows": "memory-mapped" if mapped else "in memory", "note": f"failed: {why}"}
                 out.append(row)
                 print(row, flush=True)
     table = pd.DataFrame(out)

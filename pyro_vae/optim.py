@@ -145,11 +145,11 @@ class LazyAdam(PyroOptim):
             from .rows import mapped_zeros
 
             loaded = optimizer.state.get(p, {})
-            moments = {k: mapped_zeros(f"{self.moment_files[p]}.{k}.f32", tuple(p.shape)) for k in ("exp_avg",
-                                                                                                  "exp_avg_sq")}
-            for k, t in moments.items():
+            moments = {}
+            for k in ("exp_avg", "exp_avg_sq"):
+                moments[k] = mapped_zeros(f"{self.moment_files[p]}.{k}.f32", tuple(p.shape))
                 if k in loaded:
-                    t.copy_(loaded[k])
+                    moments[k].copy_(loaded[k])
             optimizer.state[p] = {"step": loaded.get("step", 0), **moments}
 
     def get_state(self) -> dict:

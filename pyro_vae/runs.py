@@ -129,8 +129,9 @@ def train(cfg: dict, resume: bool = False) -> Run:
     at the end. With ``resume`` the saved settings are kept, except ``epochs`` (the total to
     reach), ``device``, ``no_jit``, ``validate_every_step``, ``no_progress``, ``distributed`` and
     ``rows_on_disk``, taken from ``cfg``. With ``cfg["rows_on_disk"]`` a per-datapoint guide's rows and their
-    Adam moments live in memory-mapped files in that folder (:mod:`pyro_vae.rows`). With ``cfg["distributed"]`` it runs in every process torchrun started (data-parallel training,
-    :mod:`pyro_vae.distributed`): rank 0 alone writes the files, and every rank returns the same history.
+    Adam moments live in memory-mapped files in that folder (:mod:`pyro_vae.rows`). With ``cfg["distributed"]``
+    it runs in every process torchrun started (data-parallel training, :mod:`pyro_vae.distributed`): rank 0
+    alone writes the files, and every rank returns the same history.
     """
     out = Path(cfg["out"])
     if resume:
@@ -151,10 +152,11 @@ def train(cfg: dict, resume: bool = False) -> Run:
         (out / CONFIG).write_text(json.dumps(cfg, indent=2))
     loss = objectives.for_training(cfg["elbo"], model, guide, jit=not cfg["no_jit"], particles=cfg["particles"])
     optim = LazyAdam({"lr": cfg["lr"]}, sparse_args={"lr": cfg["local_lr"]})
-    if cfg["rows_on_disk"]:
-        rows.memory_map(guide, optim, Path(cfg["rows_on_disk"]) / (f"rank{distributed.rank()}" if
-                                                                 cfg["distributed"] else ""))
-    history = fit(model, guide, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"], optim=optim, loss=loss, checkpoint_dir=str(out), device=device,
+    if cfg["rows_on_disk"]:  # one folder per process in a data-parallel run
+        folder = Path(cfg["rows_on_disk"]) / (f"rank{distributed.rank()}" if cfg["distributed"] else "")
+        rows.memory_map(guide, optim, folder)
+    history = fit(model, guide, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"], optim=optim, loss=loss,
+                  checkpoint_dir=str(out), device=device,
                   validate_every_step=cfg["validate_every_step"], resume=resume, progress=not cfg["no_progress"],
                   seed=cfg["seed"], config=cfg, local_steps=cfg["local_steps"], distributed=cfg["distributed"])
     if main:

@@ -124,6 +124,10 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
     from .optim import LazyAdam
 
     _check_setup(model, guide, data, epochs, batch_size, local_steps)
+    if shards is not None and not distributed:
+        raise ValueError("shards splits the training set among data-parallel processes: pass distributed=True.")
+    if distributed and (local_steps != 1 or not train_model):
+        raise ValueError("distributed training runs plain SVI steps: local_steps=1 and train_model=True.")
     if torch.device(device).type != "cpu" and any(is_mapped(p) for p in guide.parameters()):
         raise ValueError(f"the guide's rows are memory-mapped files (pyro_vae.rows.memory_map), which live on the "
                          f"CPU: train on the CPU, or keep the rows in memory for device={device!r}.")
@@ -133,13 +137,9 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3}, sparse_args={"lr": 1e-2})
     if loss is None:
         loss = objectives.make("trace", jit=objectives.jit_safe(model, guide) if jit is None else jit)
-    if shards is not None and not distributed:
-        raise ValueError("shards splits the training set among data-parallel processes: pass distributed=True.")
     if distributed:
         from . import distributed as ddp
 
-        if local_steps != 1 or not train_model:
-            raise ValueError("distributed training runs plain SVI steps: local_steps=1 and train_model=True.")
         return ddp.fit(model, guide, data, epochs=epochs, batch_size=batch_size, optim=optim, loss=loss,
                        device=torch.device(device), shards=shards, checkpoint_dir=checkpoint_dir, resume=resume,
                        progress=progress, seed=seed, config=config, on_epoch=on_epoch)

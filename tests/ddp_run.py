@@ -3,7 +3,7 @@
     torchrun --standalone --nproc_per_node=2 tests/ddp_run.py OUT --guide delta --epochs 3
     python tests/ddp_run.py OUT --guide delta --epochs 3 --shards 2      # the one-process reference
 
-Writes OUT/history.csv (rank 0), OUT/rows.pt (the per-datapoint rows every rank ends with) and,
+Writes OUT/history.csv (rank 0), OUT/rows{RANK}.pt (the per-datapoint rows and the model each rank ends with) and,
 with --checkpoint, OUT/checkpoint.pt. The ``delta`` guide is a point estimate, q(z) = Delta:
 the loss is then a deterministic function of the batches, so P processes must equal one
 process up to the all-reduce's floating-point order.

@@ -4,6 +4,7 @@ The processes are launched the standard way (``python -m torch.distributed.run -
 ``torchrun``), each launch bounded in time. ``tests/ddp_run.py`` is the training script they run.
 """
 
+import os
 import shutil
 import subprocess
 import sys
@@ -28,8 +29,6 @@ def _run(args, processes=None, cwd=None):
     """``args`` in one process, or under torchrun in ``processes``; fails the test with the output on error."""
     launcher = [sys.executable] if processes is None else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    import os
-
     done = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=TIMEOUT_S, cwd=cwd,
                           env={**os.environ, **ENV})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
