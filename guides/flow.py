@@ -148,6 +148,7 @@ class LocalFlow(LocalGuide):
 
     family = "flow"
     jit_safe = False
+    constant_init = False  # the first-layer weights start at random
 
     def __init__(self, z_dim: int, num_data: int, num_flows: int = 2, flow_hidden: Optional[Sequence[int]] = None,
                  min_scale: float = MIN_SCALE, init_seed: int = 0, name: Optional[str] = None,

@@ -35,6 +35,9 @@ class LocalGuide(Guide):
 
     amortized = False
     jit_safe = True
+    #: True when every datapoint's parameters start at the same values (:meth:`initial_row`), so that
+    #: :func:`pyro_vae.rows.memory_map` can write a guide built on the meta device straight into files
+    constant_init = True
 
     def __init__(self, z_dim: int, num_data: int, name: str, min_scale: float = MIN_SCALE):
         if not isinstance(num_data, int) or num_data < 1:
@@ -42,8 +45,25 @@ class LocalGuide(Guide):
                              f"got {num_data!r}.")
         super().__init__(z_dim, num_data, name)
         self.min_scale = min_scale
-        self.loc = torch.nn.Parameter(torch.zeros(num_data, z_dim))
-        self.scale_raw = torch.nn.Parameter(inverse_positive(torch.ones(num_data, z_dim), min_scale))
+        self.loc = self._rows("loc")
+        self.scale_raw = self._rows("scale_raw")
+
+    def initial_row(self, name: str) -> torch.Tensor:
+        """The starting values of one datapoint's parameter ``name`` (a row of ``(num_data, ...)``): every
+        datapoint starts from the same q, N(0, I)."""
+        K = self.z_dim
+        rows = {"loc": torch.zeros(K), "scale_raw": inverse_positive(torch.ones(K), self.min_scale),
+                "off_diag": torch.zeros(K * (K - 1) // 2)}
+        if name not in rows:
+            raise KeyError(f"{type(self).__name__} has no constant starting row for {name!r}.")
+        with torch.device("cpu"):  # also when the guide is built under torch.device("meta")
+            return rows[name]
+
+    def _rows(self, name: str) -> torch.nn.Parameter:
+        """The ``(num_data, ...)`` parameter ``name``, every row :meth:`initial_row`."""
+        row = self.initial_row(name)
+        with torch.no_grad():  # torch.empty follows a torch.device(...) context: rows on "meta" hold no memory
+            return torch.nn.Parameter(torch.empty(self.num_data, *row.shape).copy_(row))
 
     def gather(self, x: torch.Tensor, idx: Optional[torch.Tensor], *params: torch.Tensor):
         """``param[idx]`` for each param, with sparse gradients; a clear error for a missing or bad ``idx``."""
@@ -110,7 +130,7 @@ class LocalMVN(LocalGuide):
     def __init__(self, z_dim: int, num_data: int, min_scale: float = MIN_SCALE, name: Optional[str] = None,
                  x_dim: Optional[int] = None, hidden=None):
         super().__init__(z_dim, num_data, name or unique_name("local_mvn_guide"), min_scale)
-        self.off_diag = torch.nn.Parameter(torch.zeros(num_data, z_dim * (z_dim - 1) // 2))
+        self.off_diag = self._rows("off_diag")
 
     def distribution(self, x, idx=None):
         loc, scale_raw, off_diag = self.gather(x, idx, self.loc, self.scale_raw, self.off_diag)

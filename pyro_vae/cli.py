@@ -145,7 +145,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--rows-on-disk", default=None, metavar="FOLDER",
                    help="keep a per-datapoint guide's rows and their Adam moments in memory-mapped files in FOLDER "
-                        "(only each batch's rows are read and written per step): for N too large for RAM")
+                        "(only each batch's rows are read and written per step): for N too large for RAM; "
+                        "--resume keeps the run's folder unless given another")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel training in the processes torchrun starts (`torchrun --standalone "
                         "--nproc_per_node=P --no-python pyro-vae train ... --distributed`): gloo on CPU, nccl with "
@@ -219,8 +220,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(cfg: dict) -> None:
-    if cfg["rows_on_disk"] and guides.get(cfg["guide"]).amortized:
-        raise ValueError(f"--rows-on-disk keeps per-datapoint rows in files, and the {cfg['guide']} guide has none: "
+    guide = runs.saved_config(cfg["out"], "--resume")["guide"] if cfg["resume"] else cfg["guide"]
+    if cfg["rows_on_disk"] and guides.get(guide).amortized:
+        raise ValueError(f"--rows-on-disk keeps per-datapoint rows in files, and the {guide} guide has none: "
                          f"drop it, or train a per-datapoint guide (meanfield, local_mvn, local_flow).")
     if cfg["rows_on_disk"] and torch.device(cfg["device"]).type != "cpu":
         raise ValueError("--rows-on-disk keeps the rows in memory-mapped files on the CPU: drop it with --device cuda.")

@@ -209,6 +209,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int, optim, loss, device
     params = [p for p in elbo.parameters() if p.requires_grad]
     if state is not None:
         train._set_rng_state(state["distributed"]["rng"][r])
+        state = None  # memory-mapped from the checkpoint file: let it go
     else:
         pyro.set_rng_seed(rank_seed(seed, r))
 
@@ -307,7 +308,7 @@ def _read_checkpoint(path: Optional[Path], world: int, epochs: int) -> dict:
 
     if path is None:
         raise ValueError("resume=True needs checkpoint_dir, the folder of the run to continue.")
-    state = train.read_run_checkpoint(path)
+    state = train.read_run_checkpoint(path, mmap=True)
     if state["epoch"] > epochs:
         raise ValueError(f"the run in {path.parent} has already trained {state['epoch']} epochs: pass epochs > "
                          f"{state['epoch']} to continue it (epochs counts from the start of the run).")

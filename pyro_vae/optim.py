@@ -121,16 +121,17 @@ class LazyAdam(PyroOptim):
         """A saved one-parameter Adam state moved where torch's Adam keeps it for ``p``.
 
         Moments go to ``p``'s device and dtype; ``step`` to ``p``'s device as float32 for the
-        fused kernel, else to the CPU (what ``torch.optim.Optimizer.load_state_dict`` does).
+        fused kernel, else to the CPU (what ``torch.optim.Optimizer.load_state_dict`` does). Always
+        copies: the saved tensors may be memory-mapped from a checkpoint file, which must not stay mapped.
         """
         out = {}
         for k, v in state.items():
             if not torch.is_tensor(v):
                 out[k] = v
             elif k == "step":
-                out[k] = v.to(device=p.device, dtype=torch.float32) if fused else v.to("cpu", torch.float32)
+                out[k] = v.to(p.device if fused else "cpu", torch.float32, copy=True)
             else:
-                out[k] = v.to(device=p.device, dtype=p.dtype)
+                out[k] = v.to(device=p.device, dtype=p.dtype, copy=True)
         return out
 
     def _add_sparse(self, p) -> None:
@@ -141,16 +142,18 @@ class LazyAdam(PyroOptim):
         state = self._state_waiting_to_be_consumed.pop(self.param_name(p), None)
         if state is not None:
             _load_state_dict(optimizer, state)
+        loaded = optimizer.state.get(p, {})
         if p in self.moment_files:  # the moments in files too, with any state just loaded copied in
             from .rows import mapped_zeros
 
-            loaded = optimizer.state.get(p, {})
             moments = {}
             for k in ("exp_avg", "exp_avg_sq"):
                 moments[k] = mapped_zeros(f"{self.moment_files[p]}.{k}.f32", tuple(p.shape))
                 if k in loaded:
                     moments[k].copy_(loaded[k])
             optimizer.state[p] = {"step": loaded.get("step", 0), **moments}
+        elif loaded:  # own copies: the loaded ones may be memory-mapped from a checkpoint file
+            optimizer.state[p] = {k: v.clone() if torch.is_tensor(v) else v for k, v in loaded.items()}
 
     def get_state(self) -> dict:
         """Parameter name -> a one-parameter optimizer ``state_dict``, as every PyroOptim returns it."""

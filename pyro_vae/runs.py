@@ -17,6 +17,7 @@ figures. :func:`load_run` rebuilds everything from the first two.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,13 +112,19 @@ def guide_options(name: str, cfg: dict) -> dict:
     return options.get(name, {})
 
 
-def build(cfg: dict, ds: data.Dataset) -> Tuple[models.LatentVariableModel, guides.Guide]:
-    """The model and guide a run's settings describe, freshly initialized from ``cfg["seed"]``."""
+def build(cfg: dict, ds: data.Dataset, guide_device: Optional[str] = None
+          ) -> Tuple[models.LatentVariableModel, guides.Guide]:
+    """The model and guide a run's settings describe, freshly initialized from ``cfg["seed"]``.
+
+    ``guide_device="meta"`` builds the guide as shapes only, for :func:`pyro_vae.rows.memory_map` to write
+    its rows straight into files.
+    """
     cfg = {**DEFAULTS, **cfg}
     pyro.set_rng_seed(cfg["seed"])  # the initial weights are drawn from the seed, as the rest of the run
     model = build_model(ds, cfg["z_dim"], cfg["hidden"], cfg["likelihood"], cfg["seed"])
-    return model, build_guide(cfg["guide"], ds, cfg["z_dim"], cfg["hidden"], model=model,
-                              **guide_options(cfg["guide"], cfg))
+    with torch.device(guide_device) if guide_device else contextlib.nullcontext():
+        return model, build_guide(cfg["guide"], ds, cfg["z_dim"], cfg["hidden"], model=model,
+                                  **guide_options(cfg["guide"], cfg))
 
 
 # ---------------------------------------------------------------- train, load
@@ -128,7 +135,7 @@ def train(cfg: dict, resume: bool = False) -> Run:
     Writes ``config.json`` first, then ``checkpoint.pt`` every epoch and ``history.csv``
     at the end. With ``resume`` the saved settings are kept, except ``epochs`` (the total to
     reach), ``device``, ``no_jit``, ``validate_every_step``, ``no_progress``, ``distributed`` and
-    ``rows_on_disk``, taken from ``cfg``. With ``cfg["rows_on_disk"]`` a per-datapoint guide's rows and their
+    ``rows_on_disk`` (when not None: a run with rows on disk stays on disk), taken from ``cfg``. With ``cfg["rows_on_disk"]`` a per-datapoint guide's rows and their
     Adam moments live in memory-mapped files in that folder (:mod:`pyro_vae.rows`). With ``cfg["distributed"]``
     it runs in every process torchrun started (data-parallel training, :mod:`pyro_vae.distributed`): rank 0
     alone writes the files, and every rank returns the same history.
@@ -136,7 +143,8 @@ def train(cfg: dict, resume: bool = False) -> Run:
     out = Path(cfg["out"])
     if resume:
         keep = ("epochs", "device", "no_jit", "validate_every_step", "no_progress", "distributed", "rows_on_disk")
-        cfg = {**saved_config(out, "--resume"), **{k: cfg[k] for k in keep if k in cfg}}
+        given = {k: cfg[k] for k in keep if k in cfg and not (k == "rows_on_disk" and cfg[k] is None)}
+        cfg = {**saved_config(out, "--resume"), **given}
     cfg = {**DEFAULTS, **cfg, "out": str(out)}
     cfg.pop("resume", None)
     cfg.pop("command", None)
@@ -146,7 +154,9 @@ def train(cfg: dict, resume: bool = False) -> Run:
     if cfg["distributed"]:  # every process torchrun started builds the same modules; rank 0 writes the files
         pyro.settings.set(module_local_params=True)  # before the modules are built, as Pyro requires
         device, main = distributed.init(cfg["device"]), distributed.is_main()
-    model, guide = build(cfg, ds)
+    # rows on disk that start from one constant row are written straight into their files, never built in RAM
+    on_meta = cfg["rows_on_disk"] and getattr(guides.get(cfg["guide"]), "constant_init", False)
+    model, guide = build(cfg, ds, guide_device="meta" if on_meta else None)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG).write_text(json.dumps(cfg, indent=2))

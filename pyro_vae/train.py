@@ -155,7 +155,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
     if resume:
         if path is None:
             raise ValueError("resume=True needs checkpoint_dir, the folder of the run to continue.")
-        state = read_run_checkpoint(path)
+        state = read_run_checkpoint(path, mmap=True)  # the rows are copied into place page by page
         if "distributed" in state:
             raise ValueError(f"{path} was written by {state['distributed']['world_size']} processes: resume it in as "
                              f"many with distributed=True (torchrun ... --distributed); one process cannot continue "
@@ -167,6 +167,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
     _preflight(svi.model, svi.guide, objective, model, guide, data, batch_size)
     if state is not None:
         _set_rng_state(state["rng"])  # after the preflight, which draws random numbers
+        state = None  # the checkpoint is memory-mapped from its file: let it go once everything is copied out
     else:
         pyro.set_rng_seed(seed)
 
@@ -351,8 +352,13 @@ def _save_checkpoint(path: Path, model, guide, optim, rows, config, extra: Optio
 _REQUIRED = ("version", "epoch", "model", "guide", "optim", "rng", "history", "config")
 
 
-def load_checkpoint(path) -> dict:
+def load_checkpoint(path, mmap: bool = False) -> dict:
     """Read a checkpoint without executing pickled code (``torch.load(..., weights_only=True)``).
+
+    :param mmap: map the tensors from the file (copy-on-write) instead of reading them into RAM, as resume
+        does: a checkpoint of rows larger than RAM (:mod:`pyro_vae.rows`) is then read page by page as it is
+        copied into place. The file must not be rewritten while the tensors live (pyro-vae's checkpoints
+        replace the file, never rewrite it; a ``torch.save`` over the same path would end in a bus error).
 
     :raises CheckpointError: when the file is missing, cannot be read (truncated, not a
         checkpoint), lacks a field, or was written in another format version.
@@ -361,7 +367,7 @@ def load_checkpoint(path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"there is no checkpoint at {path}.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated zip, foreign pickle, ...: torch raises several types
         raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from e
     if not isinstance(state, dict) or any(k not in state for k in _REQUIRED):
@@ -378,7 +384,7 @@ def load_checkpoint(path) -> dict:
     return state
 
 
-def read_run_checkpoint(path) -> dict:
+def read_run_checkpoint(path, mmap: bool = False) -> dict:
     """The latest readable checkpoint of a run: ``path``, else ``checkpoint.prev.pt`` beside it, with a warning.
 
     A checkpoint of another format version is intact work of another pyro-vae: it is never
@@ -389,7 +395,7 @@ def read_run_checkpoint(path) -> dict:
     """
     path = Path(path)
     try:
-        return load_checkpoint(path)
+        return load_checkpoint(path, mmap)
     except CheckpointVersionError:
         raise
     except CheckpointError as latest:
@@ -397,7 +403,7 @@ def read_run_checkpoint(path) -> dict:
         if not previous.exists():
             raise
         try:
-            state = load_checkpoint(previous)
+            state = load_checkpoint(previous, mmap)
         except CheckpointError as earlier:
             raise CheckpointError(f"{latest}; and the previous one: {earlier}") from earlier
         warnings.warn(f"{latest}; resuming from {previous.name} (epoch {state['epoch']}) instead: the epochs after "

@@ -1,5 +1,6 @@
 """Per-datapoint rows in memory-mapped files (pyro_vae.rows): the same training as rows in memory."""
 
+import json
 import subprocess
 import sys
 
@@ -14,19 +15,22 @@ from pyro_vae.optim import LazyAdam
 from pyro_vae.train import fit
 
 
-def _setup(name="meanfield", n=60):
+def _setup(name="meanfield", n=60, device="cpu"):
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(n + 20, 10, generator=g) < torch.linspace(0.1, 0.9, 10)).float()
     ds = data.from_tensors(x[:n], x[n:], binarize="static")
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     model = models.VAE(10, 3, (16,), likelihood="bernoulli", num_data=n)
-    guide = guides.make(name, z_dim=3, num_data=n)
+    with torch.device(device):
+        guide = guides.make(name, z_dim=3, num_data=n)
     return ds, model, guide, LazyAdam({"lr": 1e-2}, sparse_args={"lr": 5e-2})
 
 
 def _train(tmp_path, mapped, epochs, resume=False, name="meanfield", folder="run"):
-    ds, model, guide, optim = _setup(name)
+    """``mapped``: False (rows in memory), "memory" (built in memory, then mapped) or "meta" (built as shapes,
+    the files written from the starting row)."""
+    ds, model, guide, optim = _setup(name, device="meta" if mapped == "meta" else "cpu")
     if mapped:
         rows.memory_map(guide, optim, tmp_path / folder / "rows")
     history = fit(model, guide, ds, epochs=epochs, batch_size=16, optim=optim, progress=False, seed=1,
@@ -34,10 +38,11 @@ def _train(tmp_path, mapped, epochs, resume=False, name="meanfield", folder="run
     return history, model, guide, optim
 
 
+@pytest.mark.parametrize("built", ["memory", "meta"])
 @pytest.mark.parametrize("name", ["meanfield", "local_mvn"])
-def test_memory_mapped_rows_train_exactly_as_rows_in_memory(tmp_path, name):
+def test_memory_mapped_rows_train_exactly_as_rows_in_memory(tmp_path, name, built):
     h_mem, m_mem, g_mem, _ = _train(tmp_path, False, 4, name=name, folder="mem")
-    h_map, m_map, g_map, optim = _train(tmp_path, True, 4, name=name, folder="map")
+    h_map, m_map, g_map, optim = _train(tmp_path, built, 4, name=name, folder="map")
     pd.testing.assert_frame_equal(h_mem.drop(columns="seconds"), h_map.drop(columns="seconds"), check_exact=True)
     for (k, a), b in zip(sorted(g_mem.state_dict().items()), [v for _, v in sorted(g_map.state_dict().items())]):
         assert torch.equal(a, b), k
@@ -53,10 +58,32 @@ def test_memory_mapped_rows_train_exactly_as_rows_in_memory(tmp_path, name):
 
 
 def test_memory_mapped_rows_resume_exactly(tmp_path):
-    straight, *_ = _train(tmp_path, True, 4, folder="straight")
-    _train(tmp_path, True, 2, folder="resumed")
-    resumed, *_ = _train(tmp_path, True, 4, resume=True, folder="resumed")
+    straight, *_ = _train(tmp_path, "meta", 4, folder="straight")
+    _train(tmp_path, "meta", 2, folder="resumed")
+    resumed, _, guide, _ = _train(tmp_path, "meta", 4, resume=True, folder="resumed")
     pd.testing.assert_frame_equal(straight.drop(columns="seconds"), resumed.drop(columns="seconds"), check_exact=True)
+    assert all(rows.is_mapped(p) for p in guide.parameters())  # resume copied the checkpoint into the files
+
+
+def test_files_written_from_the_starting_row_hold_it_in_every_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(rows, "BLOCK_BYTES", 3 * 4 * 4)  # blocks of 3 rows of 4 floats: 10 rows end in a part block
+    row = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    t = rows.mapped_rows(tmp_path / "r.f32", 10, row)
+    assert (tmp_path / "r.f32").stat().st_size == 10 * 4 * 4
+    assert torch.equal(t, row.expand(10, 4))
+    assert torch.equal(rows.mapped_rows(tmp_path / "z.f32", 7, torch.zeros(2)), torch.zeros(7, 2))
+
+
+@pytest.mark.parametrize("name", ["meanfield", "local_mvn"])
+def test_a_guide_mapped_from_the_meta_device_starts_at_the_standard_normal(tmp_path, name):
+    with torch.device("meta"):
+        guide = guides.make(name, z_dim=3, num_data=7)
+    rows.memory_map(guide, LazyAdam({"lr": 1e-2}), tmp_path)
+    assert all(rows.is_mapped(p) for p in guide.parameters())
+    q = guide.distribution(torch.zeros(7, 10), torch.arange(7))
+    assert torch.equal(q.mean, torch.zeros(7, 3))
+    cov = q.covariance_matrix if name == "local_mvn" else torch.diag_embed(q.variance)
+    torch.testing.assert_close(cov, torch.eye(3).expand(7, 3, 3), rtol=1e-6, atol=1e-6)
 
 
 def test_memory_map_refuses_what_it_cannot_hold(tmp_path):
@@ -66,8 +93,42 @@ def test_memory_map_refuses_what_it_cannot_hold(tmp_path):
         rows.memory_map(amortized, optim, tmp_path)
     with pytest.raises(ValueError, match="LazyAdam"):
         rows.memory_map(guide, pyro.optim.Adam({"lr": 1e-3}), tmp_path)
+    with torch.device("meta"):  # a flow's rows start at random: they cannot be written from one row
+        flow = guides.make("local_flow", z_dim=3, num_data=60)
+    with pytest.raises(ValueError, match="build the guide in memory"):
+        rows.memory_map(flow, optim, tmp_path / "flow")
+    assert not (tmp_path / "flow").exists()
     done = subprocess.run([sys.executable, "-m", "pyro_vae.cli", "train", "--guide", "normal", "--rows-on-disk",
                            str(tmp_path / "r"), "--out", str(tmp_path / "o")], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2 and "has none" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_train_rows_on_disk_from_the_command_line_continues_as_rows_in_memory(tmp_path):
+    from pyro_vae import cli
+    from pyro_vae.train import CHECKPOINT, load_checkpoint
+
+    small = ["--guide", "meanfield", "--z-dim", "4", "--hidden", "32", "--no-progress"]
+    mapped, folder = tmp_path / "mapped", tmp_path / "rows"
+
+    def files_hold_the_checkpoint():
+        assert json.loads((mapped / "config.json").read_text())["rows_on_disk"] == str(folder)
+        state = load_checkpoint(mapped / CHECKPOINT)
+        for name in ("loc", "scale_raw"):
+            saved = state["guide"][name]
+            on_disk = torch.from_file(str(folder / f"{name}{rows.SUFFIX}"), size=saved.numel()).view(saved.shape)
+            assert torch.equal(on_disk, saved), name
+
+    assert cli.main(["train", "--epochs", "4", "--out", str(tmp_path / "memory"), *small]) == 0
+    assert cli.main(["train", "--epochs", "2", "--out", str(mapped), "--rows-on-disk", str(folder), *small]) == 0
+    files_hold_the_checkpoint()
+    # --resume keeps the run's rows on disk without being told again
+    assert cli.main(["train", "--epochs", "3", "--out", str(mapped), "--resume", "--no-progress"]) == 0
+    files_hold_the_checkpoint()
+    # and told again, it checks the run's guide (meanfield), not the flag's default (normal, which has no rows)
+    assert cli.main(["train", "--epochs", "4", "--out", str(mapped), "--resume", "--no-progress",
+                     "--rows-on-disk", str(folder)]) == 0
+    files_hold_the_checkpoint()
+    a, b = (pd.read_csv(tmp_path / run / "history.csv") for run in ("memory", "mapped"))
+    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"), check_exact=True)
