@@ -14,10 +14,12 @@ each of the 2 processes has 1 thread.
 
 ``rows``: one ``svi.step`` of a digits-sized VAE (64-256-z) with a ``meanfield`` guide over N
 datapoints, batch 128 drawn uniformly from N (the worst case for the page cache), rows in
-memory against rows memory-mapped (:func:`pyro_vae.rows.memory_map`). Each case runs in a
-fresh process: median step seconds over 200 steps after 20, the process's peak resident memory
-(VmHWM) and its anonymous memory at the end (RssAnon: what the rows cost that the kernel cannot
-drop; memory-mapped pages are file cache, counted in VmHWM while resident).
+memory against rows memory-mapped (:func:`pyro_vae.rows.memory_map`, the guide built on the
+meta device). Each case runs in a fresh process: building the guide, median step seconds over
+200 steps after 20, writing the checkpoint, and resuming from it into a fresh guide; for each
+phase its seconds and the peak of the process's anonymous memory (RssAnon, sampled every 5 ms:
+what the rows cost that the kernel cannot drop; memory-mapped pages are file cache, counted in
+the final peak resident memory, VmHWM, while resident).
 """
 
 from __future__ import annotations
@@ -94,39 +96,89 @@ def ddp_rows(args) -> pd.DataFrame:
 # ---------------------------------------------------------------- rows
 
 
+class PeakAnon:
+    """The peak of this process's anonymous memory (RssAnon, MB) while the ``with`` block runs, sampled every 5 ms:
+    what the rows cost in RAM, where VmHWM also counts the mapped files' pages the kernel may drop."""
+
+    def __enter__(self):
+        import threading
+
+        self.peak, self._stop = _status_mb("RssAnon"), threading.Event()
+
+        def sample():
+            while not self._stop.wait(0.005):
+                self.peak = max(self.peak, _status_mb("RssAnon"))
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _status_mb("RssAnon"))
+
+
 def rows_case(n: int, z: int, mapped: bool, steps: int = 200, warmup: int = 20) -> dict:
-    """One case, in this process: step seconds and memory of a meanfield guide over ``n`` rows."""
+    """One case, in this process: build, step, checkpoint and resume of a meanfield guide over ``n`` rows.
+
+    Memory-mapped rows are built on the meta device and written into their files (:func:`pyro_vae.rows.memory_map`).
+    After the steps, the run is checkpointed as ``fit`` does it and resumed into a second guide (rows in new files,
+    or in memory), up to its first step, which loads the Adam moments.
+    """
     import pyro
     import torch
     from pyro.infer import SVI, Trace_ELBO
 
     import guides
-    from pyro_vae import models, rows
+    from pyro_vae import models, rows, train
     from pyro_vae.optim import LazyAdam
 
     torch.set_num_threads(1)
-    pyro.set_rng_seed(0)
-    before = _status_mb("VmRSS")
-    t0 = time.perf_counter()
-    model = models.VAE(64, z, (256,), likelihood="bernoulli", num_data=n)
-    guide = guides.make("meanfield", z_dim=z, num_data=n)
-    optim = LazyAdam({"lr": 1e-3}, sparse_args={"lr": 1e-2})
-    with tempfile.TemporaryDirectory(dir=os.environ.get("ROWS_DIR")) as tmp:
+
+    def build(folder):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        model = models.VAE(64, z, (256,), likelihood="bernoulli", num_data=n)
+        with torch.device("meta" if mapped else "cpu"):
+            guide = guides.make("meanfield", z_dim=z, num_data=n)
+        optim = LazyAdam({"lr": 1e-3}, sparse_args={"lr": 1e-2})
         if mapped:
-            rows.memory_map(guide, optim, tmp)
+            rows.memory_map(guide, optim, folder)
+        return model, guide, optim, SVI(model.model, guide, optim, Trace_ELBO())
+
+    x = (torch.rand(128, 64, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    with tempfile.TemporaryDirectory(dir=os.environ.get("ROWS_DIR")) as tmp:
+        t0 = time.perf_counter()
+        with PeakAnon() as build_mem:
+            model, guide, optim, svi = build(Path(tmp) / "rows")
         build_s = time.perf_counter() - t0
-        svi = SVI(model.model, guide, optim, Trace_ELBO())
-        x = (torch.rand(128, 64) < 0.5).float()
         times = []
-        for i in range(warmup + steps):
-            idx = torch.randint(n, (128,))
+        with PeakAnon() as step_mem:
+            for i in range(warmup + steps):
+                idx = torch.randint(n, (128,))
+                t = time.perf_counter()
+                svi.step(x, idx)
+                times.append(time.perf_counter() - t)
+        checkpoint = Path(tmp) / train.CHECKPOINT
+        with PeakAnon() as save_mem:
             t = time.perf_counter()
-            svi.step(x, idx)
-            times.append(time.perf_counter() - t)
+            train._save_checkpoint(checkpoint, model, guide, optim, [], {})
+            save_s = time.perf_counter() - t
+        del model, guide, optim, svi
+        with PeakAnon() as resume_mem:
+            t = time.perf_counter()
+            model, guide, optim, svi = build(Path(tmp) / "resumed")
+            train._restore(train.read_run_checkpoint(checkpoint, mmap=True), model, guide, optim)
+            svi.step(x, torch.randint(n, (128,)))  # the first step puts the saved Adam moments in place
+            resume_s = time.perf_counter() - t
         result = {"n": n, "z": z, "rows": "memory-mapped" if mapped else "in memory",
                   "row_floats": 2 * n * z, "rows_and_moments_gb": 6 * n * z * 4 / 1e9,
                   "step_ms": 1000 * statistics.median(times[warmup:]), "build_s": build_s,
-                  "peak_rss_mb": _status_mb("VmHWM") - before, "anon_rss_mb": _status_mb("RssAnon")}
+                  "build_peak_anon_mb": build_mem.peak, "step_peak_anon_mb": step_mem.peak,
+                  "checkpoint_s": save_s, "checkpoint_peak_anon_mb": save_mem.peak,
+                  "resume_s": resume_s, "resume_peak_anon_mb": resume_mem.peak,
+                  "peak_rss_mb": _status_mb("VmHWM")}
     return result
 
 
@@ -136,10 +188,12 @@ def rows_rows(args) -> pd.DataFrame:
         for n in args.sizes:
             for mapped in (False, True):
                 gb = 6 * n * z * 4 / 1e9
-                if not mapped and gb > args.max_ram_gb or mapped and gb > args.max_disk_gb:
+                # on disk: the files, the checkpoint and the resumed run's files
+                if not mapped and gb > args.max_ram_gb or mapped and 3 * gb > args.max_disk_gb:
                     out.append({"n": n, "z": z, "rows": "memory-mapped" if mapped else "in memory",
                                 "row_floats": 2 * n * z, "rows_and_moments_gb": gb,
-                                "note": f"not run: {gb:.0f} GB > the {'disk' if mapped else 'RAM'} limit"})
+                                "note": f"not run: {(3 if mapped else 1) * gb:.0f} GB > the "
+                                        f"{'disk' if mapped else 'RAM'} limit"})
                     continue
                 done = subprocess.run([sys.executable, __file__, "--case", str(n), str(z), str(int(mapped))],
                                       capture_output=True, text=True, timeout=3600)
@@ -173,7 +227,8 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[10**5, 10**6, 10**7, 10**8])
     p.add_argument("--zs", type=int, nargs="+", default=[8, 50])
     p.add_argument("--max-ram-gb", type=float, default=14.0, help="skip in-memory cases whose rows and moments exceed")
-    p.add_argument("--max-disk-gb", type=float, default=40.0, help="skip memory-mapped cases whose files exceed")
+    p.add_argument("--max-disk-gb", type=float, default=60.0,
+                   help="skip memory-mapped cases whose files, checkpoint and resumed files exceed")
     p.add_argument("--case", nargs=3, type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.case:
@@ -187,14 +242,13 @@ def main(argv=None) -> int:
     header = (f"Measured by `python benchmarks/scale.py` on {platform.system()} {platform.machine()}, "
               f"{os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}.\n")
     parts = {"ddp": ddp_rows, "rows": rows_rows}
-    chosen = list(parts) if args.part == "all" else [args.part]
-    md = [header]
-    for part in chosen:
-        table = parts[part](args)
-        table.to_csv(HERE / f"scale_{part}.csv", index=False)
-        md += [f"\n## {part}\n", _markdown(table)]
-    if args.part == "all":
-        (HERE / "scale.md").write_text("\n".join(md) + "\n")
+    for part in list(parts) if args.part == "all" else [args.part]:
+        parts[part](args).to_csv(HERE / f"scale_{part}.csv", index=False)
+    md = [header]  # both parts, the one not re-run from its last CSV
+    for part in parts:
+        if (HERE / f"scale_{part}.csv").exists():
+            md += [f"\n## {part}\n", _markdown(pd.read_csv(HERE / f"scale_{part}.csv"))]
+    (HERE / "scale.md").write_text("\n".join(md) + "\n")
     return 0
 
 

@@ -265,6 +265,12 @@ def _check_setup(model, guide, data, epochs, batch_size, local_steps=1) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     model.check_data(data.train, "data.train")
     model.check_data(data.test, "data.test")
+    for who, obj in (("model", model), ("guide", guide)):
+        meta = [n for n, p in obj.named_parameters() if p.device.type == "meta"]
+        if meta:
+            raise ValueError(f"the {who}'s {', '.join(meta[:3])} are shapes only (built on the meta device): "
+                             f"give them values first, rows.memory_map(guide, optim, folder) for a per-datapoint "
+                             f"guide's rows.")
     n = len(data.train)
     for who, obj in (("model", model), ("guide", guide)):
         if getattr(obj, "num_data", None) != n:

@@ -9,8 +9,7 @@ import pyro
 import pytest
 import torch
 
-import guides
-from pyro_vae import cli, compare, data, estimators, fit, gaps, models
+from pyro_vae import cli, compare, estimators, fit, gaps, models
 from pyro_vae.optim import LazyAdam
 
 from .conftest import DEVICES

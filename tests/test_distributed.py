@@ -92,6 +92,14 @@ def test_cli_distributed_train_writes_from_rank_0_and_refuses_a_single_process(t
     assert {p.name for p in out.iterdir()} == {"config.json", "history.csv", "checkpoint.pt", "checkpoint.prev.pt",
                                               "learning_curves.png"}
     assert len(pd.read_csv(out / "history.csv")) == 2
+    # rows on disk, one folder per rank: the same run to the bit
+    on_disk = tmp_path / "on_disk"
+    _run([*cli, *flags[:-1], str(on_disk), "--rows-on-disk", str(tmp_path / "rows")], processes=2)
+    assert sorted(p.name for p in (tmp_path / "rows").iterdir()) == ["rank0", "rank1"]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv").drop(columns="seconds"),
+                                  pd.read_csv(on_disk / "history.csv").drop(columns="seconds"), check_exact=True)
+    a, b = (torch.load(d / "checkpoint.pt", weights_only=True)["guide"] for d in (out, on_disk))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the run is an ordinary run for every other command
     from pyro_vae import runs
 

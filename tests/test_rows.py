@@ -98,6 +98,10 @@ def test_memory_map_refuses_what_it_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match="build the guide in memory"):
         rows.memory_map(flow, optim, tmp_path / "flow")
     assert not (tmp_path / "flow").exists()
+    with torch.device("meta"):  # and fit says what a guide of shapes only still needs
+        shapes = guides.make("meanfield", z_dim=3, num_data=60)
+    with pytest.raises(ValueError, match="meta device.*rows.memory_map"):
+        fit(model, shapes, ds, epochs=1, optim=optim, progress=False)
     done = subprocess.run([sys.executable, "-m", "pyro_vae.cli", "train", "--guide", "normal", "--rows-on-disk",
                            str(tmp_path / "r"), "--out", str(tmp_path / "o")], capture_output=True, text=True,
                           timeout=120)
