@@ -56,8 +56,7 @@ class LocalGuide(Guide):
                 "off_diag": torch.zeros(K * (K - 1) // 2)}
         if name not in rows:
             raise KeyError(f"{type(self).__name__} has no constant starting row for {name!r}.")
-        with torch.device("cpu"):  # also when the guide is built under torch.device("meta")
-            return rows[name]
+        return rows[name]
 
     def _rows(self, name: str) -> torch.nn.Parameter:
         """The ``(num_data, ...)`` parameter ``name``, every row :meth:`initial_row`."""

@@ -220,12 +220,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(cfg: dict) -> None:
-    guide = runs.saved_config(cfg["out"], "--resume")["guide"] if cfg["resume"] else cfg["guide"]
+    saved = runs.saved_config(cfg["out"], "--resume") if cfg["resume"] else {}  # what --resume keeps
+    guide = saved.get("guide", cfg["guide"])
     if cfg["rows_on_disk"] and guides.get(guide).amortized:
         raise ValueError(f"--rows-on-disk keeps per-datapoint rows in files, and the {guide} guide has none: "
                          f"drop it, or train a per-datapoint guide (meanfield, local_mvn, local_flow).")
-    if cfg["rows_on_disk"] and torch.device(cfg["device"]).type != "cpu":
-        raise ValueError("--rows-on-disk keeps the rows in memory-mapped files on the CPU: drop it with --device cuda.")
+    if torch.device(cfg["device"]).type != "cpu":
+        if cfg["rows_on_disk"]:
+            raise ValueError("--rows-on-disk keeps the rows in memory-mapped files on the CPU: drop it with "
+                             "--device cuda.")
+        if saved.get("rows_on_disk"):
+            raise ValueError(f"the run in {cfg['out']} keeps its rows in memory-mapped files on the CPU "
+                             f"({saved['rows_on_disk']}), and --resume continues it there: drop --device "
+                             f"{cfg['device']}.")
     if not cfg["distributed"]:
         return _train(cfg)
     from . import distributed

@@ -25,13 +25,14 @@ limit, the disk is.
 The checkpoint of a run stores every row (``torch.save`` streams them from the files), so resume
 and ``load_run`` work as for rows in memory. The files are the live state, changed by every step,
 and cannot be the checkpoint themselves: resume must find the rows of the checkpoint's epoch.
-Checkpoints are read memory-mapped (:func:`pyro_vae.train.load_checkpoint`), so resuming copies the
-rows from one file into the other without holding them in RAM.
+Resume reads the checkpoint memory-mapped (``load_checkpoint(path, mmap=True)``), so it copies the rows
+from one file into the other without holding them in RAM (``load_run`` reads the whole checkpoint).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -42,14 +43,25 @@ SUFFIX = ".f32"
 BLOCK_BYTES = 1 << 26
 
 
-def mapped_zeros(path, shape) -> torch.Tensor:
-    """A float32 tensor of ``shape``, zeros, whose storage is the file ``path`` (created or truncated)."""
-    path = Path(path)
+def _write_new(path: Path, write) -> None:
+    """Write the file ``path`` through ``write(f)`` into a temp file renamed over it: a mapping of an older
+    file of that name keeps its own (now unlinked) file, where truncating it in place would end in a bus error."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    numel = math.prod(shape)
-    with open(path, "wb") as f:
-        f.truncate(numel * 4)  # a sparse file: no disk is used until a page is written
-    return torch.from_file(str(path), shared=True, size=numel, dtype=torch.float32).view(*shape)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def _map(path: Path, shape) -> torch.Tensor:
+    return torch.from_file(str(path), shared=True, size=math.prod(shape), dtype=torch.float32).view(*shape)
+
+
+def mapped_zeros(path, shape) -> torch.Tensor:
+    """A float32 tensor of ``shape``, zeros, whose storage is the file ``path`` (a new file, replacing any)."""
+    path = Path(path)
+    _write_new(path, lambda f: f.truncate(math.prod(shape) * 4))  # sparse: no disk is used until a page is written
+    return _map(path, shape)
 
 
 def mapped_rows(path, num_rows: int, row: torch.Tensor) -> torch.Tensor:
@@ -65,12 +77,13 @@ def mapped_rows(path, num_rows: int, row: torch.Tensor) -> torch.Tensor:
     per_block = max(1, BLOCK_BYTES // max(1, row.numel() * 4))
     block = memoryview(row.expand(min(per_block, num_rows), *row.shape).contiguous().numpy().tobytes())
     row_bytes = row.numel() * 4
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+
+    def write(f):
         for start in range(0, num_rows, per_block):
             f.write(block[: (min(num_rows, start + per_block) - start) * row_bytes])
-    return torch.from_file(str(path), shared=True, size=num_rows * row.numel(),
-                           dtype=torch.float32).view(num_rows, *row.shape)
+
+    _write_new(path, write)
+    return _map(path, (num_rows, *row.shape))
 
 
 def is_mapped(t: torch.Tensor) -> bool:
@@ -116,7 +129,8 @@ def memory_map(guide, optim, folder) -> dict:
         old = params[name]
         path = folder / f"{name}{SUFFIX}"
         if old.device.type == "meta":
-            mapped = mapped_rows(path, old.shape[0], guide.initial_row(name))
+            with torch.device("cpu"):  # the starting row has values, also inside a torch.device("meta") block
+                mapped = mapped_rows(path, old.shape[0], guide.initial_row(name))
         else:
             mapped = mapped_zeros(path, tuple(old.shape))
             with torch.no_grad():

@@ -135,8 +135,9 @@ def train(cfg: dict, resume: bool = False) -> Run:
     Writes ``config.json`` first, then ``checkpoint.pt`` every epoch and ``history.csv``
     at the end. With ``resume`` the saved settings are kept, except ``epochs`` (the total to
     reach), ``device``, ``no_jit``, ``validate_every_step``, ``no_progress``, ``distributed`` and
-    ``rows_on_disk`` (when not None: a run with rows on disk stays on disk), taken from ``cfg``. With ``cfg["rows_on_disk"]`` a per-datapoint guide's rows and their
-    Adam moments live in memory-mapped files in that folder (:mod:`pyro_vae.rows`). With ``cfg["distributed"]``
+    ``rows_on_disk`` (when not None: a run with rows on disk stays on disk), taken from ``cfg``. With
+    ``cfg["rows_on_disk"]`` a per-datapoint guide's rows and their Adam moments live in memory-mapped files in
+    that folder (:mod:`pyro_vae.rows`). With ``cfg["distributed"]``
     it runs in every process torchrun started (data-parallel training, :mod:`pyro_vae.distributed`): rank 0
     alone writes the files, and every rank returns the same history.
     """

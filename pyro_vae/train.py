@@ -393,6 +393,8 @@ def load_checkpoint(path, mmap: bool = False) -> dict:
 def read_run_checkpoint(path, mmap: bool = False) -> dict:
     """The latest readable checkpoint of a run: ``path``, else ``checkpoint.prev.pt`` beside it, with a warning.
 
+    ``mmap``: as for :func:`load_checkpoint` (resume maps it; the tensors are copied into place).
+
     A checkpoint of another format version is intact work of another pyro-vae: it is never
     passed over for the previous one (resuming would overwrite it).
 
@@ -417,6 +419,17 @@ def read_run_checkpoint(path, mmap: bool = False) -> dict:
         return state
 
 
+def _cloned(tree):
+    """``tree`` (dicts, lists, tuples of tensors and plain values) with every tensor copied."""
+    if torch.is_tensor(tree):
+        return tree.clone()
+    if isinstance(tree, dict):
+        return {k: _cloned(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_cloned(v) for v in tree)
+    return tree
+
+
 def _restore(state: dict, model, guide, optim):
     """Put a checkpoint's weights and optimizer state in place; returns (history rows, epochs done).
 
@@ -427,6 +440,11 @@ def _restore(state: dict, model, guide, optim):
     to_store = {}
     for prefix, module in (("model", model), ("guide", guide)):
         to_store.update({f"{prefix}/{local}": store for local, store in _store_names(module).items()})
-    optim.set_state({to_store[local]: s for local, s in state["optim"].items()})
+    from .optim import LazyAdam
+
+    saved = state["optim"]
+    if not isinstance(optim, LazyAdam):  # torch's load_state_dict keeps the saved tensors, maybe mapped from a file
+        saved = {k: _cloned(v) for k, v in saved.items()}
+    optim.set_state({to_store[local]: s for local, s in saved.items()})
     rows = [{**row, "epoch": int(row["epoch"])} for row in state["history"]]
     return rows, int(state["epoch"])

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pyro
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import guides
+from guides.base import MIN_SCALE, inverse_positive
 from pyro_vae import data, models, rows
 from pyro_vae.optim import LazyAdam
 from pyro_vae.train import fit
@@ -65,6 +67,35 @@ def test_memory_mapped_rows_resume_exactly(tmp_path):
     assert all(rows.is_mapped(p) for p in guide.parameters())  # resume copied the checkpoint into the files
 
 
+def _mapped_files():
+    return Path("/proc/self/maps").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+@pytest.mark.parametrize("name, mapped, optim", [("normal", False, "lazy"), ("normal", False, "pyro"),
+                                                 ("meanfield", False, "lazy"), ("meanfield", "meta", "lazy")])
+def test_resume_keeps_no_checkpoint_mapped(tmp_path, name, mapped, optim):
+    """Resume reads the checkpoint memory-mapped: every tensor must be copied out of it (moments included),
+    else the file, unlinked two checkpoints later, stays mapped and on disk for the rest of the process."""
+    def run(epochs, **kw):  # fresh modules and optimizer each time, as in a new process
+        if name == "normal":
+            ds, model, _, lazy = _setup()
+            guide = guides.make("normal", x_dim=10, z_dim=3, hidden=(8,), num_data=60)
+        else:
+            ds, model, guide, lazy = _setup(name, device="meta" if mapped else "cpu")
+        opt = lazy if optim == "lazy" else pyro.optim.Adam({"lr": 1e-2})
+        if mapped:
+            rows.memory_map(guide, opt, tmp_path / "rows")
+        fit(model, guide, ds, epochs=epochs, batch_size=16, optim=opt, progress=False, seed=1,
+            checkpoint_dir=str(tmp_path), **kw)
+
+    run(1)
+    seen = []
+    run(3, resume=True, on_epoch=lambda epoch, row: seen.append(_mapped_files()))
+    assert len(seen) == 2
+    assert all(str(tmp_path / "checkpoint") not in maps for maps in seen)  # during the run, after each epoch
+
+
 def test_files_written_from_the_starting_row_hold_it_in_every_row(tmp_path, monkeypatch):
     monkeypatch.setattr(rows, "BLOCK_BYTES", 3 * 4 * 4)  # blocks of 3 rows of 4 floats: 10 rows end in a part block
     row = torch.tensor([0.5, -1.0, 2.0, 0.0])
@@ -80,6 +111,9 @@ def test_a_guide_mapped_from_the_meta_device_starts_at_the_standard_normal(tmp_p
         guide = guides.make(name, z_dim=3, num_data=7)
     rows.memory_map(guide, LazyAdam({"lr": 1e-2}), tmp_path)
     assert all(rows.is_mapped(p) for p in guide.parameters())
+    in_memory = guides.make(name, z_dim=3, num_data=7)  # bit for bit what the guides were built with before
+    assert torch.equal(in_memory.scale_raw, inverse_positive(torch.ones(7, 3), MIN_SCALE))
+    assert torch.equal(in_memory.loc, torch.zeros(7, 3))
     q = guide.distribution(torch.zeros(7, 10), torch.arange(7))
     assert torch.equal(q.mean, torch.zeros(7, 3))
     cov = q.covariance_matrix if name == "local_mvn" else torch.diag_embed(q.variance)
@@ -109,7 +143,7 @@ def test_memory_map_refuses_what_it_cannot_hold(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_train_rows_on_disk_from_the_command_line_continues_as_rows_in_memory(tmp_path):
+def test_train_rows_on_disk_from_the_command_line_continues_as_rows_in_memory(tmp_path, capsys, monkeypatch):
     from pyro_vae import cli
     from pyro_vae.train import CHECKPOINT, load_checkpoint
 
@@ -134,5 +168,11 @@ def test_train_rows_on_disk_from_the_command_line_continues_as_rows_in_memory(tm
     assert cli.main(["train", "--epochs", "4", "--out", str(mapped), "--resume", "--no-progress",
                      "--rows-on-disk", str(folder)]) == 0
     files_hold_the_checkpoint()
+    # it stays on disk, on the CPU: resuming it on a GPU is refused before any work
+    before = (mapped / "config.json").read_text()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the refusal comes before any CUDA call
+    assert cli.main(["train", "--epochs", "5", "--out", str(mapped), "--resume", "--device", "cuda"]) == 2
+    assert "drop --device cuda" in capsys.readouterr().err
+    assert (mapped / "config.json").read_text() == before
     a, b = (pd.read_csv(tmp_path / run / "history.csv") for run in ("memory", "mapped"))
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"), check_exact=True)
