@@ -18,6 +18,7 @@ or :class:`~pyro_vae.models.LinearGaussian`); ``guide`` is a guide module.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import random
@@ -419,17 +420,6 @@ def read_run_checkpoint(path, mmap: bool = False) -> dict:
         return state
 
 
-def _cloned(tree):
-    """``tree`` (dicts, lists, tuples of tensors and plain values) with every tensor copied."""
-    if torch.is_tensor(tree):
-        return tree.clone()
-    if isinstance(tree, dict):
-        return {k: _cloned(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_cloned(v) for v in tree)
-    return tree
-
-
 def _restore(state: dict, model, guide, optim):
     """Put a checkpoint's weights and optimizer state in place; returns (history rows, epochs done).
 
@@ -444,7 +434,7 @@ def _restore(state: dict, model, guide, optim):
 
     saved = state["optim"]
     if not isinstance(optim, LazyAdam):  # torch's load_state_dict keeps the saved tensors, maybe mapped from a file
-        saved = {k: _cloned(v) for k, v in saved.items()}
+        saved = copy.deepcopy(saved)  # copies every tensor into memory
     optim.set_state({to_store[local]: s for local, s in saved.items()})
     rows = [{**row, "epoch": int(row["epoch"])} for row in state["history"]]
     return rows, int(state["epoch"])
