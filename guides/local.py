@@ -38,6 +38,9 @@ class LocalGuide(Guide):
     #: True when every datapoint's parameters start at the same values (:meth:`initial_row`), so that
     #: :func:`pyro_vae.rows.memory_map` can write a guide built on the meta device straight into files
     constant_init = True
+    #: gather rows with sparse gradients (for SparseAdam, O(batch) a step); a fit in which every row takes
+    #: every step (:func:`pyro_vae.qstar.adam_fit`) turns it off and steps one dense Adam
+    sparse_grad = True
 
     def __init__(self, z_dim: int, num_data: int, name: str, min_scale: float = MIN_SCALE):
         if not isinstance(num_data, int) or num_data < 1:
@@ -78,7 +81,7 @@ class LocalGuide(Guide):
             raise ValueError(f"{type(self).__name__}: idx must have shape ({len(x)},) with values in "
                              f"[0, {self.num_data}), got shape {tuple(idx.shape)}.")
         idx = idx.long()
-        return tuple(F.embedding(idx, param, sparse=True) for param in params)
+        return tuple(F.embedding(idx, param, sparse=self.sparse_grad) for param in params)
 
     def row_parameter_names(self) -> list:
         return [name for name, p in self.named_parameters() if p.dim() and p.shape[0] == self.num_data]

@@ -47,6 +47,7 @@ from pyro.poutine.util import site_is_subsample
 
 from .contract import SITE
 from .estimators import Estimate
+from .nets import frozen
 from .progress import progress_bar
 
 #: multiplicative step-size update per annealing step (Wu et al.'s code uses 1.02)
@@ -238,7 +239,6 @@ def ais(model: Callable, x: torch.Tensor, *, num_chains: int = 16, num_steps: in
         raise ValueError(f"ais: target_accept must lie in (0, 1), got {target_accept!r}.")
     if not torch.is_tensor(x) or x.dim() != 2:
         raise ValueError(f"ais: x must be a 2-D tensor (B, D), got {tuple(x.shape) if torch.is_tensor(x) else x!r}.")
-    from .gaps import frozen  # here, not at the top: gaps imports estimators, which imports this module
 
     forward = z_init is None
     c, b = num_chains, len(x)

@@ -86,6 +86,10 @@ SEED_HELP = ("seeds what is random in training: the initial weights of decoder a
              "log p(x)); the same seed, data and flags give the same history.csv losses")
 AIS_HELP = ("also estimate log p(x) by AIS with this many annealing steps (16 chains) and use the larger estimate per "
             "point; 0: importance weighting alone")
+QSTAR_STEPS_HELP = ("steps of each q* fit: natural-gradient iterations for the normal and mvn families (default 20), "
+                    "Adam steps for the flow family (default 200)")
+QSTAR_LR_HELP = ("step size of the q* fits: the largest natural-gradient step for the Gaussian families (default 1), "
+                 "Adam's initial learning rate for the flow family (default 0.01, decaying linearly to 0)")
 DATA_SEED_HELP = ("seeds the data: the digits train/test split, the static binarization draws and the "
                   "linear-gaussian data (kept apart from --seed so that runs with several seeds see the same data)")
 
@@ -167,11 +171,11 @@ def parser() -> argparse.ArgumentParser:
                                      "iteratively: T steps of the batch's rows per visit, T - 1 with the decoder fixed")
     c.add_argument("--families", nargs="+", default=list(compare.Settings.families), choices=sorted(gaps.FAMILIES),
                    help="families of q* (flow gives L[q*_flow]; each guide's own family must be among them)")
-    c.add_argument("--qstar-lr", type=positive_float, default=3e-2, help="learning rate of the q* fits")
+    c.add_argument("--qstar-lr", type=positive_float, default=None, help=QSTAR_LR_HELP)
     c.add_argument("--n-eval", type=positive_int, default=200, help="train and test points evaluated")
     c.add_argument("--ll-samples", type=positive_int, default=5000, help="importance samples for log p(x)")
     c.add_argument("--ais-steps", type=nonnegative_int, default=0, help=AIS_HELP)
-    c.add_argument("--qstar-steps", type=positive_int, default=3000, help="most optimization steps for q*")
+    c.add_argument("--qstar-steps", type=positive_int, default=None, help=QSTAR_STEPS_HELP)
     c.add_argument("--budget-every", type=nonnegative_int, default=compare.Settings.budget_every, metavar="E",
                    help="measure each decoder in training every E epochs on --budget-points test points (budget.csv, "
                         "budget.png); 0: off")
@@ -199,8 +203,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--families", nargs="+", default=None, choices=sorted(gaps.FAMILIES),
                    help="families of q*; each run's own guide family must be among them (default: normal and mvn, "
                         "and flow when a run's guide is a flow)")
-    e.add_argument("--qstar-steps", type=positive_int, default=3000, help="most optimization steps for q*")
-    e.add_argument("--qstar-lr", type=positive_float, default=3e-2, help="learning rate of the q* fits")
+    e.add_argument("--qstar-steps", type=positive_int, default=None, help=QSTAR_STEPS_HELP)
+    e.add_argument("--qstar-lr", type=positive_float, default=None, help=QSTAR_LR_HELP)
     e.add_argument("--seed", type=int, default=0, help="seeds the Monte Carlo samples of the evaluation")
     e.add_argument("--device", type=device_name, default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     e.add_argument("--out", default="runs/evaluation",
@@ -263,7 +267,7 @@ def _train(cfg: dict) -> None:
           f"learning_curves.png}}")
 
 
-QUICK = {"epochs": 15, "n_eval": 20, "ll_samples": 300, "qstar_steps": 150, "elbo_samples": 50, "budget_every": 5,
+QUICK = {"epochs": 15, "n_eval": 20, "ll_samples": 300, "elbo_samples": 50, "budget_every": 5,
          "budget_points": 10, "budget_ll_samples": 100}
 
 

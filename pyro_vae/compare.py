@@ -62,7 +62,7 @@ class Settings:
     batch_size: int = 128
     lr: float = 1e-3
     local_lr: float = 1e-2
-    qstar_lr: float = 3e-2
+    qstar_lr: Optional[float] = None
     elbo: str = "trace"
     particles: int = 5
     num_flows: int = 2
@@ -75,7 +75,7 @@ class Settings:
     ll_samples: int = 5000
     ais_steps: int = 0
     elbo_samples: int = 500
-    qstar_steps: int = 3000
+    qstar_steps: Optional[int] = None
     families: Sequence[str] = ("normal", "mvn", "flow")
     budget_every: int = 30
     budget_points: int = 50

@@ -17,42 +17,15 @@ References: Cremer, Li & Duvenaud (2018), Inference Suboptimality in Variational
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Callable, Optional, Sequence
 
 import pandas as pd
 import torch
 
-import guides
-
 from . import estimators
-from .progress import progress_bar
-
-#: family of q -> the per-datapoint guide that represents it
-FAMILIES = {"normal": "meanfield", "mvn": "local_mvn", "flow": "local_flow"}
-
-
-@contextlib.contextmanager
-def frozen(model: Callable):
-    """Hold the module behind ``model`` (a module or a bound method) fixed for the block.
-
-    Gradients are off inside (Pyro's param store may turn them back on when it
-    first registers a parameter, so each parameter's ``requires_grad`` and
-    ``.grad`` are put back as they were on exit: nothing leaks into a later
-    ``svi.step``).
-    """
-    module = getattr(model, "__self__", model)
-    params = list(module.parameters()) if isinstance(module, torch.nn.Module) else []
-    saved = [(p.requires_grad, p.grad) for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, (requires_grad, grad) in zip(params, saved):
-            p.requires_grad_(requires_grad)
-            p.grad = grad
+from .ais import ais as ais_estimate
+from .qstar import FAMILIES, as_gaussian, fit_local  # noqa: F401  (q* lives in pyro_vae.qstar; these are its names here)
 
 
 def best_diagonal(posterior: torch.distributions.MultivariateNormal) -> torch.distributions.MultivariateNormal:
@@ -79,89 +52,6 @@ def diagonal_gap(posterior: torch.distributions.MultivariateNormal) -> torch.Ten
     return 0.5 * (diag.log().sum(-1) - torch.logdet(precision))
 
 
-@torch.no_grad()
-def as_gaussian(q: torch.distributions.Distribution, num_samples: int = 4096) -> torch.distributions.Distribution:
-    """``q`` itself when it is Gaussian (a MultivariateNormal or a Normal(...).to_event(1)), else the
-    full-covariance Gaussian with q's mean and covariance, estimated from ``num_samples`` draws
-    (how a flow q starts the Gaussian q*s). Batch shape as ``q``'s."""
-    if isinstance(q, torch.distributions.MultivariateNormal) or (
-            isinstance(q, torch.distributions.Independent) and isinstance(q.base_dist, torch.distributions.Normal)):
-        return q
-    z = q.sample((num_samples,))
-    mean = z.mean(0)
-    centred = z - mean
-    cov = torch.einsum("sbi,sbj->bij", centred, centred) / (num_samples - 1)
-    cov = cov + 1e-6 * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-    return torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
-
-
-def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=None, *, steps: int = 3000,
-              lr: float = 3e-2, num_samples: int = 50, check_every: int = 10, patience: int = 20,
-              z_dim: Optional[int] = None, progress: bool = False):
-    """Fit q*_i, the best member of ``family`` for each row of ``x: (n, D)``, with the decoder frozen.
-
-    All rows are optimized together as one ``(n, K)`` parameter tensor by
-    SparseAdam on the ``num_samples``-sample reparameterized ELBO, with the
-    sticking-the-landing gradient (its noise vanishes at the exact posterior,
-    so q* settles instead of jittering at the step size). Every
-    ``check_every`` steps each row's mean ELBO over those steps is compared with
-    its best so far; a row that has not improved for ``patience`` checks stops
-    (its parameters and Adam moments no longer move, and it leaves the batch).
-
-    :param family: ``"normal"`` (diagonal, a :class:`guides.MeanField`), ``"mvn"``
-        (full covariance, a :class:`guides.LocalMVN`) or ``"flow"`` (a Gaussian and two
-        affine autoregressive transforms per row, a :class:`guides.LocalFlow`; its log q needs the
-        transforms' inverse, one pass per latent dimension, so a step costs more).
-    :param init: None (start at the prior N(0, I)), a guide (its
-        ``distribution(x)``), or a distribution with batch shape ``(n,)``; a q that is not
-        Gaussian starts q* at the Gaussian with its mean and covariance (:func:`as_gaussian`).
-    :returns: the fitted per-datapoint guide over rows ``0..n-1`` of ``x``;
-        ``guide.steps_taken`` (``(n,)``) counts each row's steps.
-    """
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}.")
-    module = getattr(model, "__self__", model)
-    z_dim = z_dim or module.z_dim
-    n = len(x)
-    device = x.device
-    guide = guides.make(FAMILIES[family], z_dim=z_dim, num_data=n).to(device)
-    if init is not None:
-        with torch.no_grad():
-            guide.init_from(as_gaussian(init.distribution(x) if hasattr(init, "distribution") else init))
-    params = list(guide.parameters())
-    optimizer = torch.optim.SparseAdam(params, lr=lr)
-    rows = torch.arange(n, device=device)
-    best = torch.full((n,), -math.inf, device=device)
-    stale = torch.zeros(n, dtype=torch.long, device=device)
-    active = torch.ones(n, dtype=torch.bool, device=device)
-    running = torch.zeros(n, device=device)
-    steps_taken = torch.zeros(n, dtype=torch.long, device=device)
-    with frozen(model):
-        bar = progress_bar(range(steps), f"q* {family}", progress, leave=False)
-        for step in bar:
-            idx = rows[active]
-            elbo = estimators.log_weights(model, guide, x[idx], idx, num_samples, sticking_the_landing=True).mean(0)
-            # autograd.grad, not backward: it computes no gradient for the frozen decoder's weights
-            # (which Pyro's param store may have set to require one), about half the backward pass
-            for p, g in zip(params, torch.autograd.grad(-elbo.sum(), params)):
-                p.grad = g
-            optimizer.step()
-            running[idx] += elbo.detach()
-            steps_taken[idx] += 1
-            if (step + 1) % check_every == 0:
-                current = running[idx] / check_every
-                improved = current > best[idx]
-                best[idx] = torch.where(improved, current, best[idx])
-                stale[idx] = torch.where(improved, 0, stale[idx] + 1)
-                active[idx] = stale[idx] < patience
-                running.zero_()
-                bar.set_postfix(active=f"{int(active.sum())}/{n}", refresh=False)
-                if not active.any():
-                    break
-    guide.steps_taken = steps_taken
-    return guide
-
-
 def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tensor] = None, *,
               families: Sequence[str] = ("normal", "mvn"), ll_samples: int = 5000, elbo_samples: int = 500,
               chunk_size: int = 250, exact: Optional[Callable] = None, ais_steps: int = 0, ais_chains: int = 16,
@@ -178,7 +68,7 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
     - ``elbo_q``: L[q] of ``guide`` (NaN when a per-datapoint guide has no parameters for
       these rows, i.e. ``idx`` is None);
     - ``elbo_qstar_<family>`` for each family: L[q*], the per-datapoint optimum, decoder frozen
-      (``"flow"``'s q* starts at the ``"mvn"`` q* when both are fitted);
+      (``"flow"``'s q* starts at a full-covariance q*, see :func:`pyro_vae.qstar.fit_local`);
     - ``approximation_gap`` = log_px - L[q*] with q* in the guide's own family;
     - ``approximation_gap_flow`` = log_px - L[q*_flow], when ``"flow"`` is among ``families``: the part
       of the approximation gap that a flow family does not remove (Cremer et al.'s L[q*_AF]);
@@ -187,7 +77,7 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
       this is how far training left the datapoint's own parameters from their optimum
       for the final decoder; NaN for amortized guides.
 
-    ``fit_kwargs`` go to :func:`fit_local`.
+    ``fit_kwargs`` go to :func:`pyro_vae.qstar.fit_local` (``steps``, ``lr``, ``num_samples``, ...).
 
     :raises ValueError: when the guide's own family is not among ``families`` (its gaps
         would be measured against the wrong q*).
@@ -211,26 +101,20 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
     else:
         out["elbo_q"] = out["elbo_q_se"] = math.nan
     best_guide, best_elbo = (guide, out["elbo_q"].mean()) if has_q else (None, -math.inf)
-    fitted = {}
     for family in families:
-        # the flow family contains the mvn one: its q* starts at the mvn q*, when there is one
-        start = init
-        if family == "flow" and "mvn" in fitted:
-            with torch.no_grad():
-                start = fitted["mvn"].distribution(x, rows)
-        qstar = fitted[family] = fit_local(model, x, family, init=start, progress=progress, **fit_kwargs)
+        qstar = fit_local(model, x, family, init=init, progress=progress, **fit_kwargs)
         put(f"elbo_qstar_{family}", estimators.elbo(model, qstar, x, rows, elbo_samples))
         if out[f"elbo_qstar_{family}"].mean() > best_elbo:
             best_guide, best_elbo = qstar, out[f"elbo_qstar_{family}"].mean()
     proposal_idx = rows if best_guide is not guide else idx
     iwae = estimators.log_likelihood(model, best_guide, x, proposal_idx, ll_samples, chunk_size)
     if ais_steps > 0:
-        ais = estimators.ais(model, x, num_chains=ais_chains, num_steps=ais_steps, progress=progress)
+        annealed = ais_estimate(model, x, num_chains=ais_chains, num_steps=ais_steps, progress=progress)
         put("log_px_iwae", iwae)
-        put("log_px_ais", ais)
-        larger = ais.value > iwae.value
-        iwae = estimators.Estimate(torch.where(larger, ais.value, iwae.value),
-                                   torch.where(larger, ais.stderr, iwae.stderr))
+        put("log_px_ais", annealed)
+        larger = annealed.value > iwae.value
+        iwae = estimators.Estimate(torch.where(larger, annealed.value, iwae.value),
+                                   torch.where(larger, annealed.stderr, iwae.stderr))
     put("log_px", iwae)
     if exact is not None:
         out["log_px_exact"] = exact(x).detach().cpu().numpy()

@@ -1,13 +1,16 @@
-"""Small MLP blocks shared by decoders and encoders, and unique Pyro names.
+"""Small MLP blocks shared by decoders and encoders, unique Pyro names, and holding a module fixed.
 
 Usage::
 
     net = mlp(64, (128,), 16)        # Linear(64,128) - ReLU - Linear(128,16)
     name = unique_name("vae")        # "vae", then "vae_1", "vae_2", ...
+    with frozen(vae.model):          # no gradient for the decoder's weights inside
+        ...
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import defaultdict
 from typing import Sequence
@@ -59,3 +62,27 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation=torch.nn.Re
     net = torch.nn.Sequential(*layers)
     to_pyro_module_(net)
     return net
+
+
+@contextlib.contextmanager
+def frozen(model):
+    """Hold the module behind ``model`` (a module or a bound method) fixed for the block.
+
+    Inside, no parameter requires a gradient or holds one (``.grad`` is None), so autograd computes none for
+    them and an optimizer handed them (``svi.step`` collects every parameter it sees) leaves them where they
+    are, Adam's momentum included. On exit each parameter's ``requires_grad`` and ``.grad`` are put back as
+    they were (Pyro's param store may have turned ``requires_grad`` on when it first registered one): nothing
+    leaks into a later ``svi.step``.
+    """
+    module = getattr(model, "__self__", model)
+    params = list(module.parameters()) if isinstance(module, torch.nn.Module) else []
+    saved = [(p.requires_grad, p.grad) for p in params]
+    for p in params:
+        p.requires_grad_(False)
+        p.grad = None
+    try:
+        yield
+    finally:
+        for p, (requires_grad, grad) in zip(params, saved):
+            p.requires_grad_(requires_grad)
+            p.grad = grad

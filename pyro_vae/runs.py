@@ -224,7 +224,7 @@ def load_run(path, device: str = "cpu") -> Run:
     return Run(path, model, guide, ds.to(device), cfg, history)
 
 
-def reconstruct(run: Run, x: torch.Tensor, qstar_steps: int = 3000) -> torch.Tensor:
+def reconstruct(run: Run, x: torch.Tensor, qstar_steps: Optional[int] = None) -> torch.Tensor:
     """E[x | z] at the mean of q(z | x) for ``x: (n, D)`` of any split: the encoder's q for an amortized
     guide; for a per-datapoint guide, which has no q for arbitrary points, q* fitted for them."""
     from . import gaps

@@ -8,9 +8,9 @@ Usage::
     fit(vae, guide, ds, epochs=100, optim=LazyAdam({"lr": 1e-3}), checkpoint_dir="runs/mvn", resume=True)
 
 Nothing here hides SVI: each epoch is ``for x, idx in ds.loader(...): svi.step(x, idx)``. With
-``local_steps=T`` (variational EM), each batch first takes T - 1 steps of a second SVI whose
-model hides its parameters (``poutine.block(model, hide_types=["param"])``), so that only the
-guide's parameters for that batch move, and then the ``svi.step`` above.
+``local_steps=T`` (variational EM), each batch first takes T - 1 of those steps with the model's
+weights frozen (:func:`pyro_vae.nets.frozen`), so that only the guide's parameters for that batch
+move, and then one that moves both.
 ``model`` is a model module with ``.model(x, idx)`` (a :class:`~pyro_vae.models.VAE`
 or :class:`~pyro_vae.models.LinearGaussian`); ``guide`` is a guide module.
 """
@@ -32,11 +32,10 @@ import numpy as np
 import pandas as pd
 import pyro
 import torch
-from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 
 from . import estimators, objectives
-from .gaps import frozen
+from .nets import frozen
 from .progress import progress_bar
 from .rows import is_mapped
 
@@ -94,15 +93,15 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         parameters held fixed (for a per-datapoint guide only that batch's rows move), then one
         ``svi.step`` that moves the model and the guide together. T = 1 (default) is plain SVI.
         With an amortized guide the extra steps train the encoder with the decoder fixed
-        ("aggressive" inference-network training, He et al. 2019). The extra steps use ``loss``'s
-        estimator uncompiled (:func:`pyro_vae.objectives.uncompiled`) and the same ``optim`` (the
-        rows' Adam moments carry over).
+        ("aggressive" inference-network training, He et al. 2019). The extra steps are the same
+        ``svi.step`` with the model frozen (:func:`visit`): the same ``loss``, compiled where it is, and
+        the same ``optim`` (the rows' Adam moments carry over).
     :param on_epoch: called as ``on_epoch(epoch, row)`` after each epoch (``row``: that epoch's history
         row), e.g. to measure the model during training. It runs outside the timed loop, and the
         random state is put back after it, so it does not change the run's losses.
-    :param train_model: False holds the model's parameters fixed for the whole run (``svi.step`` on
-        ``poutine.block(model.model, hide_types=["param"])``, uncompiled): only the guide trains, e.g. a
-        new encoder for a trained decoder (:func:`pyro_vae.compare.encoder_width_sweep`).
+    :param train_model: False holds the model's parameters fixed for the whole run (every ``svi.step`` runs
+        with the model frozen, as a guide-only step does): only the guide trains, e.g. a new encoder for a
+        trained decoder (:func:`pyro_vae.compare.encoder_width_sweep`).
     :param distributed: data-parallel training, one process per core or GPU: call ``fit`` on every rank of a
         process group (``torchrun``, then :func:`pyro_vae.distributed.init`). ``batch_size`` is the global batch,
         each rank takes ``batch_size / P`` rows of its fixed shard of the training set, and the step is Pyro's
@@ -144,12 +143,8 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         return ddp.fit(model, guide, data, epochs=epochs, batch_size=batch_size, optim=optim, loss=loss,
                        device=torch.device(device), shards=shards, checkpoint_dir=checkpoint_dir, resume=resume,
                        progress=progress, seed=seed, config=config, on_epoch=on_epoch)
-    # the guide-only steps hide the model's parameters, which the JIT cannot trace: they run uncompiled
-    local_loss = objectives.uncompiled(loss)
-    fixed_model = poutine.block(model.model, hide_types=["param"])
-    local_svi = SVI(fixed_model, guide, optim, local_loss)
-    objective = loss if train_model else local_loss  # the ELBO object (SVI keeps only its bound methods)
-    svi = SVI(model.model, guide, optim, objective) if train_model else local_svi
+    # one SVI for every step: a guide-only step (local_steps, train_model=False) is svi.step with the model frozen
+    svi = SVI(model.model, guide, optim, loss)
     path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
 
     rows, start, state = [], 0, None
@@ -165,7 +160,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
             raise ValueError(f"the run in {path.parent} has already trained {state['epoch']} epochs: pass epochs > "
                              f"{state['epoch']} to continue it (epochs counts from the start of the run).")
         rows, start = _restore(state, model, guide, optim)
-    _preflight(svi.model, svi.guide, objective, model, guide, data, batch_size)
+    _preflight(svi.model, svi.guide, loss, model, guide, data, batch_size)
     if state is not None:
         _set_rng_state(state["rng"])  # after the preflight, which draws random numbers
         state = None  # the checkpoint is memory-mapped from its file: let it go once everything is copied out
@@ -179,7 +174,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         for epoch in bar:
             t0, total = time.perf_counter(), 0.0
             for x, idx in data.loader("train", batch_size, shuffle=True):
-                step_loss = visit(svi, local_svi, model, x, idx, local_steps)
+                step_loss = visit(svi, model, x, idx, local_steps)
                 if not math.isfinite(step_loss):
                     raise FloatingPointError(
                         f"svi.step returned {step_loss} at epoch {epoch + 1} (batch of rows {idx[:5].tolist()}...): "
@@ -203,20 +198,20 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def visit(svi, local_svi, model, x: torch.Tensor, idx: torch.Tensor, local_steps: int = 1) -> float:
-    """One mini-batch ``x: (B, D)`` with dataset rows ``idx: (B,)``: ``local_steps - 1`` steps of ``local_svi``
-    (the guide alone, the model fixed), then ``svi.step``; returns its loss (nats, the batch's -ELBO estimate
-    scaled to the full data).
+def visit(svi, model, x: torch.Tensor, idx: torch.Tensor, local_steps: int = 1) -> float:
+    """One mini-batch ``x: (B, D)`` with dataset rows ``idx: (B,)``: ``local_steps - 1`` guide-only steps, then one
+    step of model and guide together; returns the last ``svi.step``'s loss (nats, the batch's -ELBO estimate scaled
+    to the full data).
 
-    The guide-only steps run with the model's weights frozen (:func:`pyro_vae.gaps.frozen`): autograd
-    computes no gradient for them, which saves about half a backward pass, and none accumulates into
-    their ``.grad`` to be added to the gradient of the ``svi.step`` that follows (Pyro zeroes only the
-    gradients of the parameters a step saw, and the hidden model's are not among them).
+    A guide-only step is the same ``svi.step`` (the same ELBO, compiled or not, and the same optimizer, so the rows'
+    Adam moments carry over) with the model's weights frozen (:func:`pyro_vae.nets.frozen`): autograd computes no
+    gradient for them, which saves about half a backward pass, and the optimizer, finding no gradient, does not
+    move them (not even by Adam's momentum); none is left behind for the step that follows.
     """
     if local_steps > 1:
         with frozen(model):
             for _ in range(local_steps - 1):
-                local_svi.step(x, idx)
+                svi.step(x, idx)
     return svi.step(x, idx)
 
 

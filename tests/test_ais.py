@@ -178,17 +178,21 @@ def test_a_second_latent_site_raises():
         ais(model, torch.zeros(3, 1), num_chains=2, num_steps=2)
 
 
-def test_decompose_puts_ais_beside_iwae_and_keeps_the_larger(oracle):
-    """With ais_steps, decompose reports both estimates and uses the larger per point. On the correlated oracle
-    the best proposal it finds is a diagonal q* (0.585 nats short of the posterior), and the importance-weighted
-    estimate falls short of the exact log p(x) by more than its own standard error says; AIS does not."""
+def test_decompose_puts_ais_beside_iwae_and_keeps_the_larger():
+    """With ais_steps, decompose reports both estimates and uses the larger per point. On an oracle whose columns
+    correlate at 0.98 the best proposal it finds is the diagonal q*, 1.3 nats short of the posterior (closed
+    form), and the importance-weighted estimate falls short of the exact log p(x) by more than its own standard
+    error says; AIS does not. (On the conftest oracle, correlation 0.8, the converged diagonal q* is 0.585 nats
+    short and a good enough proposal: 2000 draws then land within their standard error, measured -0.045 nats.)"""
     import guides
     from pyro_vae import gaps
 
-    lg, x = oracle
-    x = x[:30]
+    lg = models.LinearGaussian.random(10, 2, noise_scale=0.5, seed=0, correlation=0.98)
+    lg.requires_grad_(False)
+    _, x = lg.sample(30, generator=torch.Generator().manual_seed(1))
+    assert float(gaps.diagonal_gap(lg.posterior(x)).mean()) > 1.2
     guide = guides.make("normal", x_dim=lg.x_dim, z_dim=lg.z_dim, hidden=(8,))
-    table = gaps.decompose(lg.model, guide, x, families=("normal",), ll_samples=2000, elbo_samples=50, steps=200,
+    table = gaps.decompose(lg.model, guide, x, families=("normal",), ll_samples=2000, elbo_samples=50,
                            ais_steps=200, ais_chains=16)
     larger = table["log_px_ais"].where(table["log_px_ais"] > table["log_px_iwae"], table["log_px_iwae"])
     assert (table["log_px"] == larger).all()

@@ -7,7 +7,7 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 
 import guides
-from pyro_vae import data, estimators, fit, gaps, models
+from pyro_vae import data, estimators, fit, gaps, models, objectives
 from pyro_vae.optim import LazyAdam
 from pyro_vae.runs import build_guide, build_model
 from pyro_vae.train import visit
@@ -29,26 +29,35 @@ def test_a_guide_only_step_leaves_the_decoder_where_it_is(digits):
     assert all(not torch.equal(a, b) for a, b in zip(encoder, guide.parameters()))
 
 
-def test_guide_only_steps_leave_no_gradient_for_the_model_step(digits):
-    """Pyro zeroes the gradients of the parameters a step saw, and a hidden decoder's are not among them: if the
-    T - 1 guide-only steps computed decoder gradients, the svi.step that follows would add them to its own."""
+@pytest.mark.parametrize("jit", [False, True])
+def test_guide_only_steps_leave_no_gradient_for_the_model_step(digits, jit):
+    """Pyro zeroes after a step only the gradients it computed: if the T - 1 guide-only steps computed decoder
+    gradients, the svi.step that follows would add them to its own; and an optimizer handed a decoder weight
+    with a zero gradient would move it by Adam's momentum. Compiled or not, the guide-only steps (the same
+    svi.step, model frozen) leave the decoder's weights and gradients as they were, and move the rows."""
     model = build_model(digits, 4, (32,))
     guide = build_guide("meanfield", digits, 4, (32,))
     x, idx = digits.train[:64], torch.arange(64)
-    local = SVI(poutine.block(model.model, hide_types=["param"]), guide, LazyAdam({"lr": 1e-3}), Trace_ELBO())
-    local.step(x, idx)  # the decoder's weights are now Pyro parameters that require a gradient
-    for p in model.parameters():
-        p.grad = None
+    svi = SVI(model.model, guide, LazyAdam({"lr": 1e-3}), objectives.make("trace", jit=jit))
+    with objectives.quiet_jit():
+        svi.step(x, idx)  # the decoder's weights are now Pyro parameters with Adam moments and zeroed gradients
+    decoder = [p.detach().clone() for p in model.parameters()]
     before = [p.detach().clone() for p in guide.parameters()]
-    seen = {}
+    seen = []
 
     class Recorder:
-        def step(self, *args):
-            seen["grads"] = [p.grad for p in model.parameters()]
-            return 0.0
+        """svi, recording the decoder's gradients whenever a step is taken with the model not frozen."""
 
-    visit(Recorder(), local, model, x, idx, local_steps=4)
-    assert seen["grads"] and all(g is None for g in seen["grads"])
+        def step(self, *args):
+            if all(p.requires_grad for p in model.parameters()):
+                seen.append([None if p.grad is None else p.grad.clone() for p in model.parameters()])
+                return 0.0
+            return svi.step(*args)
+
+    with objectives.quiet_jit():
+        visit(Recorder(), model, x, idx, local_steps=4)
+    assert len(seen) == 1 and all(g is None or not g.any() for g in seen[0])  # the model step finds nothing
+    assert all(torch.equal(a, b) for a, b in zip(decoder, model.parameters()))
     assert all(p.requires_grad for p in model.parameters())  # put back for the model step
     assert all(not torch.equal(a, b) for a, b in zip(before, guide.parameters()))
 
