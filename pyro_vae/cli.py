@@ -151,6 +151,9 @@ def parser() -> argparse.ArgumentParser:
                    help="keep a per-datapoint guide's rows and their Adam moments in memory-mapped files in FOLDER "
                         "(only each batch's rows are read and written per step): for N too large for RAM; "
                         "--resume keeps the run's folder unless given another")
+    t.add_argument("--threads", type=positive_int, default=None,
+                   help="intra-op threads of the training steps (default: 1 for a model whose batch x parameters is "
+                        "under 1e8, which two threads would stall when another process holds a core; else torch's)")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel training in the processes torchrun starts (`torchrun --standalone "
                         "--nproc_per_node=P --no-python pyro-vae train ... --distributed`): gloo on CPU, nccl with "
@@ -267,7 +270,7 @@ def _train(cfg: dict) -> None:
           f"learning_curves.png}}")
 
 
-QUICK = {"epochs": 15, "n_eval": 20, "ll_samples": 300, "elbo_samples": 50, "budget_every": 5,
+QUICK = {"epochs": 15, "n_eval": 20, "ll_samples": 300, "elbo_samples": 50, "qstar_steps": 20, "budget_every": 5,
          "budget_points": 10, "budget_ll_samples": 100}
 
 

@@ -41,7 +41,7 @@ DEFAULTS = {
     "hidden": [256], "batch_size": 128, "lr": 1e-3, "local_lr": 1e-2, "elbo": "trace", "particles": 5,
     "no_jit": False, "validate_every_step": False, "seed": 0, "data_seed": 0, "device": "cpu", "no_progress": False,
     "guide": "normal", "scale": "softplus", "num_flows": 2, "refine_steps": 5, "local_steps": 1, "epochs": 300,
-    "out": "runs/train", "distributed": False, "rows_on_disk": None,
+    "out": "runs/train", "distributed": False, "rows_on_disk": None, "threads": None,
 }
 
 
@@ -143,7 +143,8 @@ def train(cfg: dict, resume: bool = False) -> Run:
     """
     out = Path(cfg["out"])
     if resume:
-        keep = ("epochs", "device", "no_jit", "validate_every_step", "no_progress", "distributed", "rows_on_disk")
+        keep = ("epochs", "device", "no_jit", "validate_every_step", "no_progress", "distributed", "rows_on_disk",
+                "threads")
         given = {k: cfg[k] for k in keep if k in cfg and not (k == "rows_on_disk" and cfg[k] is None)}
         cfg = {**saved_config(out, "--resume"), **given}
     cfg = {**DEFAULTS, **cfg, "out": str(out)}
@@ -169,7 +170,8 @@ def train(cfg: dict, resume: bool = False) -> Run:
     history = fit(model, guide, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"], optim=optim, loss=loss,
                   checkpoint_dir=str(out), device=device,
                   validate_every_step=cfg["validate_every_step"], resume=resume, progress=not cfg["no_progress"],
-                  seed=cfg["seed"], config=cfg, local_steps=cfg["local_steps"], distributed=cfg["distributed"])
+                  seed=cfg["seed"], config=cfg, local_steps=cfg["local_steps"], distributed=cfg["distributed"],
+                  threads=cfg["threads"])
     if main:
         history.to_csv(out / HISTORY, index=False)
     return Run(out, model, guide, ds, cfg, history)

@@ -38,6 +38,7 @@ from . import estimators, objectives
 from .nets import frozen
 from .progress import progress_bar
 from .rows import is_mapped
+from .threads import intra_op_threads, training_threads
 
 CHECKPOINT = "checkpoint.pt"
 #: the checkpoint before the latest, kept so that a corrupted latest one does not cost the run
@@ -63,7 +64,8 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         device: str = "cpu", checkpoint_dir: Optional[str] = None, resume: bool = False, progress: bool = True,
         seed: int = 0, config: Optional[dict] = None, validate_every_step: bool = False,
         local_steps: int = 1, on_epoch: Optional[Callable[[int, dict], None]] = None,
-        train_model: bool = True, distributed: bool = False, shards: Optional[int] = None) -> pd.DataFrame:
+        train_model: bool = True, distributed: bool = False, shards: Optional[int] = None,
+        threads: Optional[int] = None) -> pd.DataFrame:
     """Train ``model`` and ``guide`` by SVI on ``data.train`` for ``epochs`` epochs.
 
     Each epoch is ``for x, idx in data.loader("train", batch_size, shuffle=True): svi.step(x, idx)``.
@@ -110,6 +112,10 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         the same history; rank 0 alone writes the checkpoint. Resume needs the same number of processes.
     :param shards: with ``distributed``, the number of fixed shards of the training set (default: one per
         process). One process with ``shards=P`` takes the same global batches as ``P`` processes.
+    :param threads: intra-op threads of the training steps (``on_epoch`` runs with the process's own count,
+        which is put back at the end). None: one for a small model (batch x network parameters under
+        :data:`pyro_vae.threads.SMALL`), which would stall with two when another process holds a core;
+        torch's default otherwise (:func:`pyro_vae.threads.training_threads`).
     :returns: one row per epoch: ``epoch``, ``train_loss`` (mean ``loss`` over the
         epoch's steps: -ELBO, or -IWAE_K with ``objectives.iwae``), ``test_loss`` (-ELBO
         of the test split, one sample per point; NaN for per-datapoint guides, which have
@@ -169,7 +175,9 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
 
     n_train = len(data.train)
     bar = progress_bar(range(start, epochs), f"fit {type(guide).__name__}", progress, initial=start, total=epochs)
-    with pyro.validation_enabled(validate_every_step), objectives.quiet_jit(), \
+    own_threads = torch.get_num_threads()
+    threads = training_threads(model, guide, batch_size) if threads is None else threads
+    with pyro.validation_enabled(validate_every_step), objectives.quiet_jit(), intra_op_threads(threads), \
             (contextlib.nullcontext() if train_model else frozen(model)):
         for epoch in bar:
             t0, total = time.perf_counter(), 0.0
@@ -187,7 +195,8 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
             rows.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss, "seconds": seconds})
             if on_epoch is not None:
                 rng = _rng_state()
-                on_epoch(epoch + 1, dict(rows[-1]))
+                with intra_op_threads(own_threads):
+                    on_epoch(epoch + 1, dict(rows[-1]))
                 _set_rng_state(rng)
             shown = {"train": f"{train_loss:.2f}"}
             if math.isfinite(test_loss):

@@ -140,9 +140,10 @@ def test_unknown_guide_is_refused_by_the_parser(capsys):
 @pytest.mark.parametrize("dataset", ["digits", "linear-gaussian"])
 def test_compare_quick(tmp_path, capsys, dataset):
     out = tmp_path / "cmp"
-    more = ["--z-dim", "2", "--seeds", "2", "--encoder-widths", "4", "32", "--workers", "2"] \
+    more = ["--z-dim", "2", "--seeds", "2", "--encoder-widths", "4", "32", "--workers", "2", "--local-steps", "1"] \
         if dataset == "linear-gaussian" else ["--local-steps", "1", "3"]
-    assert cli.main(["compare", "--quick", "--data", dataset, "--out", str(out), "--no-progress", *more]) == 0
+    every = ["--guides", "normal", "mvn", "flow", "semi_amortized", "meanfield", "--families", "normal", "mvn", "flow"]
+    assert cli.main(["compare", "--quick", "--data", dataset, "--out", str(out), "--no-progress", *every, *more]) == 0
     table = pd.read_csv(out / "results.csv")
     iterated = dataset == "digits"
     trained = ["normal", "mvn", "flow", "semi_amortized", "meanfield", *(["meanfield T=3"] if iterated else [])]
