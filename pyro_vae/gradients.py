@@ -51,41 +51,42 @@ def reparameterize(loc: torch.Tensor, scale_matrix: torch.Tensor, eps: torch.Ten
     return loc + eps @ scale_matrix.T
 
 
-def _model():
-    x = pyro.sample("x", dist.ImproperUniform(constraints.real, (), ()))
-    pyro.factor("f", x**2)
+def _model(num_draws: int):
+    with pyro.plate("draws", num_draws):
+        x = pyro.sample("x", dist.ImproperUniform(constraints.real, (), ()))
+        pyro.factor("f", x**2)
 
 
-def _guide(reparameterized: bool):
-    theta = pyro.param("theta")
-    q = dist.Normal(theta, 1.0)
-    if not reparameterized:
-        q = q.has_rsample_(False)
-    return pyro.sample("x", q)
+def _guide(num_draws: int, reparameterized: bool):
+    theta = pyro.param("theta")  # (num_draws,): one copy of theta per independent draw
+    with pyro.plate("draws", num_draws):
+        q = dist.Normal(theta, 1.0)
+        if not reparameterized:
+            q = q.has_rsample_(False)
+        return pyro.sample("x", q)
 
 
 def gradient_draws(theta: float, reparameterized: bool, num_draws: int = 1000, num_samples: int = 1,
                    return_samples: bool = False):
     """``num_draws`` independent estimates of d/dtheta E_{N(theta,1)}[x^2] (true value 2 theta): ``(num_draws,)``.
 
-    Each draw averages ``num_samples`` samples (particles). Uses and then
-    clears Pyro's param store entry ``"theta"``. With ``return_samples``, also
-    returns the x each estimate used: ``(num_draws, num_samples)``.
+    Each draw averages ``num_samples`` samples (particles). All draws are computed in one call of the ELBO:
+    theta is a ``(num_draws,)`` parameter whose copies are sampled in a plate ``"draws"``, so draw i's
+    gradient is the gradient with respect to copy i (the draws are independent terms of one loss), and the
+    particles are vectorized. Uses and then clears Pyro's param store entry ``"theta"``. With
+    ``return_samples``, also returns the x each estimate used: ``(num_draws, num_samples)``.
     """
-    elbo = (Trace_ELBO if reparameterized else TraceGraph_ELBO)(num_particles=num_samples,
-                                                                 vectorize_particles=False)
-    out = torch.empty(num_draws)
-    samples = torch.empty(num_draws, num_samples)
+    elbo = (Trace_ELBO if reparameterized else TraceGraph_ELBO)(num_particles=num_samples, vectorize_particles=True,
+                                                                 max_plate_nesting=1)
     store = pyro.get_param_store()
-    for i in range(num_draws):
-        if "theta" in store:
-            del store["theta"]
-        pyro.param("theta", torch.tensor(float(theta)))
-        seen = []
-        elbo.loss_and_grads(_model, lambda: seen.append(_guide(reparameterized)))
-        out[i] = -store.get_param("theta").unconstrained().grad  # loss = -ELBO
-        samples[i] = torch.stack(seen).detach()
+    if "theta" in store:
+        del store["theta"]
+    pyro.param("theta", torch.full((num_draws,), float(theta)))
+    seen = []
+    elbo.loss_and_grads(lambda: _model(num_draws), lambda: seen.append(_guide(num_draws, reparameterized)))
+    out = -store.get_param("theta").unconstrained().grad.clone()  # loss = -ELBO
     del store["theta"]
+    samples = seen[0].detach().reshape(num_samples, num_draws).T
     return (out, samples) if return_samples else out
 
 
