@@ -16,15 +16,23 @@ as ours is:
   -ELBO fit records), against the same loop written by hand; the fixed cost of a ``fit``
   call (its checked first batch and, with the JIT, the compilation) is measured apart by
   timing 2 and 12 epochs and reported in the notes;
-- ``qstar_200``: ``gaps.fit_local`` for 200 points at once against the per-datapoint loop of
-  Cremer, Li & Duvenaud's code (one point at a time, Adam lr 1e-3, 50 samples, a check every
-  100 steps, stop after 10 checks without improvement), both from the prior, on the same
-  trained decoder; the loop is timed on ``--qstar-loop-points`` of the points and scaled
-  to 200, and both L[q*] are reported;
-- ``iwae_5000``: ``estimators.log_likelihood`` with K = 5000 for 200 points, chunked, against
-  the same samples' decoder forwards and log-densities written by hand (the ratio is the
-  efficiency: reference / ours);
-- ``compare_digits``: the README's main job, ``pyro-vae compare`` on digits, wall time.
+- ``qstar_normal``, ``qstar_mvn``, ``qstar_flow``: ``gaps.fit_local`` for 200 test points of a decoder trained
+  100 epochs (64-256-8, ``normal`` guide), from its encoder, against the long fixed-schedule fit written by hand
+  here (:func:`reference_qstar`: Adam, sticking-the-landing gradient, 50 draws, 2000 steps, no stopping rule) and
+  against today's code path (``TODAY_QSTAR``: pyro-vae 0.1.0's Adam with its stopping rule); each L[q*] is
+  estimated on the same 2000 draws per point;
+- ``qstar_loop``: our diagonal q* against the per-datapoint loop of Cremer, Li & Duvenaud's code (one point at a
+  time, Adam lr 1e-3, 50 samples, a check every 100 steps, stop after 10 checks without improvement), both from
+  the prior; the loop is timed on ``--qstar-loop-points`` of the points and scaled to 200;
+- ``decompose_3``, ``decompose_2``, ``budget_point``: ``gaps.decompose`` as ``compare`` runs it (200 train and 200
+  test points, K = 5000) for three and for two families, and one budget-curve measurement, ours against today's
+  q* settings, with the differences of every column;
+- ``iwae_5000``: ``estimators.log_likelihood`` with K = 5000 for 200 points, chunked, against the same samples'
+  decoder forwards and log-densities written by hand (the ratio is the efficiency: reference / ours);
+- ``guide_only_step``, ``flow_step``, ``semi_amortized_step``: training steps on one thread against a compiled
+  ``normal`` step, and against today's path (an uncompiled guide-only step on a blocked model, an uncompiled flow);
+- ``threads_*``: an epoch with one and with two intra-op threads beside a busy process (and idle, in the notes);
+- ``compare_digits``, ``compare_quick``: the README's main job and ``--quick``, whole commands.
 """
 
 from __future__ import annotations
