@@ -9,7 +9,7 @@ import torch
 
 from pyro_vae import compare, data
 
-TINY = dict(guides=("normal", "meanfield"), families=("normal",), z_dim=2, hidden=(16,), epochs=3, n_eval=10,
+TINY = dict(guides=("normal", "meanfield"), local_steps=(1,), families=("normal",), z_dim=2, hidden=(16,), epochs=3, n_eval=10,
             ll_samples=50, elbo_samples=10, qstar_steps=20, progress=False)
 
 

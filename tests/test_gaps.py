@@ -83,7 +83,7 @@ def test_decompose_on_the_oracle(oracle):
 def quick_digits_run():
     pyro.set_rng_seed(0)
     ds = data.load("digits", binarize="static")
-    settings = compare.Settings(guides=("normal", "meanfield"), hidden=(64,), epochs=8, n_eval=30,
+    settings = compare.Settings(guides=("normal", "meanfield"), local_steps=(1,), hidden=(64,), epochs=8, n_eval=30,
                                 ll_samples=1000, elbo_samples=200, progress=False)
     return ds, compare.compare(ds, settings)
 
