@@ -27,6 +27,7 @@ import pyro
 import torch
 
 from pyro_vae import estimators, runs
+from pyro_vae.ais import bdmc
 
 from iwae import markdown  # benchmarks/ is on the path when a script here runs
 
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     for steps in args.steps:
         pyro.set_rng_seed(1)
         t0 = time.perf_counter()
-        table = estimators.bdmc(model.model, x, z, num_chains=args.chains, num_steps=steps)
+        table = bdmc(model.model, x, z, num_chains=args.chains, num_steps=steps)
         seconds = time.perf_counter() - t0
         lower, upper, width = (torch.tensor(table[c].values) for c in ("lower", "upper", "width"))
         row = {"num_steps": steps, "chains": args.chains, "points": args.points, "seconds": seconds}

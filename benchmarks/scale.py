@@ -131,7 +131,7 @@ def rows_case(n: int, z: int, mapped: bool, steps: int = 200, warmup: int = 20) 
     from pyro.infer import SVI, Trace_ELBO
 
     import guides
-    from pyro_vae import models, rows, train
+    from pyro_vae import checkpoint, models, rows
     from pyro_vae.optim import LazyAdam
 
     torch.set_num_threads(1)
@@ -160,16 +160,16 @@ def rows_case(n: int, z: int, mapped: bool, steps: int = 200, warmup: int = 20) 
                 t = time.perf_counter()
                 svi.step(x, idx)
                 times.append(time.perf_counter() - t)
-        checkpoint = Path(tmp) / train.CHECKPOINT
+        path = Path(tmp) / checkpoint.CHECKPOINT
         with PeakAnon() as save_mem:
             t = time.perf_counter()
-            train._save_checkpoint(checkpoint, model, guide, optim, [], {})
+            checkpoint.save(path, model, guide, optim, [], {})
             save_s = time.perf_counter() - t
         del model, guide, optim, svi
         with PeakAnon() as resume_mem:
             t = time.perf_counter()
             model, guide, optim, svi = build(Path(tmp) / "resumed")
-            train._restore(train.read_run_checkpoint(checkpoint, mmap=True), model, guide, optim)
+            checkpoint.restore(checkpoint.read_run(path, mmap=True), model, guide, optim)
             svi.step(x, torch.randint(n, (128,)))  # the first step puts the saved Adam moments in place
             resume_s = time.perf_counter() - t
         result = {"n": n, "z": z, "rows": "memory-mapped" if mapped else "in memory",

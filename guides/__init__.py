@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Type
 
+from pyro_vae.errors import InputError
+
 _REGISTRY: Dict[str, type] = {}
 
 
@@ -38,7 +40,7 @@ def names() -> List[str]:
 def get(name: str) -> Type:
     """The guide class registered under ``name``."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown guide {name!r}; choose one of {names()}.")
+        raise InputError(f"unknown guide {name!r}; choose one of {names()}.")
     return _REGISTRY[name]
 
 
@@ -49,6 +51,7 @@ def make(name: str, **kwargs):
     arguments builds any guide; guides whose class has ``needs_model`` also take ``model``.
     """
     return get(name)(**kwargs)
+
 
 
 from .amortized import AmortizedMVN, AmortizedNormal  # noqa: E402  (fills the registry)

@@ -44,8 +44,9 @@ import torch
 from pyro import poutine
 
 from pyro_vae.contract import SITE, data_plate
-from pyro_vae.estimators import log_joint
+from pyro_vae.contract import log_joint
 from pyro_vae.nets import unique_name
+from pyro_vae.errors import InputError
 
 from . import make, register
 from .base import Guide
@@ -101,19 +102,19 @@ class SemiAmortized(Guide):
                  encoder_gradient: str = "through", name: Optional[str] = None, **base_kwargs):
         owner = type(self).__name__
         if model is None or not callable(model):
-            raise ValueError(f"{owner} refines q on the model's ELBO: build it with model=vae.model "
+            raise InputError(f"{owner} refines q on the model's ELBO: build it with model=vae.model "
                              f"(guides.make('semi_amortized', model=vae.model, ...)).")
         if base not in ("normal", "mvn"):
-            raise ValueError(f"{owner}: base must be 'normal' or 'mvn' (the encoder's family), got {base!r}.")
+            raise InputError(f"{owner}: base must be 'normal' or 'mvn' (the encoder's family), got {base!r}.")
         if encoder_gradient not in ENCODER_GRADIENTS:
-            raise ValueError(f"{owner}: encoder_gradient must be one of {ENCODER_GRADIENTS}, got {encoder_gradient!r}.")
+            raise InputError(f"{owner}: encoder_gradient must be one of {ENCODER_GRADIENTS}, got {encoder_gradient!r}.")
         for key, value, low in (("steps", steps, 0), ("refine_samples", refine_samples, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{owner}: {key} must be an integer >= {low}, got {value!r}.")
+                raise InputError(f"{owner}: {key} must be an integer >= {low}, got {value!r}.")
         if not (isinstance(lr, numbers.Real) and lr > 0 and isinstance(momentum, numbers.Real) and 0 <= momentum < 1):
-            raise ValueError(f"{owner}: need lr > 0 and 0 <= momentum < 1, got lr={lr!r}, momentum={momentum!r}.")
+            raise InputError(f"{owner}: need lr > 0 and 0 <= momentum < 1, got lr={lr!r}, momentum={momentum!r}.")
         if clip is not None and not (isinstance(clip, numbers.Real) and clip > 0):
-            raise ValueError(f"{owner}: clip must be a positive number or None, got {clip!r}.")
+            raise InputError(f"{owner}: clip must be a positive number or None, got {clip!r}.")
         super().__init__(z_dim, num_data, name or unique_name("semi_amortized_guide"))
         self.base = make(base, x_dim=x_dim, z_dim=z_dim, hidden=hidden, num_data=num_data, **base_kwargs)
         self.family, self.x_dim = self.base.family, x_dim

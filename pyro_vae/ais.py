@@ -45,6 +45,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from .errors import InputError
 from .contract import SITE
 from .estimators import Estimate
 from .nets import frozen
@@ -101,12 +102,12 @@ def log_prior_likelihood(model: Callable, x: torch.Tensor, z: torch.Tensor) -> T
         if name == SITE:
             prior = site["unscaled_log_prob"]
         elif not site["is_observed"]:
-            raise ValueError(f"ais: the model has a latent sample site {name!r} besides {SITE!r}; "
+            raise InputError(f"ais: the model has a latent sample site {name!r} besides {SITE!r}; "
                              f"AIS anneals over {SITE!r} alone, so every other site must be observed.")
         else:
             likelihood = likelihood + site["unscaled_log_prob"]
     if prior is None:
-        raise ValueError(f"ais: the model has no sample site {SITE!r} (see pyro_vae.contract).")
+        raise InputError(f"ais: the model has no sample site {SITE!r} (see pyro_vae.contract).")
     shape = z.shape[:2]
     return prior.expand(shape), torch.as_tensor(likelihood, dtype=z.dtype, device=z.device).expand(shape)
 
@@ -183,7 +184,7 @@ def _log_mean_exp(log_w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"ais: {name} must be an integer >= 1, got {value!r}.")
+        raise InputError(f"ais: {name} must be an integer >= 1, got {value!r}.")
 
 
 def ais(model: Callable, x: torch.Tensor, *, num_chains: int = 16, num_steps: int = 500, leapfrog_steps: int = 10,
@@ -234,11 +235,11 @@ def ais(model: Callable, x: torch.Tensor, *, num_chains: int = 16, num_steps: in
     _check_positive_int("num_steps", num_steps)
     _check_positive_int("leapfrog_steps", leapfrog_steps)
     if not (isinstance(step_size, (int, float)) and step_size > 0 and math.isfinite(step_size)):
-        raise ValueError(f"ais: step_size must be a positive number, got {step_size!r}.")
+        raise InputError(f"ais: step_size must be a positive number, got {step_size!r}.")
     if not (isinstance(target_accept, (int, float)) and 0 < target_accept < 1):
-        raise ValueError(f"ais: target_accept must lie in (0, 1), got {target_accept!r}.")
+        raise InputError(f"ais: target_accept must lie in (0, 1), got {target_accept!r}.")
     if not torch.is_tensor(x) or x.dim() != 2:
-        raise ValueError(f"ais: x must be a 2-D tensor (B, D), got {tuple(x.shape) if torch.is_tensor(x) else x!r}.")
+        raise InputError(f"ais: x must be a 2-D tensor (B, D), got {tuple(x.shape) if torch.is_tensor(x) else x!r}.")
 
     forward = z_init is None
     c, b = num_chains, len(x)
@@ -251,7 +252,7 @@ def ais(model: Callable, x: torch.Tensor, *, num_chains: int = 16, num_steps: in
             if z.shape == (b, k):
                 z = z.expand(c, b, k)
             if z.shape != (c, b, k):
-                raise ValueError(f"ais: z_init must have shape (num_chains, B, K) = {(c, b, k)} or (B, K) = {(b, k)}, "
+                raise InputError(f"ais: z_init must have shape (num_chains, B, K) = {(c, b, k)} or (B, K) = {(b, k)}, "
                                  f"got {tuple(z.shape)}.")
         state = _State(model, x, z)  # validated like any model call
         log_w = torch.zeros(c, b, dtype=x.dtype, device=x.device)
@@ -283,7 +284,7 @@ def bdmc(model: Callable, x: torch.Tensor, z_true: torch.Tensor, **ais_kwargs) -
     ``row``. ``ais_kwargs`` go to both runs of :func:`ais`.
     """
     if "z_init" in ais_kwargs:
-        raise ValueError("bdmc: pass the exact posterior samples as z_true, not z_init.")
+        raise InputError("bdmc: pass the exact posterior samples as z_true, not z_init.")
     lower = ais(model, x, **ais_kwargs)
     upper = ais(model, x, z_init=z_true, **ais_kwargs)
     out = pd.DataFrame(index=pd.RangeIndex(len(x), name="row"))

@@ -55,7 +55,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from . import objectives
+from .errors import InputError
+from . import checkpoint, objectives
+from .loop import COLUMNS, preflight, test_elbo_loss
 from .progress import progress_bar
 
 #: environment variables torchrun sets in every process it launches
@@ -63,7 +65,7 @@ TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"
 LAUNCH = "torchrun --standalone --nproc_per_node=P --no-python pyro-vae train ... --distributed"
 
 
-class DistributedError(ValueError):
+class DistributedError(InputError):
     """Data-parallel training asked for where it cannot run (no torchrun, a mismatched checkpoint, ...)."""
 
 
@@ -177,7 +179,6 @@ def fit(model, guide, data, *, epochs: int, batch_size: int, optim, loss, device
     Called on every rank of an initialized process group (or, with none, as one process over
     ``shards`` shards). Every rank returns the same history; only rank 0 writes the checkpoint.
     """
-    from . import train
     from .optim import LazyAdam
 
     if not isinstance(optim, LazyAdam):
@@ -187,7 +188,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int, optim, loss, device
     sampler = ShardSampler(len(data.train), batch_size, world, shards, seed)
     rows = set(guide.row_parameter_names())
     elbo_loss = objectives.uncompiled(loss)  # DDP runs the module's forward eagerly; the JIT is not used
-    path = Path(checkpoint_dir) / train.CHECKPOINT if checkpoint_dir else None
+    path = Path(checkpoint_dir) / checkpoint.CHECKPOINT if checkpoint_dir else None
     history, start, state = [], 0, None
     if not pyro.settings.get("module_local_params"):
         raise DistributedError("distributed training needs module-local parameters: call "
@@ -195,12 +196,12 @@ def fit(model, guide, data, *, epochs: int, batch_size: int, optim, loss, device
     elbo = elbo_loss(model, guide)  # an ELBOModule: its parameters are the model's and the guide's
     for module in (model, guide):  # module-local parameters are not in the param store: name them for optim
         local = dict(module.named_parameters())
-        optim.names.update({local[k]: name for k, name in train._store_names(module).items()})
+        optim.names.update({local[k]: name for k, name in checkpoint.store_names(module).items()})
     row_params = [p for name, p in guide.named_parameters() if name in rows]
     if resume:
         state = _read_checkpoint(path, world, epochs)
-        history, start = train._restore(state, model, guide, optim)
-    train._preflight(model, guide, elbo_loss, model, guide, data, batch_size // sampler.shards)
+        history, start = checkpoint.restore(state, model, guide, optim)
+    preflight(model, guide, elbo_loss, model, guide, data, batch_size // sampler.shards)
     if world > 1:
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(elbo, [f"guide.{n}" for n in rows])
         step_module = DistributedDataParallel(elbo, device_ids=[device] if device.type == "cuda" else None)
@@ -208,7 +209,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int, optim, loss, device
         step_module = elbo
     params = [p for p in elbo.parameters() if p.requires_grad]
     if state is not None:
-        train._set_rng_state(state["distributed"]["rng"][r])
+        checkpoint.set_rng_state(state["distributed"]["rng"][r])
         state = None  # memory-mapped from the checkpoint file: let it go
     else:
         pyro.set_rng_seed(rank_seed(seed, r))
@@ -238,29 +239,29 @@ def fit(model, guide, data, *, epochs: int, batch_size: int, optim, loss, device
                                          f"lower the learning rate, or check the data and the likelihood's scale.")
             total += step_total.item()
         seconds = time.perf_counter() - t0
-        test_loss = _broadcast(train.test_elbo_loss(model, guide, data.test) if r == 0 else 0.0, world, device)
+        test_loss = _broadcast(test_elbo_loss(model, guide, data.test) if r == 0 else 0.0, world, device)
         history.append({"epoch": epoch + 1, "train_loss": total / n_train, "test_loss": test_loss,
                         "seconds": seconds})
         if on_epoch is not None:
-            rng = train._rng_state()
+            rng = checkpoint.rng_state()
             on_epoch(epoch + 1, dict(history[-1]))
-            train._set_rng_state(rng)
+            checkpoint.set_rng_state(rng)
         bar.set_postfix({"train": f"{history[-1]['train_loss']:.2f}"}, refresh=False)
         if path is not None:
             gather_rows(guide, optim, sampler, r)
             rng_states = [None] * world
             if world > 1:
-                dist.all_gather_object(rng_states, train._rng_state())
+                dist.all_gather_object(rng_states, checkpoint.rng_state())
             else:
-                rng_states = [train._rng_state()]
+                rng_states = [checkpoint.rng_state()]
             if r == 0:
-                train._save_checkpoint(path, model, guide, optim, history, config,
+                checkpoint.save(path, model, guide, optim, history, config,
                                        extra={"distributed": {"world_size": world, "shards": sampler.shards,
                                                               "rng": rng_states}})
             if world > 1:
                 dist.barrier()  # no rank starts the next epoch (or returns) before the checkpoint is written
     gather_rows(guide, optim, sampler, r)
-    return pd.DataFrame(history, columns=train.COLUMNS)
+    return pd.DataFrame(history, columns=COLUMNS)
 
 
 def _rows(data, idx: torch.Tensor) -> torch.Tensor:
@@ -304,13 +305,11 @@ def gather_rows(guide, optim, sampler: ShardSampler, r: int) -> None:
 
 
 def _read_checkpoint(path: Optional[Path], world: int, epochs: int) -> dict:
-    from . import train
-
     if path is None:
-        raise ValueError("resume=True needs checkpoint_dir, the folder of the run to continue.")
-    state = train.read_run_checkpoint(path, mmap=True)
+        raise InputError("resume=True needs checkpoint_dir, the folder of the run to continue.")
+    state = checkpoint.read_run(path, mmap=True)
     if state["epoch"] > epochs:
-        raise ValueError(f"the run in {path.parent} has already trained {state['epoch']} epochs: pass epochs > "
+        raise InputError(f"the run in {path.parent} has already trained {state['epoch']} epochs: pass epochs > "
                          f"{state['epoch']} to continue it (epochs counts from the start of the run).")
     saved = state.get("distributed")
     if saved is None:

@@ -12,7 +12,8 @@ event ``(K,)``) and scores it under the model with ``z`` conditioned, through
 Pyro's own trace, so it works for any model that keeps the contract in
 :mod:`pyro_vae.contract`. Log-densities are the per-datapoint, unscaled ones.
 
-``ais`` and ``bdmc`` (annealed importance sampling with HMC; its BDMC sandwich) are from :mod:`pyro_vae.ais`.
+Annealed importance sampling and its BDMC sandwich, a second estimator of log p(x), are in
+:mod:`pyro_vae.ais` (``from pyro_vae.ais import ais, bdmc``).
 
 Importing this module registers the closed-form KL between a
 MultivariateNormal and a diagonal Normal with torch's KL registry, so
@@ -26,13 +27,11 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple, Optional, Tuple
 
-import pyro
 import torch
-from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from torch.distributions import Independent, MultivariateNormal, Normal, register_kl
 
-from .contract import SITE
+from .errors import InputTypeError
+from .contract import log_joint
 
 
 class Estimate(NamedTuple):
@@ -45,24 +44,6 @@ class Estimate(NamedTuple):
         """The batch mean and its Monte Carlo standard error, as floats."""
         n = self.value.numel()
         return float(self.value.mean()), float(self.stderr.pow(2).sum().sqrt() / n)
-
-
-def log_joint(model: Callable, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """log p(x, z) per datapoint for ``x: (B, D)``, ``z: (S, B, K)``: ``(S, B)``, nats.
-
-    Runs ``model(x)`` with site ``"z"`` conditioned on ``z`` under a
-    ``pyro.plate`` of S particles at dim -2 and sums every sample site's
-    log-density. The model is called without ``idx``: these are per-datapoint
-    densities, with no mini-batch scaling.
-    """
-    with pyro.plate("particles", z.shape[0], dim=-2):
-        trace = poutine.trace(poutine.condition(model, data={SITE: z})).get_trace(x)
-    trace.compute_log_prob()
-    total = 0.0
-    for site in trace.nodes.values():
-        if site["type"] == "sample" and not site_is_subsample(site):
-            total = total + site["unscaled_log_prob"]
-    return total.expand(z.shape[:2])
 
 
 def log_weights(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tensor] = None,
@@ -129,7 +110,7 @@ def kl_to_prior(q: torch.distributions.Distribution) -> torch.Tensor:
     if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
         q = MultivariateNormal(q.base_dist.loc, scale_tril=torch.diag_embed(q.base_dist.scale))
     elif not isinstance(q, MultivariateNormal):
-        raise TypeError(f"kl_to_prior needs a Normal(...).to_event(1) or a MultivariateNormal, got {type(q).__name__}.")
+        raise InputTypeError(f"kl_to_prior needs a Normal(...).to_event(1) or a MultivariateNormal, got {type(q).__name__}.")
     prior = Independent(Normal(torch.zeros_like(q.loc), torch.ones_like(q.loc)), 1)
     return _kl_mvn_diagonal_normal(q, prior)
 
@@ -148,5 +129,3 @@ def _kl_mvn_diagonal_normal(q: MultivariateNormal, p: Independent) -> torch.Tens
     logdet_p = 2 * s.log().sum(-1)
     return 0.5 * (trace + maha - q.loc.shape[-1] + logdet_p - logdet_q)
 
-
-from .ais import ais, bdmc  # noqa: E402,F401  (re-exported; pyro_vae.ais imports Estimate from here)

@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 import pandas as pd
 import torch
 
+from .errors import InputError
 from . import estimators
 from .ais import ais as ais_estimate
 from .qstar import FAMILIES, as_gaussian, fit_local  # noqa: F401  (q* lives in pyro_vae.qstar; these are its names here)
@@ -62,7 +63,7 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
 
     - ``log_px``: importance-weighted log p(x), ``ll_samples`` samples, proposal the best q found;
       ``log_px_exact`` when ``exact`` (a function x -> exact log p(x)) is given. With ``ais_steps > 0``
-      also ``log_px_iwae`` (that estimate) and ``log_px_ais`` (:func:`pyro_vae.estimators.ais`,
+      also ``log_px_iwae`` (that estimate) and ``log_px_ais`` (:func:`pyro_vae.ais.ais`,
       ``ais_chains`` chains of ``ais_steps`` steps), and ``log_px`` is, per datapoint, the larger of
       the two (both are stochastic lower bounds; Cremer, Li & Duvenaud 2018 used the larger too);
     - ``elbo_q``: L[q] of ``guide`` (NaN when a per-datapoint guide has no parameters for
@@ -83,7 +84,7 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
         would be measured against the wrong q*).
     """
     if guide.family not in families:
-        raise ValueError(
+        raise InputError(
             f"decompose: the {type(guide).__name__} guide's family is {guide.family!r}, which is not among "
             f"families={list(families)}; add it, since its gaps are measured against q* of its own family."
         )

@@ -28,6 +28,7 @@ import pyro.infer
 import torch
 from pyro.infer import ELBO, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import torch_item
+from .errors import InputError
 
 
 class JitTraceMeanField_ELBO(pyro.infer.JitTraceMeanField_ELBO):
@@ -68,7 +69,7 @@ class IWAE_ELBO(Trace_ELBO):
 
     def __init__(self, num_particles: int = 5, max_plate_nesting: float = float("inf"), **kwargs):
         if int(num_particles) != num_particles or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}.")
+            raise InputError(f"num_particles must be a positive integer, got {num_particles!r}.")
         super().__init__(num_particles=int(num_particles), vectorize_particles=True,
                          max_plate_nesting=max_plate_nesting, **kwargs)
 
@@ -81,17 +82,17 @@ class IWAE_ELBO(Trace_ELBO):
                 if site["type"] != "sample":
                     continue
                 if sign < 0 and not site["fn"].has_rsample:
-                    raise ValueError(f"the IWAE objective needs a reparameterizable guide; site {name!r} is not.")
+                    raise InputError(f"the IWAE objective needs a reparameterizable guide; site {name!r} is not.")
                 frames = site["cond_indep_stack"]
                 dim = next((f.dim for f in frames if f.name == _PARTICLES), None)  # None when K = 1
                 data_plates = [f for f in frames if f.vectorized and f.name != _PARTICLES]
                 if not data_plates:
-                    raise ValueError(f"the IWAE objective is per datapoint: site {name!r} is outside the data "
+                    raise InputError(f"the IWAE objective is per datapoint: site {name!r} is outside the data "
                                      f"plate; use Trace_ELBO for models with global latent variables.")
                 scales.add(float(site["scale"]))
                 log_w = log_w + sign * site["unscaled_log_prob"]
         if len(scales) != 1:
-            raise ValueError(f"the sites of one datapoint carry different scales {sorted(scales)}; the IWAE "
+            raise InputError(f"the sites of one datapoint carry different scales {sorted(scales)}; the IWAE "
                              f"objective needs one subsampling scale N/B.")
         log_w = log_w.unsqueeze(0) if dim is None else log_w.movedim(dim, 0)
         log_w = log_w.reshape(self.num_particles, -1)  # (K, rows of the plates)
@@ -135,10 +136,10 @@ def names() -> list:
 def make(name: str = "trace", jit: bool = False, **kwargs) -> ELBO:
     """The ELBO registered as ``name``, compiled when ``jit``; ``kwargs`` go to its constructor."""
     if name not in ELBOS:
-        raise ValueError(f"unknown objective {name!r}; choose one of {names()}.")
+        raise InputError(f"unknown objective {name!r}; choose one of {names()}.")
     plain, compiled = ELBOS[name]
     if jit and compiled is None:
-        raise ValueError(f"the {name!r} objective has no compiled version: use jit=False.")
+        raise InputError(f"the {name!r} objective has no compiled version: use jit=False.")
     if jit:
         kwargs.setdefault("ignore_jit_warnings", True)
     return (compiled if jit else plain)(**kwargs)

@@ -33,6 +33,9 @@ import torch
 from pyro.optim import PyroOptim
 from pyro.optim.optim import _load_state_dict
 
+from .errors import InputTypeError
+from .rows import mapped_zeros
+
 
 def _fused_supported(param: torch.Tensor) -> bool:
     """Whether torch's fused Adam kernel runs for this tensor (floating point, on CPU or CUDA)."""
@@ -57,18 +60,23 @@ class LazyAdam(PyroOptim):
 
     def __init__(self, optim_args, clip_args=None, sparse_args=None):
         if callable(optim_args):
-            raise TypeError("LazyAdam takes one dict of Adam arguments for every dense parameter (they share one "
+            raise InputTypeError("LazyAdam takes one dict of Adam arguments for every dense parameter (they share one "
                             "multi-tensor step); for per-parameter arguments use pyro.optim.Adam(callable).")
         super().__init__(torch.optim.Adam, optim_args, clip_args)
         self.sparse_args = sparse_args
         #: the one torch Adam that steps every dense parameter seen so far (None before the first step)
         self.dense = None
         #: per-datapoint parameter -> file prefix: its SparseAdam moments live in memory-mapped files
-        #: (:func:`pyro_vae.rows.memory_map`)
+        #: (:meth:`keep_moments_in`, which :func:`pyro_vae.rows.memory_map` calls)
         self.moment_files = {}
         #: parameter -> name for parameters outside Pyro's param store (``module_local_params=True``, as in
         #: data-parallel training); the others are named by the param store
         self.names = {}
+
+    def keep_moments_in(self, param: torch.Tensor, prefix) -> None:
+        """Keep the SparseAdam moments of the per-datapoint ``param`` in memory-mapped files ``PREFIX.exp_avg.f32`` and
+        ``PREFIX.exp_avg_sq.f32`` (created at its first step), not in RAM."""
+        self.moment_files[param] = prefix
 
     def param_name(self, p: torch.Tensor) -> str:
         """The name ``get_state`` / ``set_state`` use for ``p``: from :attr:`names`, else from Pyro's param store."""
@@ -144,8 +152,6 @@ class LazyAdam(PyroOptim):
             _load_state_dict(optimizer, state)
         loaded = optimizer.state.get(p, {})
         if p in self.moment_files:  # the moments in files too, with any state just loaded copied in
-            from .rows import mapped_zeros
-
             moments = {}
             for k in ("exp_avg", "exp_avg_sq"):
                 moments[k] = mapped_zeros(f"{self.moment_files[p]}.{k}.f32", tuple(p.shape))

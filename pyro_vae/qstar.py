@@ -43,6 +43,7 @@ import torch
 
 import guides
 
+from .errors import InputError
 from . import estimators
 from .nets import frozen
 from .progress import progress_bar
@@ -85,15 +86,15 @@ def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=Non
         (``(n,)``) counts each row's steps.
     """
     if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}.")
+        raise InputError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}.")
     method = method or METHODS[family]
     if method not in DEFAULTS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(DEFAULTS)}.")
+        raise InputError(f"unknown method {method!r}; choose one of {sorted(DEFAULTS)}.")
     if method == "natural" and family == "flow":
-        raise ValueError("the natural-gradient fit is for the Gaussian families (normal, mvn): fit the flow family "
+        raise InputError("the natural-gradient fit is for the Gaussian families (normal, mvn): fit the flow family "
                          "with method='adam'.")
     if patience is not None and method != "adam":
-        raise ValueError("patience is the stopping rule of method='adam'; the natural-gradient fit takes a fixed "
+        raise InputError("patience is the stopping rule of method='adam'; the natural-gradient fit takes a fixed "
                          "number of steps.")
     defaults = DEFAULTS[method]
     steps = defaults["steps"] if steps is None else steps
@@ -103,9 +104,9 @@ def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=Non
     num_samples = num_samples or defaults["num_samples"] or max(32, 4 * z_dim)
     for name, value in (("steps", steps), ("num_samples", num_samples)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"fit_local: {name} must be a positive integer, got {value!r}.")
+            raise InputError(f"fit_local: {name} must be a positive integer, got {value!r}.")
     if not lr > 0:
-        raise ValueError(f"fit_local: lr must be positive, got {lr!r}.")
+        raise InputError(f"fit_local: lr must be positive, got {lr!r}.")
     n = len(x)
     guide = guides.make(FAMILIES[family], z_dim=z_dim, num_data=n).to(x.device)
     start = None
@@ -217,7 +218,7 @@ def natural_gradient_fit(log_joint: Callable, loc: torch.Tensor, scale_tril: tor
     """
     n, k = loc.shape
     if num_samples % 2 or num_samples < 2 * k + 2:
-        raise ValueError(f"natural_gradient_fit needs an even num_samples >= 2 K + 2 = {2 * k + 2} (antithetic "
+        raise InputError(f"natural_gradient_fit needs an even num_samples >= 2 K + 2 = {2 * k + 2} (antithetic "
                          f"pairs whose sample covariance is invertible), got {num_samples}.")
     device, dtype = loc.device, loc.dtype
     loc, scale_tril = loc.detach().clone(), scale_tril.detach().clone()

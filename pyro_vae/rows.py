@@ -36,6 +36,7 @@ import os
 from pathlib import Path
 
 import torch
+from .errors import InputError
 
 #: the suffix of a row file: raw float32, row-major, ``num_data * prod(row shape)`` values
 SUFFIX = ".f32"
@@ -105,22 +106,20 @@ def memory_map(guide, optim, folder) -> dict:
     :raises ValueError: for a guide without rows, rows not on the CPU, another optimizer, or a meta-built guide
         whose starting rows are not one constant row (``local_flow``: build it in memory).
     """
-    from .optim import LazyAdam
-
     names = guide.row_parameter_names()
     if not names:
-        raise ValueError(f"{type(guide).__name__} has no per-datapoint rows to memory-map (an amortized guide's "
+        raise InputError(f"{type(guide).__name__} has no per-datapoint rows to memory-map (an amortized guide's "
                          f"parameters do not grow with the data).")
-    if not isinstance(optim, LazyAdam):
-        raise ValueError(f"memory-mapped rows keep their Adam moments on disk through pyro_vae.optim.LazyAdam, got "
+    if not callable(getattr(optim, "keep_moments_in", None)):  # pyro_vae.optim.LazyAdam (which imports this module)
+        raise InputError(f"memory-mapped rows keep their Adam moments on disk through pyro_vae.optim.LazyAdam, got "
                          f"{type(optim).__name__}.")
     params = dict(guide.named_parameters())
     if any(params[n].device.type not in ("cpu", "meta") for n in names):
-        raise ValueError("memory-mapped rows live on the CPU: map them before moving the guide to a GPU, or keep "
+        raise InputError("memory-mapped rows live on the CPU: map them before moving the guide to a GPU, or keep "
                          "them in memory there.")
     meta = [n for n, t in [*guide.named_parameters(), *guide.named_buffers()] if t.device.type == "meta"]
     if meta and (set(meta) - set(names) or not getattr(guide, "constant_init", False)):
-        raise ValueError(f"{type(guide).__name__} was built on the meta device, and memory_map can write only rows "
+        raise InputError(f"{type(guide).__name__} was built on the meta device, and memory_map can write only rows "
                          f"that start from one constant row, not {', '.join(meta)}: build the guide in memory and "
                          f"memory_map copies its rows.")
     folder = Path(folder)
@@ -138,6 +137,6 @@ def memory_map(guide, optim, folder) -> dict:
         new = torch.nn.Parameter(mapped, requires_grad=old.requires_grad)
         owner, _, attr = name.rpartition(".")
         setattr(guide.get_submodule(owner) if owner else guide, attr, new)
-        optim.moment_files[new] = folder / f"{name}.adam"
+        optim.keep_moments_in(new, folder / f"{name}.adam")
         files[name] = path
     return files

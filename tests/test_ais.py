@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from pyro_vae import estimators, models
-from pyro_vae.estimators import ais, bdmc
+from pyro_vae.ais import ais, bdmc
 
 from .conftest import se_tolerance
 
