@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_vae.nets import check_sizes, mlp, unique_name
+from pyro_vae.errors import InputError
 
 from . import register
 from .base import MAX_SCALE, MIN_SCALE, Guide, scale_tril
@@ -50,19 +51,20 @@ class AmortizedNormal(Guide):
         (softplus(h) + 1e-4), ``"logvar"`` (exp(h/2), h = log sigma^2) or ``"exp"`` (exp(h));
         each is held inside [1e-4, 1e4] so that no encoder output gives sigma = 0 or inf.
     :param num_data: size of the training set; needed when called with ``idx``.
+    :param str activation: the encoder's nonlinearity, ``"relu"`` or ``"elu"``.
     """
 
     family = "normal"
     jit_safe = True
 
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (256,), scale: str = "softplus",
-                 num_data: Optional[int] = None, name: Optional[str] = None):
+                 num_data: Optional[int] = None, name: Optional[str] = None, activation: str = "relu"):
         if scale not in SCALE_FNS:
-            raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(SCALE_FNS)}.")
+            raise InputError(f"unknown scale {scale!r}; choose one of {sorted(SCALE_FNS)}.")
         check_sizes(type(self).__name__, x_dim=x_dim, hidden=tuple(hidden))
         super().__init__(z_dim, num_data, name or unique_name("normal_guide"))
         self.x_dim, self.scale = x_dim, scale
-        self.encoder = mlp(x_dim, tuple(hidden), 2 * z_dim)
+        self.encoder = mlp(x_dim, tuple(hidden), 2 * z_dim, activation)
 
     def distribution(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> dist.Distribution:
         return self.from_params(self.encoder(x))
@@ -86,11 +88,11 @@ class AmortizedMVN(Guide):
     jit_safe = True
 
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (256,), num_data: Optional[int] = None,
-                 min_scale: float = MIN_SCALE, name: Optional[str] = None):
+                 min_scale: float = MIN_SCALE, name: Optional[str] = None, activation: str = "relu"):
         check_sizes(type(self).__name__, x_dim=x_dim, hidden=tuple(hidden))
         super().__init__(z_dim, num_data, name or unique_name("mvn_guide"))
         self.x_dim, self.min_scale = x_dim, min_scale
-        self.encoder = mlp(x_dim, tuple(hidden), 2 * z_dim + z_dim * (z_dim - 1) // 2)
+        self.encoder = mlp(x_dim, tuple(hidden), 2 * z_dim + z_dim * (z_dim - 1) // 2, activation)
 
     def distribution(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> dist.Distribution:
         return self.from_params(self.encoder(x))

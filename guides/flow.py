@@ -45,6 +45,7 @@ from pyro.nn.auto_reg_nn import create_mask
 from pyro.nn.module import to_pyro_module_
 
 from pyro_vae.nets import check_sizes, mlp, unique_name
+from pyro_vae.errors import InputError
 
 from . import register
 from .base import MIN_SCALE, Guide, inverse_positive, positive
@@ -85,15 +86,15 @@ class AmortizedFlow(Guide):
 
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (256,), num_data: Optional[int] = None,
                  num_flows: int = 2, flow_hidden: Optional[Sequence[int]] = None, context_dim: Optional[int] = None,
-                 name: Optional[str] = None):
+                 name: Optional[str] = None, activation: str = "relu"):
         check_sizes(type(self).__name__, x_dim=x_dim, hidden=tuple(hidden))
         if isinstance(num_flows, bool) or not isinstance(num_flows, int) or num_flows < 0:
-            raise ValueError(f"{type(self).__name__}: num_flows must be an integer >= 0, got {num_flows!r}.")
+            raise InputError(f"{type(self).__name__}: num_flows must be an integer >= 0, got {num_flows!r}.")
         super().__init__(z_dim, num_data, name or unique_name("flow_guide"))
         flow_hidden = default_flow_hidden(z_dim, flow_hidden)
         self.context_dim = context_dim or (tuple(hidden)[-1] if len(hidden) else 2 * z_dim)
         self.x_dim, self.num_flows = x_dim, num_flows
-        self.encoder = mlp(x_dim, tuple(hidden), 2 * z_dim + self.context_dim)
+        self.encoder = mlp(x_dim, tuple(hidden), 2 * z_dim + self.context_dim, activation)
         nets = torch.nn.ModuleList(
             ConditionalAutoRegressiveNN(z_dim, self.context_dim, list(flow_hidden), permutation=order,
                                         skip_connections=True)
@@ -154,13 +155,13 @@ class LocalFlow(LocalGuide):
 
     def __init__(self, z_dim: int, num_data: int, num_flows: int = 2, flow_hidden: Optional[Sequence[int]] = None,
                  min_scale: float = MIN_SCALE, init_seed: int = 0, name: Optional[str] = None,
-                 x_dim: Optional[int] = None, hidden=None):
+                 x_dim: Optional[int] = None, hidden=None, activation=None):
         if isinstance(num_flows, bool) or not isinstance(num_flows, int) or num_flows < 1:
-            raise ValueError(f"LocalFlow: num_flows must be an integer >= 1, got {num_flows!r}.")
+            raise InputError(f"LocalFlow: num_flows must be an integer >= 1, got {num_flows!r}.")
         super().__init__(z_dim, num_data, name or unique_name("local_flow_guide"), min_scale)
         flow_hidden = default_flow_hidden(z_dim, flow_hidden)
         if len(flow_hidden) != 1:
-            raise ValueError(f"LocalFlow: flow_hidden must be one width (one hidden layer), got {flow_hidden!r}.")
+            raise InputError(f"LocalFlow: flow_hidden must be one width (one hidden layer), got {flow_hidden!r}.")
         K, H = z_dim, flow_hidden[0]
         self.num_flows, self.flow_hidden = num_flows, H
         self.shapes = [(H, K), (H,), (2 * K, H), (2 * K,), (2 * K, K)]

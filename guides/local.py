@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_vae.nets import unique_name
+from pyro_vae.errors import InputError
 
 from . import register
 from .base import MIN_SCALE, Guide, inverse_positive, positive, scale_tril, split_scale_tril
@@ -44,7 +45,7 @@ class LocalGuide(Guide):
 
     def __init__(self, z_dim: int, num_data: int, name: str, min_scale: float = MIN_SCALE):
         if not isinstance(num_data, int) or num_data < 1:
-            raise ValueError(f"{type(self).__name__} needs num_data >= 1 (one set of parameters per datapoint), "
+            raise InputError(f"{type(self).__name__} needs num_data >= 1 (one set of parameters per datapoint), "
                              f"got {num_data!r}.")
         super().__init__(z_dim, num_data, name)
         self.min_scale = min_scale
@@ -70,7 +71,7 @@ class LocalGuide(Guide):
     def gather(self, x: torch.Tensor, idx: Optional[torch.Tensor], *params: torch.Tensor):
         """``param[idx]`` for each param, with sparse gradients; a clear error for a missing or bad ``idx``."""
         if idx is None:
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__} is a per-datapoint guide: call it with idx, the dataset row of "
                 f"each row of x (data.loader yields (x, idx)). It has no parameters for unseen data; "
                 f"fit q* for new points with pyro_vae.gaps.fit_local."
@@ -78,7 +79,7 @@ class LocalGuide(Guide):
         tracing = torch.jit.is_tracing()  # checked at the compiling call; a trace would freeze the values it reads
         if not tracing and (idx.shape != (len(x),) or
                             (len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= self.num_data))):
-            raise ValueError(f"{type(self).__name__}: idx must have shape ({len(x)},) with values in "
+            raise InputError(f"{type(self).__name__}: idx must have shape ({len(x)},) with values in "
                              f"[0, {self.num_data}), got shape {tuple(idx.shape)}.")
         idx = idx.long()
         return tuple(F.embedding(idx, param, sparse=self.sparse_grad) for param in params)
@@ -99,13 +100,13 @@ class MeanField(LocalGuide):
     :param int num_data: number of datapoints N; parameters are ``(N, K)``.
     :param float min_scale: floor of sigma (sigma = softplus(raw) + min_scale).
     :param x_dim: ignored (accepted so one set of arguments builds any guide).
-    :param hidden: ignored, likewise.
+    :param hidden: ignored, likewise; and ``activation``.
     """
 
     family = "normal"
 
     def __init__(self, z_dim: int, num_data: int, min_scale: float = MIN_SCALE, name: Optional[str] = None,
-                 x_dim: Optional[int] = None, hidden=None):
+                 x_dim: Optional[int] = None, hidden=None, activation=None):
         super().__init__(z_dim, num_data, name or unique_name("meanfield_guide"), min_scale)
 
     def distribution(self, x, idx=None):
@@ -130,7 +131,7 @@ class LocalMVN(LocalGuide):
     family = "mvn"
 
     def __init__(self, z_dim: int, num_data: int, min_scale: float = MIN_SCALE, name: Optional[str] = None,
-                 x_dim: Optional[int] = None, hidden=None):
+                 x_dim: Optional[int] = None, hidden=None, activation=None):
         super().__init__(z_dim, num_data, name or unique_name("local_mvn_guide"), min_scale)
         self.off_diag = self._rows("off_diag")
 

@@ -27,8 +27,9 @@ import torch
 
 import guides
 
-from . import compare, data, gaps, models, objectives, runs
-from .train import CHECKPOINT
+from . import compare, data, runs, settings
+from .checkpoint import CHECKPOINT, CheckpointWarning
+from .errors import InputError
 
 
 class Parser(argparse.ArgumentParser):
@@ -81,163 +82,91 @@ def device_name(text: str) -> str:
     return text
 
 
-SEED_HELP = ("seeds what is random in training: the initial weights of decoder and encoder, the order of the "
-             "mini-batches, the dynamic binarization draws and every Monte Carlo sample (of training, q* and "
-             "log p(x)); the same seed, data and flags give the same history.csv losses")
-AIS_HELP = ("also estimate log p(x) by AIS with this many annealing steps (16 chains) and use the larger estimate per "
-            "point; 0: importance weighting alone")
-QSTAR_STEPS_HELP = ("steps of each q* fit: natural-gradient iterations for the normal and mvn families (default 20), "
-                    "Adam steps for the flow family (default 200)")
-QSTAR_LR_HELP = ("step size of the q* fits: the largest natural-gradient step for the Gaussian families (default 1), "
-                 "Adam's initial learning rate for the flow family (default 0.01, decaying linearly to 0)")
-DATA_SEED_HELP = ("seeds the data: the digits train/test split, the static binarization draws and the "
-                  "linear-gaussian data (kept apart from --seed so that runs with several seeds see the same data)")
+#: what each settings kind becomes on the command line
+TYPES = {"int": int, "int>=0": nonnegative_int, "int>=1": positive_int, "float>0": positive_float, "str": str,
+         "device": device_name}
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits", choices=data.names(), help="data set")
-    p.add_argument("--root", default=None, help="folder of the IDX files for mnist / fashion-mnist")
-    p.add_argument("--no-download", action="store_true",
-                   help="never download mnist / fashion-mnist: only read the IDX files in --root")
-    p.add_argument("--binarize", default="static", choices=data.BINARIZATIONS,
-                   help="binarization of grey levels (ignored for linear-gaussian)")
-    p.add_argument("--likelihood", default=None, choices=sorted(models.LIKELIHOODS),
-                   help="VAE likelihood (default: bernoulli for binarized data, else continuous_bernoulli)")
-    p.add_argument("--z-dim", type=positive_int, default=8, help="latent dimension")
-    p.add_argument("--hidden", type=positive_int, nargs="+", default=[256],
-                   help="hidden widths of decoder and encoder")
-    p.add_argument("--batch-size", type=positive_int, default=128, help="mini-batch size")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate of decoder and encoder")
-    p.add_argument("--local-lr", type=positive_float, default=1e-2,
-                   help="learning rate of per-datapoint guide parameters (meanfield, local_mvn)")
-    p.add_argument("--loss", "--elbo", dest="elbo", default="trace", choices=objectives.names(),
-                   help="the objective: trace (Trace_ELBO), meanfield (TraceMeanField_ELBO, closed-form KL) or iwae "
-                        "(the importance-weighted bound with --particles samples, right under mini-batches)")
-    p.add_argument("--particles", type=positive_int, default=5,
-                   help="K, the importance samples per datapoint of --loss iwae")
-    p.add_argument("--num-flows", type=positive_int, default=2,
-                   help="affine autoregressive transforms of the flow and local_flow guides")
-    p.add_argument("--refine-steps", type=nonnegative_int, default=5,
-                   help="gradient steps by which the semi_amortized guide refines each q (0: the plain encoder)")
-    p.add_argument("--no-jit", action="store_true",
-                   help="do not compile the ELBO with Pyro's JIT (it is compiled only for the models and guides "
-                        "tested under it; see the README for the trade-off)")
-    p.add_argument("--validate-every-step", action="store_true",
-                   help="keep Pyro's validation on for every step, not only for the checked first batch")
-    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
-    p.add_argument("--data-seed", type=int, default=0, help=DATA_SEED_HELP)
-    p.add_argument("--device", type=device_name, default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+def add_settings(p: argparse.ArgumentParser, cls) -> None:
+    """One flag per field of the settings class ``cls`` (:mod:`pyro_vae.settings`): ``--z-dim`` for ``z_dim``.
+
+    A flag that is not given leaves no trace in the parsed namespace (``argparse.SUPPRESS``), so that
+    :func:`pyro_vae.settings.resolve` knows what the command line set, and a config file or ``--quick`` can
+    fill the rest; the help shows each default.
+    """
+    for f in cls.options():
+        meta = f.metadata
+        flags = meta["flags"] or (f"--{f.name.replace('_', '-')}",)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kw = {"dest": f.name, "default": argparse.SUPPRESS}
+        if meta["kind"] == "bool":
+            kw.update(action="store_false" if meta["negate"] else "store_true", help=meta["help"])
+        else:
+            shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+            kw.update(type=TYPES[meta["kind"]], help=f"{meta['help']} (default: {shown})")
+            if meta["many"]:
+                kw["nargs"] = "+"
+            if meta["choices"] is not None:
+                kw["choices"] = list(meta["choices"]())
+            if meta["metavar"]:
+                kw["metavar"] = meta["metavar"]
+        p.add_argument(*flags, **kw)
+
+
+def _config_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="read the settings from FILE (the config.json a run wrote, or YAML); flags given here win")
 
 
 def parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    top = Parser(prog="pyro-vae", description=__doc__.splitlines()[0], formatter_class=fmt)
+    top = Parser(prog="pyro-vae", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    t = sub.add_parser("train", help="train one model and guide", formatter_class=fmt)
-    _common(t)
-    t.add_argument("--guide", default="normal", choices=guides.names(), help="guide from the registry")
-    t.add_argument("--scale", default="softplus", choices=["softplus", "logvar", "exp"],
-                   help="sigma parameterization of the normal guide")
-    t.add_argument("--epochs", type=positive_int, default=300,
-                   help="passes over the training set (with --resume: the total to reach)")
-    t.add_argument("--local-steps", type=positive_int, default=1, metavar="T",
-                   help="iterative training: T steps of the guide's parameters per batch, the first T - 1 with the "
-                        "model held fixed (1: plain SVI)")
-    t.add_argument("--out", default="runs/train", help="output folder")
+    t = sub.add_parser("train", help="train one model and guide")
+    add_settings(t, settings.TrainSettings)
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    t.add_argument("--rows-on-disk", default=None, metavar="FOLDER",
-                   help="keep a per-datapoint guide's rows and their Adam moments in memory-mapped files in FOLDER "
-                        "(only each batch's rows are read and written per step): for N too large for RAM; "
-                        "--resume keeps the run's folder unless given another")
-    t.add_argument("--threads", type=positive_int, default=None,
-                   help="intra-op threads of the training steps (default: 1 for a model whose batch x parameters is "
-                        "under 1e8, which two threads would stall when another process holds a core; else torch's)")
-    t.add_argument("--distributed", action="store_true",
-                   help="data-parallel training in the processes torchrun starts (`torchrun --standalone "
-                        "--nproc_per_node=P --no-python pyro-vae train ... --distributed`): gloo on CPU, nccl with "
-                        "--device cuda (one GPU per process); --batch-size is the global batch, a multiple of P; "
-                        "rank 0 writes the outputs")
+    _config_flag(t)
 
-    c = sub.add_parser("compare", help="the amortization question: train with each guide, decompose the gaps",
-                       formatter_class=fmt)
-    _common(c)
-    c.add_argument("--guides", nargs="+", default=list(compare.Settings.guides), choices=guides.names(),
-                   help="guides to train decoders with")
-    c.add_argument("--epochs", type=positive_int, default=300, help="passes over the training set, per guide")
-    c.add_argument("--seeds", type=positive_int, default=compare.Settings.seeds, metavar="N",
-                   help="repeat every training with seeds SEED, SEED+1, ..., SEED+N-1; tables and figures show the "
-                        "mean and the spread across seeds")
-    c.add_argument("--local-steps", type=positive_int, nargs="+", default=list(compare.Settings.local_steps),
-                   metavar="T", help="one decoder per T for each per-datapoint guide (meanfield, ...), trained "
-                                     "iteratively: T steps of the batch's rows per visit, T - 1 with the decoder fixed")
-    c.add_argument("--families", nargs="+", default=list(compare.Settings.families), choices=sorted(gaps.FAMILIES),
-                   help="families of q* (flow gives L[q*_flow]; each guide's own family must be among them)")
-    c.add_argument("--qstar-lr", type=positive_float, default=None, help=QSTAR_LR_HELP)
-    c.add_argument("--n-eval", type=positive_int, default=200, help="train and test points evaluated")
-    c.add_argument("--ll-samples", type=positive_int, default=5000, help="importance samples for log p(x)")
-    c.add_argument("--ais-steps", type=nonnegative_int, default=0, help=AIS_HELP)
-    c.add_argument("--qstar-steps", type=positive_int, default=None, help=QSTAR_STEPS_HELP)
-    c.add_argument("--budget-every", type=nonnegative_int, default=compare.Settings.budget_every, metavar="E",
-                   help="measure each decoder in training every E epochs on --budget-points test points (budget.csv, "
-                        "budget.png); 0: off")
-    c.add_argument("--budget-points", type=positive_int, default=compare.Settings.budget_points,
-                   help="test points of the budget curves")
-    c.add_argument("--encoder-widths", type=positive_int, nargs="+", default=[], metavar="W",
-                   help="the encoder-width sweep: on the decoder trained with the normal guide, held fixed, train new "
-                        "normal encoders W units wide for --epochs each and measure their amortization gap "
-                        "(encoder_widths.csv, encoder_widths.png)")
-    c.add_argument("--workers", type=positive_int, default=compare.Settings.workers,
-                   help="trainings run in this many processes at once, each with an equal share of the cores (CPU "
-                        "only); the numbers do not depend on it")
+    c = sub.add_parser("compare", help="the amortization question: train with each guide, decompose the gaps")
+    add_settings(c, settings.CompareSettings)
     c.add_argument("--quick", action="store_true",
-                   help="a small budget for smoke tests (about a minute and a half on digits)")
-    c.add_argument("--out", default="runs/compare", help="output folder")
+                   help=f"a small budget for smoke tests (about 20 s on digits); it sets only what no flag and no "
+                        f"--config set: {', '.join(f'{k}={v}' for k, v in settings.QUICK.items())}")
+    _config_flag(c)
 
-    e = sub.add_parser("evaluate", help="the gap decomposition of trained runs, side by side", formatter_class=fmt)
+    e = sub.add_parser("evaluate", help="the gap decomposition of trained runs, side by side")
     e.add_argument("runs", nargs="+", metavar="RUN", help="folders written by pyro-vae train")
-    e.add_argument("--split", nargs="+", default=["train", "test"], choices=["train", "test"],
-                   help="splits to evaluate (the first --n-eval points of each)")
-    e.add_argument("--n-eval", type=positive_int, default=200, help="points evaluated per split")
-    e.add_argument("--ll-samples", type=positive_int, default=5000, help="importance samples for log p(x)")
-    e.add_argument("--ais-steps", type=nonnegative_int, default=0, help=AIS_HELP)
-    e.add_argument("--elbo-samples", type=positive_int, default=500, help="samples for each ELBO estimate")
-    e.add_argument("--families", nargs="+", default=None, choices=sorted(gaps.FAMILIES),
-                   help="families of q*; each run's own guide family must be among them (default: normal and mvn, "
-                        "and flow when a run's guide is a flow)")
-    e.add_argument("--qstar-steps", type=positive_int, default=None, help=QSTAR_STEPS_HELP)
-    e.add_argument("--qstar-lr", type=positive_float, default=None, help=QSTAR_LR_HELP)
-    e.add_argument("--seed", type=int, default=0, help="seeds the Monte Carlo samples of the evaluation")
-    e.add_argument("--device", type=device_name, default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
-    e.add_argument("--out", default="runs/evaluation",
-                   help="folder of the combined table and figure when several runs are given")
-    e.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_settings(e, settings.EvaluateSettings)
+    _config_flag(e)
 
-    m = sub.add_parser("sample", help="samples and reconstructions from a trained run", formatter_class=fmt)
+    m = sub.add_parser("sample", help="samples and reconstructions from a trained run")
     m.add_argument("run", metavar="RUN", help="a folder written by pyro-vae train")
-    m.add_argument("--n", type=positive_int, default=64, help="samples (and reconstructions) to draw")
-    m.add_argument("--seed", type=int, default=0, help="seeds the draws")
+    m.add_argument("--n", type=positive_int, default=64, help="samples (and reconstructions) to draw (default: 64)")
+    m.add_argument("--seed", type=int, default=0, help="seeds the draws (default: 0)")
     m.add_argument("--out", default=None,
                    help="output file (default RUN/samples.png for image data, RUN/samples.csv otherwise)")
 
-    sub.add_parser("guides", help="list the guide registry", formatter_class=fmt)
-    sub.add_parser("datasets", help="list the data sets", formatter_class=fmt)
+    sub.add_parser("guides", help="list the guide registry")
+    sub.add_parser("datasets", help="list the data sets")
     return top
 
 
-def cmd_train(cfg: dict) -> None:
-    saved = runs.saved_config(cfg["out"], "--resume") if cfg["resume"] else {}  # what --resume keeps
+def cmd_train(given: dict, config: Optional[dict], resume: bool = False, config_source: str = "") -> None:
+    """``pyro-vae train``: the settings are the defaults, then ``config``, then the flags ``given``; with ``resume``,
+    :func:`pyro_vae.runs.train` keeps the run's saved settings but for those it lets a resumed run change."""
+    cfg = settings.resolve(settings.TrainSettings, given, config, config_source=config_source).to_dict()
+    cfg["resume"] = resume
+    saved = runs.saved_config(cfg["out"], "--resume") if resume else {}  # what --resume keeps
     guide = saved.get("guide", cfg["guide"])
     if cfg["rows_on_disk"] and guides.get(guide).amortized:
-        raise ValueError(f"--rows-on-disk keeps per-datapoint rows in files, and the {guide} guide has none: "
+        raise InputError(f"--rows-on-disk keeps per-datapoint rows in files, and the {guide} guide has none: "
                          f"drop it, or train a per-datapoint guide (meanfield, local_mvn, local_flow).")
     if torch.device(cfg["device"]).type != "cpu":
         if cfg["rows_on_disk"]:
-            raise ValueError("--rows-on-disk keeps the rows in memory-mapped files on the CPU: drop it with "
+            raise InputError("--rows-on-disk keeps the rows in memory-mapped files on the CPU: drop it with "
                              "--device cuda.")
         if saved.get("rows_on_disk"):
-            raise ValueError(f"the run in {cfg['out']} keeps its rows in memory-mapped files on the CPU "
+            raise InputError(f"the run in {cfg['out']} keeps its rows in memory-mapped files on the CPU "
                              f"({saved['rows_on_disk']}), and --resume continues it there: drop --device "
                              f"{cfg['device']}.")
     if not cfg["distributed"]:
@@ -270,33 +199,16 @@ def _train(cfg: dict) -> None:
           f"learning_curves.png}}")
 
 
-QUICK = {"epochs": 15, "n_eval": 20, "ll_samples": 300, "elbo_samples": 50, "qstar_steps": 20, "budget_every": 5,
-         "budget_points": 10, "budget_ll_samples": 100}
-
-
-def cmd_compare(cfg: dict) -> None:
+def cmd_compare(s: settings.CompareSettings) -> None:
     from . import plots
 
-    settings = compare.Settings(
-        guides=cfg["guides"], z_dim=cfg["z_dim"], hidden=cfg["hidden"], likelihood=cfg["likelihood"],
-        epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], local_lr=cfg["local_lr"],
-        qstar_lr=cfg["qstar_lr"], elbo=cfg["elbo"], particles=cfg["particles"], num_flows=cfg["num_flows"],
-        refine_steps=cfg["refine_steps"], local_steps=cfg["local_steps"], families=cfg["families"],
-        jit=not cfg["no_jit"], seed=cfg["seed"], seeds=cfg["seeds"], n_eval=cfg["n_eval"],
-        budget_every=cfg["budget_every"], budget_points=cfg["budget_points"],
-        encoder_widths=cfg["encoder_widths"], workers=cfg["workers"],
-        ll_samples=cfg["ll_samples"], ais_steps=cfg["ais_steps"], qstar_steps=cfg["qstar_steps"], device=cfg["device"],
-        progress=not cfg["no_progress"])
-    if cfg["quick"]:
-        settings = dataclasses.replace(settings, **QUICK)
-    compare.check(settings)
-    out = Path(cfg["out"])
+    compare.check(s)
+    out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
+    cfg = s.to_dict()
     ds = runs.load_data(cfg)
-    (out / "config.json").write_text(json.dumps({"data": cfg["data"], "binarize": ds.binarize,
-                                                 "data_seed": cfg["data_seed"], **compare.settings_dict(settings)},
-                                                indent=2))
-    result = compare.compare(ds, settings)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    result = compare.compare(ds, s)
     tables = {"results.csv": result.table, "cost.csv": result.cost, "per_point.csv": result.per_point,
               "history.csv": result.histories}
     figures = {
@@ -320,19 +232,19 @@ def cmd_compare(cfg: dict) -> None:
         table.to_csv(out / fname, index=False)
     for fname, fig in figures.items():
         plots.save(fig, out / fname)
-    if settings.seeds > 1:
+    if s.seeds > 1:
         summary = compare.across_seeds(result.table)
-        print(f"means over {settings.seeds} seeds")
+        print(f"means over {s.seeds} seeds")
         print(format_table(summary))
         spread = summary[["guide", "split", *[c for c in summary if c.endswith("_seed_sd")]]]
-        print(f"\nstandard deviations across the {settings.seeds} seeds")
+        print(f"\nstandard deviations across the {s.seeds} seeds")
         print(format_table(spread.rename(columns=lambda c: c.removesuffix("_seed_sd")), with_se=False))
     else:
         print(format_table(result.table))
     print()
     print(result.cost.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     if len(result.budget):
-        print(f"\nbudget curves (test log p(x) on {settings.budget_points} test points), means over seeds:")
+        print(f"\nbudget curves (test log p(x) on {s.budget_points} test points), means over seeds:")
         print(format_comparisons(comparisons))
     if len(result.encoder_widths):
         widths = result.encoder_widths.groupby(["split", "width", "retrained"], sort=False).mean(numeric_only=True)
@@ -363,27 +275,28 @@ def format_table(table: pd.DataFrame, labels=("guide", "split"), with_se: bool =
 EVALUATION = {"table": "evaluation.csv", "points": "evaluation_per_point.csv", "figure": "evaluation_gaps.png"}
 
 
-def cmd_evaluate(cfg: dict) -> None:
+def cmd_evaluate(paths: List[str], s: settings.EvaluateSettings) -> None:
     from . import plots
 
-    loaded = [runs.load_run(path, device=cfg["device"]) for path in cfg["runs"]]  # every run checked before any work
+    cfg = s.to_dict()
+    loaded = [runs.load_run(path, device=cfg["device"]) for path in paths]  # every run checked before any work
     names = [run.name for run in loaded]
     if len(set(names)) < len(names):
-        raise ValueError(f"evaluate: two runs share a folder name ({', '.join(names)}); tables label runs by it.")
+        raise InputError(f"evaluate: two runs share a folder name ({', '.join(names)}); tables label runs by it.")
     flows = ["flow"] if any(run.guide.family == "flow" for run in loaded) else []
     families = cfg["families"] or ["normal", "mvn", *flows]
-    settings = compare.Settings(n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"], ais_steps=cfg["ais_steps"],
-                                elbo_samples=cfg["elbo_samples"],
-                                qstar_steps=cfg["qstar_steps"], qstar_lr=cfg["qstar_lr"], families=families,
-                                device=cfg["device"], progress=not cfg["no_progress"])
+    measured = compare.Settings(n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"], ais_steps=cfg["ais_steps"],
+                                elbo_samples=cfg["elbo_samples"], qstar_steps=cfg["qstar_steps"],
+                                qstar_lr=cfg["qstar_lr"], families=families, device=cfg["device"],
+                                progress=not cfg["no_progress"])
     for run in loaded:
         if run.guide.family not in families:
-            raise ValueError(f"evaluate: {run.name}'s guide ({run.config['guide']}) is of the {run.guide.family!r} "
+            raise InputError(f"evaluate: {run.name}'s guide ({run.config['guide']}) is of the {run.guide.family!r} "
                              f"family: add it to --families, since its gaps are measured against q* of that family.")
     tables, points = [], []
     for run in loaded:
         pyro.set_rng_seed(cfg["seed"])
-        summary, per_point = compare.evaluate(run.model, run.guide, run.data, settings, cfg["split"])
+        summary, per_point = compare.evaluate(run.model, run.guide, run.data, measured, cfg["split"])
         label = {"run": run.name, "guide": run.config["guide"]}
         summary, per_point = summary.assign(**label), per_point.assign(**label)
         summary[["run", "guide", *summary.columns[:-2]]].to_csv(run.path / EVALUATION["table"], index=False)
@@ -424,8 +337,17 @@ def cmd_sample(cfg: dict) -> None:
     print(f"wrote {out}")
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"pyro-vae: warning: {message}", file=sys.stderr if file is None else file)
+#: warnings addressed to the user, shown as one line (every other warning keeps Python's form, with its location)
+ONE_LINE_WARNINGS = (CheckpointWarning,)
+
+
+def _warning_printer(show):
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ONE_LINE_WARNINGS):
+            print(f"pyro-vae: warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return show_warning
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -434,21 +356,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     matplotlib.use("Agg")  # the command line only writes figures to files
     args = parser().parse_args(argv)
     cfg = vars(args)
-    warnings.showwarning = _one_line_warning
+    warnings.showwarning = _warning_printer(warnings.showwarning)
     try:
         if args.command == "guides":
             print("\n".join(guides.names()))
         elif args.command == "datasets":
-            print("\n".join(data.names()))
-        elif args.command == "train":
-            cmd_train(cfg)
-        elif args.command == "compare":
-            cmd_compare(cfg)
-        elif args.command == "evaluate":
-            cmd_evaluate(cfg)
+            for name, row in data.describe().iterrows():
+                print(f"{name}: {row.train} train / {row.validation} validation / {row.test} test; licence "
+                      f"{row.licence}; {row.source}")
         elif args.command == "sample":
             cmd_sample(cfg)
-    except (ValueError, TypeError, OSError, FloatingPointError) as e:
+        else:
+            classes = {"train": settings.TrainSettings, "compare": settings.CompareSettings,
+                       "evaluate": settings.EvaluateSettings}
+            cls = classes[args.command]
+            given = {f.name: cfg[f.name] for f in cls.options() if f.name in cfg}
+            config = settings.load_config(cfg["config"]) if cfg["config"] else None
+            preset = settings.QUICK if cfg.get("quick") else None
+            if args.command == "train":
+                cmd_train(given, config, resume=cfg["resume"], config_source=cfg["config"] or "")
+            else:
+                chosen = settings.resolve(cls, given, config, preset, config_source=cfg["config"] or "")
+                cmd_compare(chosen) if args.command == "compare" else cmd_evaluate(cfg["runs"], chosen)
+    except (InputError, OSError, FloatingPointError) as e:  # about the input: one line; anything else is our bug
         print(f"pyro-vae {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -28,62 +28,17 @@ import torch
 
 import guides
 
+from .errors import InputError
 from . import data, estimators, gaps, objectives
 from .optim import LazyAdam
 from .progress import progress_bar
 from .runs import build_guide, build_model, guide_options  # the one place models and guides are built from settings
+from .settings import CompareSettings
 from .train import fit
 
-@dataclass
-class Settings:
-    """Everything a comparison run depends on; saved as ``config.json``.
-
-    ``jit`` compiles the ELBO where model and guide are marked JIT-safe (see :mod:`pyro_vae.objectives`).
-    ``local_steps``: each per-datapoint guide trains one decoder per T (``fit(local_steps=T)``), labelled
-    ``"meanfield"`` for T = 1 and ``"meanfield T=5"`` otherwise; amortized guides train with T = 1.
-    ``seeds``: every training is repeated with seeds ``seed, seed + 1, ..., seed + seeds - 1`` (initial
-    weights, batch order, Monte Carlo draws of training and evaluation).
-    ``ais_steps``: when > 0, the evaluation also estimates log p(x) by AIS with that many steps and uses
-    the larger estimate per datapoint (:func:`pyro_vae.gaps.decompose`).
-    ``budget_every``: every so many epochs (and at the last), the decoder in training is measured on the
-    first ``budget_points`` test points (:func:`budget_row`), and once before training (epoch 0); 0 turns the
-    budget curves off.
-    ``encoder_widths``: after training, new ``normal`` encoders of these widths train on the decoder of the
-    ``normal`` guide, held fixed (:func:`encoder_width_sweep`); empty: no sweep.
-    ``workers``: trainings run in that many processes at once, each with an equal share of the cores
-    (CPU only). Each training is seeded by its own seed alone, so the tables do not depend on it.
-    """
-
-    guides: Sequence[str] = ("normal", "mvn", "meanfield")
-    z_dim: int = 8
-    hidden: Sequence[int] = (256,)
-    likelihood: Optional[str] = None
-    epochs: int = 300
-    batch_size: int = 128
-    lr: float = 1e-3
-    local_lr: float = 1e-2
-    qstar_lr: Optional[float] = None
-    elbo: str = "trace"
-    particles: int = 5
-    num_flows: int = 2
-    refine_steps: int = 5
-    local_steps: Sequence[int] = (1, 5)
-    jit: bool = True
-    seed: int = 0
-    seeds: int = 1
-    n_eval: int = 200
-    ll_samples: int = 5000
-    ais_steps: int = 0
-    elbo_samples: int = 500
-    qstar_steps: Optional[int] = None
-    families: Sequence[str] = ("normal", "mvn")
-    budget_every: int = 30
-    budget_points: int = 50
-    budget_ll_samples: int = 1000
-    encoder_widths: Sequence[int] = ()
-    workers: int = 1
-    device: str = "cpu"
-    progress: bool = True
+#: everything a comparison run depends on (saved as its config.json): the one definition is
+#: :class:`pyro_vae.settings.CompareSettings`, with each field's meaning
+Settings = CompareSettings
 
 
 @dataclass
@@ -139,10 +94,10 @@ def check(settings: Settings) -> None:
     """Settings that :func:`compare` cannot honour, refused before any work with a one-line ``ValueError``."""
     s = settings
     if s.encoder_widths and "normal" not in s.guides:
-        raise ValueError("compare: encoder_widths re-trains normal encoders on the decoder trained with the normal "
+        raise InputError("compare: encoder_widths re-trains normal encoders on the decoder trained with the normal "
                          "guide: add normal to guides.")
     if s.workers > 1 and torch.device(s.device).type != "cpu":
-        raise ValueError(f"compare: workers={s.workers} runs trainings in parallel CPU processes; on {s.device} "
+        raise InputError(f"compare: workers={s.workers} runs trainings in parallel CPU processes; on {s.device} "
                          f"use workers=1.")
 
 
@@ -189,9 +144,11 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
 def _build(ds: data.Dataset, s: Settings, name: str, seed: int, hidden=None):
     """The model and the guide ``name`` of one training, initialized from ``seed``."""
     pyro.set_rng_seed(seed)  # for one seed every decoder starts from the same weights
-    model = build_model(ds, s.z_dim, s.hidden, s.likelihood, seed)
+    model = build_model(ds, s.z_dim, s.hidden, s.likelihood, seed, s.activation)
     guide = build_guide(name, ds, s.z_dim, s.hidden if hidden is None else hidden, model=model,
-                        **guide_options(name, {"num_flows": s.num_flows, "refine_steps": s.refine_steps}))
+                        activation=s.activation,
+                        **guide_options(name, {"num_flows": s.num_flows, "refine_steps": s.refine_steps,
+                                               "refine_lr": s.refine_lr}))
     return model, guide
 
 
@@ -225,7 +182,8 @@ def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: st
         with torch.random.fork_rng(devices=[]):  # the untrained decoder: where every curve starts
             measure(0, {"seconds": 0.0})
     history = fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, optim=optim, loss=loss,
-                  progress=s.progress, seed=seed, device=s.device, local_steps=local_steps, on_epoch=measure)
+                  progress=s.progress, seed=seed, device=s.device, local_steps=local_steps, on_epoch=measure,
+                  validate_every_step=s.validate_every_step)
     t0 = time.perf_counter()
     summary, points = evaluate(model, guide, ds, s)
     evaluate_seconds = time.perf_counter() - t0
@@ -341,7 +299,7 @@ def encoder_width_sweep(model, guide, ds: data.Dataset, points: pd.DataFrame, se
         add(guide, s.hidden[-1], False)
         for width in s.encoder_widths:
             pyro.set_rng_seed(seed)
-            encoder = build_guide("normal", ds, s.z_dim, (width,) * len(s.hidden))
+            encoder = build_guide("normal", ds, s.z_dim, (width,) * len(s.hidden), activation=s.activation)
             fit(model, encoder, ds, epochs=s.epochs, batch_size=s.batch_size, optim=LazyAdam({"lr": s.lr}),
                 progress=s.progress, seed=seed, device=s.device, train_model=False)
             add(encoder, width, True)
@@ -443,13 +401,6 @@ def summary_row(table: pd.DataFrame) -> dict:
     for quantity, (mean, se, mc_se) in gaps.summarize(table)[["mean", "se", "mc_se"]].iterrows():
         row[quantity], row[f"{quantity}_se"], row[f"{quantity}_mc_se"] = mean, se, mc_se
     return row
-
-
-def settings_dict(s: Settings) -> dict:
-    out = asdict(s)
-    out["guides"], out["hidden"], out["families"] = list(s.guides), list(s.hidden), list(s.families)
-    out["local_steps"], out["encoder_widths"] = list(s.local_steps), list(s.encoder_widths)
-    return out
 
 
 @torch.no_grad()

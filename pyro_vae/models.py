@@ -24,6 +24,7 @@ import torch
 from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 
+from .errors import InputError
 from .contract import SITE, data_plate
 from .nets import check_sizes, mlp, unique_name
 
@@ -43,17 +44,17 @@ def check_data(x: torch.Tensor, x_dim: int, likelihood: str, what: str = "x") ->
     """
     if not torch.is_tensor(x) or x.dim() != 2:
         shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-        raise ValueError(f"{what} must be a 2-D tensor of shape (n, x_dim={x_dim}), got {shape}.")
+        raise InputError(f"{what} must be a 2-D tensor of shape (n, x_dim={x_dim}), got {shape}.")
     if x.shape[1] != x_dim:
-        raise ValueError(
+        raise InputError(
             f"{what} has {x.shape[1]} features per row but the model expects x_dim={x_dim}: "
             f"build the model with x_dim={x.shape[1]} or flatten/resize the data."
         )
     if len(x) == 0:
-        raise ValueError(f"{what} is empty (0 rows): there is nothing to train or evaluate on.")
+        raise InputError(f"{what} is empty (0 rows): there is nothing to train or evaluate on.")
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).any(dim=1).sum())
-        raise ValueError(f"{what} holds NaN or inf in {bad} rows: clean or drop them first.")
+        raise InputError(f"{what} holds NaN or inf in {bad} rows: clean or drop them first.")
     support, inside = LIKELIHOODS[likelihood]
     if not bool(inside(x)):
         hint = (
@@ -62,7 +63,7 @@ def check_data(x: torch.Tensor, x_dim: int, likelihood: str, what: str = "x") ->
             if likelihood == "bernoulli"
             else ""
         )
-        raise ValueError(
+        raise InputError(
             f"{what} has values in [{float(x.min()):g}, {float(x.max()):g}], outside the support "
             f"{support} of the {likelihood} likelihood.{hint}"
         )
@@ -96,7 +97,7 @@ class LatentVariableModel(PyroModule):
         """The model p(z) p(x | z) over ``x: (batch, D)``; returns ``z: (batch, K)``."""
         owner = type(self).__name__
         if x.dim() != 2 or x.shape[-1] != self.x_dim:
-            raise ValueError(f"{owner} expects x of shape (batch, {self.x_dim}), got {tuple(x.shape)}.")
+            raise InputError(f"{owner} expects x of shape (batch, {self.x_dim}), got {tuple(x.shape)}.")
         prior = dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1)
         with data_plate(x, idx, self.num_data, owner=owner):
             z = pyro.sample(SITE, prior)
@@ -142,6 +143,7 @@ class VAE(LatentVariableModel):
         above ``min_scale``).
     :param num_data: size of the training set; needed when called with ``idx``.
     :param float min_scale: floor of the Gaussian likelihood's scale.
+    :param str activation: the decoder's nonlinearity, ``"relu"`` or ``"elu"`` (Cremer, Li & Duvenaud's).
     """
 
     jit_safe = True
@@ -155,14 +157,16 @@ class VAE(LatentVariableModel):
         num_data: Optional[int] = None,
         min_scale: float = 1e-2,
         name: Optional[str] = None,
+        activation: str = "relu",
     ):
         if likelihood not in LIKELIHOODS:
-            raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {sorted(LIKELIHOODS)}.")
+            raise InputError(f"unknown likelihood {likelihood!r}; choose one of {sorted(LIKELIHOODS)}.")
         check_sizes("VAE", x_dim=x_dim, z_dim=z_dim, hidden=tuple(hidden))
         super().__init__(name or unique_name("vae"))
         self.x_dim, self.z_dim, self.hidden = x_dim, z_dim, tuple(hidden)
         self.likelihood, self.num_data = likelihood, num_data
-        self.decoder = mlp(z_dim, self.hidden, x_dim)
+        self.activation = activation
+        self.decoder = mlp(z_dim, self.hidden, x_dim, activation)
         if likelihood == "gaussian":
             self.scale = PyroParam(torch.ones(x_dim), constraints.greater_than(min_scale))
 

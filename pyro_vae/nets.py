@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from pyro.nn import PyroModule
 from pyro.nn.module import to_pyro_module_
+from .errors import InputError
 
 _counters: dict = defaultdict(itertools.count)
 
@@ -43,16 +44,25 @@ def check_sizes(owner: str, **sizes) -> None:
             continue  # no hidden layer: a linear map
         bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < 1]
         if bad:
-            raise ValueError(f"{owner}: {name} must be {'positive integers' if name == 'hidden' else 'a positive integer'}"
+            raise InputError(f"{owner}: {name} must be {'positive integers' if name == 'hidden' else 'a positive integer'}"
                              f", got {value!r}; pass e.g. {name}={'(128,)' if name == 'hidden' else 8}.")
 
 
-def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation=torch.nn.ReLU) -> PyroModule:
+#: the nonlinearities a network may use between its layers, by name
+ACTIVATIONS = {"relu": torch.nn.ReLU, "elu": torch.nn.ELU}
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation="relu") -> PyroModule:
     """A PyroModule MLP ``in_dim -> hidden... -> out_dim`` with ``activation`` between layers.
 
-    Input ``(..., in_dim)``, output ``(..., out_dim)``; the last layer is linear.
+    Input ``(..., in_dim)``, output ``(..., out_dim)``; the last layer is linear. ``activation``: a name of
+    :data:`ACTIVATIONS` (``"relu"``, ``"elu"``) or a module class.
     """
     check_sizes("mlp", in_dim=in_dim, hidden=tuple(hidden), out_dim=out_dim)
+    if isinstance(activation, str):
+        if activation not in ACTIVATIONS:
+            raise InputError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}.")
+        activation = ACTIVATIONS[activation]
     dims = [in_dim, *hidden, out_dim]
     layers = []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):

@@ -85,17 +85,18 @@ def gap_bars(per_point: pd.DataFrame, title: str = "Where the ELBO loses to log 
     long["gap"] = long["gap"].map(GAP_LABELS)
     order = list(dict.fromkeys(per_point[x]))
     with _quiet():
-        grid = sns.catplot(data=long, kind="bar", x=x, y="nats", hue="gap", col="split",
+        # the splits one above the other: a figure about 8 inches wide stays readable at the README's width
+        grid = sns.catplot(data=long, kind="bar", x=x, y="nats", hue="gap", row="split",
                            hue_order=[GAP_LABELS[g] for g in gaps if GAP_LABELS[g] in set(long["gap"])],
-                           errorbar="sd" if seeds else ("se", 2), capsize=0.1, height=4.2,
-                           aspect=max(1.1, 0.3 * len(order)),
+                           errorbar="sd" if seeds else ("se", 2), capsize=0.1, height=3.0,
+                           aspect=max(1.6, min(2.7, 0.38 * len(order))),
                            order=order, legend_out=False)
     for ax in grid.axes.flat:
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.tick_params(axis="x", labelrotation=20)
     xlabel = "guide the decoder was trained with" if x == "guide" else x
     grid.set_axis_labels(xlabel, "gap (nats per datapoint)")
-    grid.set_titles("{col_name} points")
+    grid.set_titles("{row_name} points")
     legend = "means over seeds, error bars: sd across seeds" if seeds else \
         "mean over datapoints, error bars: 2 standard errors"
     sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, -0.05), ncol=1, title=legend)
@@ -122,7 +123,13 @@ def budget_curves(budget: pd.DataFrame, title: str = "Test log p(x) during train
     if len(trained):
         lo, hi = trained.min(), df["log_px"].max()
         axes[0].set_ylim(lo - 0.1 * (hi - lo), hi + 0.05 * (hi - lo))
-    sns.move_legend(axes[1], "lower right", title="trained with")
+    axes[1].set_xscale("symlog", linthresh=1.0)  # seconds span three decades; 0 s (untrained) stays on the axis
+    axes[1].set_xlim(left=0.0)
+    axes[1].set_xlabel("seconds of training (log scale above 1 s)")
+    quickest = budget.groupby(["seed", "guide"])["seconds"].max().groupby(level="seed").min().mean()
+    axes[1].axvline(quickest, color="black", linestyle="--", linewidth=1,
+                    label=f"equal-seconds budget: the quickest training ({quickest:.1f} s)")
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), title="trained with")
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -29,23 +29,23 @@ import torch
 
 import guides
 
+from .errors import InputError
+from .settings import TrainSettings
 from . import data, distributed, models, objectives, rows
 from .optim import LazyAdam
-from .train import CHECKPOINT, PREVIOUS_CHECKPOINT, COLUMNS, fit, read_run_checkpoint
+from .checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT
+from .checkpoint import read_run as read_run_checkpoint
+from .loop import COLUMNS
+from .train import fit
 
 CONFIG = "config.json"
 HISTORY = "history.csv"
-#: the settings of a run and their defaults (a config.json from an older version lacks the newer ones)
-DEFAULTS = {
-    "data": "digits", "root": None, "no_download": False, "binarize": "static", "likelihood": None, "z_dim": 8,
-    "hidden": [256], "batch_size": 128, "lr": 1e-3, "local_lr": 1e-2, "elbo": "trace", "particles": 5,
-    "no_jit": False, "validate_every_step": False, "seed": 0, "data_seed": 0, "device": "cpu", "no_progress": False,
-    "guide": "normal", "scale": "softplus", "num_flows": 2, "refine_steps": 5, "local_steps": 1, "epochs": 300,
-    "out": "runs/train", "distributed": False, "rows_on_disk": None, "threads": None,
-}
+#: the settings of a run and their defaults (a config.json from an older version lacks the newer ones): the fields
+#: of :class:`pyro_vae.settings.TrainSettings`, their one source
+DEFAULTS = TrainSettings.defaults()
 
 
-class RunError(ValueError):
+class RunError(InputError):
     """A folder that is not a run, or a run that cannot be rebuilt here."""
 
 
@@ -82,13 +82,14 @@ def load_data(cfg: dict) -> data.Dataset:
                      download=not cfg["no_download"])
 
 
-def build_model(ds: data.Dataset, z_dim: int, hidden: Sequence[int], likelihood: Optional[str] = None, seed: int = 0):
+def build_model(ds: data.Dataset, z_dim: int, hidden: Sequence[int], likelihood: Optional[str] = None, seed: int = 0,
+                activation: str = "relu"):
     """A learnable LinearGaussian (pPCA) for linear-gaussian data, else a VAE; ``num_data = len(ds.train)``."""
     n = len(ds.train)
     if ds.name == "linear-gaussian":
         return models.LinearGaussian.random(ds.x_dim, z_dim, noise_scale=1.0, seed=seed + 10, num_data=n)
     likelihood = likelihood or ("bernoulli" if ds.binarize != "none" else "continuous_bernoulli")
-    return models.VAE(ds.x_dim, z_dim, hidden, likelihood=likelihood, num_data=n)
+    return models.VAE(ds.x_dim, z_dim, hidden, likelihood=likelihood, num_data=n, activation=activation)
 
 
 def build_guide(name: str, ds: data.Dataset, z_dim: int, hidden: Sequence[int], model=None, **kw):
@@ -98,17 +99,18 @@ def build_guide(name: str, ds: data.Dataset, z_dim: int, hidden: Sequence[int], 
     """
     if guides.get(name).needs_model:
         if model is None:
-            raise ValueError(f"the {name} guide refines q on the model's ELBO: pass model= to build_guide.")
+            raise InputError(f"the {name} guide refines q on the model's ELBO: pass model= to build_guide.")
         kw["model"] = model.model
     return guides.make(name, x_dim=ds.x_dim, z_dim=z_dim, hidden=tuple(hidden), num_data=len(ds.train), **kw)
 
 
 def guide_options(name: str, cfg: dict) -> dict:
     """The settings in ``cfg`` that guide ``name`` takes: ``scale`` (normal), ``num_flows`` (flow, local_flow),
-    ``refine_steps`` (semi_amortized's ``steps``)."""
+    ``refine_steps`` and ``refine_lr`` (semi_amortized's ``steps`` and ``lr``)."""
     cfg = {**DEFAULTS, **cfg}
     options = {"normal": {"scale": cfg["scale"]}, "flow": {"num_flows": cfg["num_flows"]},
-               "local_flow": {"num_flows": cfg["num_flows"]}, "semi_amortized": {"steps": cfg["refine_steps"]}}
+               "local_flow": {"num_flows": cfg["num_flows"]},
+               "semi_amortized": {"steps": cfg["refine_steps"], "lr": cfg["refine_lr"]}}
     return options.get(name, {})
 
 
@@ -121,9 +123,10 @@ def build(cfg: dict, ds: data.Dataset, guide_device: Optional[str] = None
     """
     cfg = {**DEFAULTS, **cfg}
     pyro.set_rng_seed(cfg["seed"])  # the initial weights are drawn from the seed, as the rest of the run
-    model = build_model(ds, cfg["z_dim"], cfg["hidden"], cfg["likelihood"], cfg["seed"])
+    model = build_model(ds, cfg["z_dim"], cfg["hidden"], cfg["likelihood"], cfg["seed"], cfg["activation"])
     with torch.device(guide_device) if guide_device else contextlib.nullcontext():
         return model, build_guide(cfg["guide"], ds, cfg["z_dim"], cfg["hidden"], model=model,
+                                  activation=cfg["activation"],
                                   **guide_options(cfg["guide"], cfg))
 
 
@@ -147,9 +150,8 @@ def train(cfg: dict, resume: bool = False) -> Run:
                 "threads")
         given = {k: cfg[k] for k in keep if k in cfg and not (k == "rows_on_disk" and cfg[k] is None)}
         cfg = {**saved_config(out, "--resume"), **given}
-    cfg = {**DEFAULTS, **cfg, "out": str(out)}
-    cfg.pop("resume", None)
-    cfg.pop("command", None)
+    cfg = {k: v for k, v in cfg.items() if k not in ("resume", "command", "config")}
+    cfg = TrainSettings.from_dict({**cfg, "out": str(out)}).to_dict()  # every value checked, defaults filled in
     ds = load_data(cfg)
     pyro.clear_param_store()
     device, main = cfg["device"], True
@@ -206,7 +208,7 @@ def load_run(path, device: str = "cpu") -> Run:
     :raises CheckpointError: when the checkpoint cannot be read or has another format version.
     """
     path = Path(path)
-    cfg = {**DEFAULTS, **saved_config(path)}
+    cfg = TrainSettings.from_dict(saved_config(path), str(path / CONFIG)).to_dict()
     state = read_run_checkpoint(path / CHECKPOINT)
     try:
         ds = load_data(cfg)

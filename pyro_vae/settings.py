@@ -1,0 +1,376 @@
+"""The settings of each command, written once: the command line, ``runs.train`` and ``compare`` all read these.
+
+Usage::
+
+    s = TrainSettings(guide="mvn", epochs=50)          # the defaults, with two changed
+    s = TrainSettings.from_dict(json.loads(text))      # a run's config.json (checked: a bad value is one line)
+    s.to_dict()                                        # what config.json holds
+    s = resolve(CompareSettings, given={"epochs": 100}, config=load_config("study.yaml"), preset=QUICK)
+
+Each field carries its flag's help text and kind (``option(...)``): :mod:`pyro_vae.cli` builds one flag per
+field from them (``z_dim`` becomes ``--z-dim``), and :meth:`Settings.check` holds every value, whether it
+came from a flag, a config file or a script, to the same rules. Precedence is fixed in :func:`resolve`:
+the defaults, then a preset (``--quick``), then a config file (``--config``), then the flags given on the
+command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar, Optional, Sequence
+
+import torch
+
+from .errors import InputError
+
+#: kinds of value a setting may hold, with the check each gets (also what the command line converts flags to)
+KINDS = ("int", "int>=0", "int>=1", "float>0", "str", "bool", "device")
+
+
+def option(default, help: str, kind: str = "str", *, choices: Optional[Callable[[], Sequence]] = None,
+           many: bool = False, optional: bool = False, flags: Sequence[str] = (), metavar: Optional[str] = None,
+           negate: bool = False):
+    """A settings field: its default and what the command line needs to offer it as a flag.
+
+    :param kind: one of :data:`KINDS`; ``many`` makes it a list of them (``nargs="+"``).
+    :param choices: a function returning the allowed values (called late: registries fill at import).
+    :param optional: None is allowed (and means "the default of whatever reads it").
+    :param flags: the flag names (default ``--`` + the name with dashes); ``negate`` makes a boolean field
+        whose flag turns it off (``jit`` and ``--no-jit``).
+    """
+    if kind not in KINDS:
+        raise InputError(f"unknown kind {kind!r}; choose one of {KINDS}.")
+    meta = {"help": help, "kind": kind, "choices": choices, "many": many, "optional": optional,
+            "flags": tuple(flags), "metavar": metavar, "negate": negate}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _data_names():
+    from . import data
+    return data.names()
+
+
+def _binarizations():
+    from . import data
+    return data.BINARIZATIONS
+
+
+def _likelihoods():
+    from . import models
+    return sorted(models.LIKELIHOODS)
+
+
+def _objectives():
+    from . import objectives
+    return objectives.names()
+
+
+def _guide_names():
+    import guides
+    return guides.names()
+
+
+def _families():
+    from .qstar import FAMILIES
+    return sorted(FAMILIES)
+
+
+SEED_HELP = ("seeds what is random in training: the initial weights of decoder and encoder, the order of the "
+             "mini-batches, the dynamic binarization draws and every Monte Carlo sample (of training, q* and "
+             "log p(x)); the same seed, data and flags give the same history.csv losses")
+DATA_SEED_HELP = ("seeds the data: the digits train/test split, the static binarization draws and the "
+                  "linear-gaussian data (kept apart from --seed so that runs with several seeds see the same data)")
+AIS_HELP = ("also estimate log p(x) by AIS with this many annealing steps (16 chains) and use the larger estimate per "
+            "point; 0: importance weighting alone")
+QSTAR_STEPS_HELP = ("steps of each q* fit: natural-gradient iterations for the normal and mvn families (default 20), "
+                    "Adam steps for the flow family (default 200)")
+QSTAR_LR_HELP = ("step size of the q* fits: the largest natural-gradient step for the Gaussian families (default 1), "
+                 "Adam's initial learning rate for the flow family (default 0.01, decaying linearly to 0)")
+
+
+@dataclass
+class Settings:
+    """The base of every command's settings: checking, and conversion to and from a config file's dict."""
+
+    #: what the settings are for, in messages ("train", "compare", "evaluate")
+    command: ClassVar[str] = ""
+
+    @classmethod
+    def options(cls) -> list:
+        """The fields, in order."""
+        return list(dataclasses.fields(cls))
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Every setting's default, as a dict."""
+        return cls().to_dict()
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "") -> "Settings":
+        """The settings ``values`` name (the others at their defaults), checked; one line naming any bad key or value.
+
+        :param source: where the values came from, for the message (a file name).
+        """
+        where = f" in {source}" if source else ""
+        if not isinstance(values, dict):
+            raise InputError(f"the settings{where} must be a mapping of names to values, got {type(values).__name__}: "
+                             f"write them as {{\"epochs\": 100, ...}} (JSON) or epochs: 100 (YAML).")
+        names = {f.name for f in cls.options()}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise InputError(f"{', '.join(map(repr, unknown))}{where} {'is not a setting' if len(unknown) == 1 else 'are not settings'} "
+                             f"of {cls.command or cls.__name__}: see `pyro-vae {cls.command} --help` for the names.")
+        out = cls(**values)
+        out.check(source)
+        return out
+
+    def to_dict(self) -> dict:
+        """The settings as a JSON-able dict (lists for sequences): what config.json holds."""
+        out = {}
+        for f in self.options():
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, (list, tuple)) else value
+        return out
+
+    def replace(self, **changes) -> "Settings":
+        """A copy with ``changes``, checked."""
+        out = dataclasses.replace(self, **changes)
+        out.check()
+        return out
+
+    def check(self, source: str = "") -> None:
+        """Every value of its field's kind and among its choices; one line naming the setting and the fix."""
+        where = f" in {source}" if source else ""
+        for f in self.options():
+            meta = f.metadata
+            value = getattr(self, f.name)
+            flag = (meta["flags"] or [f"--{f.name.replace('_', '-')}"])[0]
+            if value is None and meta["optional"]:
+                continue
+            if meta["many"] and not isinstance(value, (list, tuple)):
+                raise InputError(f"{f.name}{where} must be a list, got {value!r} ({flag} takes one or more values).")
+            values = value if meta["many"] else [value]
+            for v in values:
+                problem = _problem(meta["kind"], v)
+                if problem:
+                    raise InputError(f"{f.name}{where} {problem}, got {v!r} ({flag} on the command line).")
+                if meta["choices"] is not None and v not in meta["choices"]():
+                    raise InputError(f"{f.name}{where} must be one of {list(meta['choices']())}, got {v!r}.")
+
+
+def _problem(kind: str, value) -> Optional[str]:
+    """What is wrong with ``value`` as a setting of ``kind``, or None."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "bool":
+        return None if isinstance(value, bool) else "must be true or false"
+    if kind == "str":
+        return None if isinstance(value, str) else "must be a string"
+    if kind == "device":
+        if not isinstance(value, str):
+            return "must be a torch device name such as cpu or cuda"
+        try:
+            torch.device(value)
+        except RuntimeError:
+            return "is not a torch device (try cpu or cuda)"
+        return None
+    if kind.startswith("int"):
+        if not (isinstance(value, int) and not isinstance(value, bool)):
+            return "must be an integer"
+        low = {"int": None, "int>=0": 0, "int>=1": 1}[kind]
+        return None if low is None or value >= low else f"must be an integer >= {low}"
+    if kind == "float>0":
+        if not number:
+            return "must be a number"
+        return None if 0 < value < math.inf else "must be a finite positive number"
+    return None
+
+
+@dataclass
+class DataModelSettings(Settings):
+    """What a training needs besides its guide: the data, the model, the optimizer, the seeds and the device."""
+
+    data: str = option("digits", "data set", choices=_data_names)
+    root: Optional[str] = option(None, "folder of the IDX files for mnist / fashion-mnist", optional=True)
+    no_download: bool = option(False, "never download mnist / fashion-mnist: only read the IDX files in --root",
+                               "bool")
+    binarize: str = option("static", "binarization of grey levels (ignored for linear-gaussian)",
+                           choices=_binarizations)
+    likelihood: Optional[str] = option(None, "VAE likelihood (default: bernoulli for binarized data, else "
+                                       "continuous_bernoulli)", choices=_likelihoods, optional=True)
+    z_dim: int = option(8, "latent dimension", "int>=1")
+    activation: str = option("relu", "nonlinearity of decoder and encoder (elu: Cremer, Li & Duvenaud's)",
+                             choices=lambda: ["relu", "elu"])
+    hidden: list = option([256], "hidden widths of decoder and encoder", "int>=1", many=True)
+    batch_size: int = option(128, "mini-batch size", "int>=1")
+    lr: float = option(1e-3, "Adam learning rate of decoder and encoder", "float>0")
+    local_lr: float = option(1e-2, "learning rate of per-datapoint guide parameters (meanfield, local_mvn)",
+                             "float>0")
+    elbo: str = option("trace", "the objective: trace (Trace_ELBO), meanfield (TraceMeanField_ELBO, closed-form KL) "
+                       "or iwae (the importance-weighted bound with --particles samples, right under mini-batches)",
+                       choices=_objectives, flags=("--loss", "--elbo"))
+    particles: int = option(5, "K, the importance samples per datapoint of --loss iwae", "int>=1")
+    num_flows: int = option(2, "affine autoregressive transforms of the flow and local_flow guides", "int>=1")
+    refine_steps: int = option(5, "gradient steps by which the semi_amortized guide refines each q (0: the plain "
+                               "encoder)", "int>=0")
+    refine_lr: float = option(0.03, "learning rate of the semi_amortized guide's refinement steps (Kim et al. used 1; "
+                              "notebook 04 measures why 0.03 on digits and 0.01 on the linear-Gaussian oracle)",
+                              "float>0")
+    validate_every_step: bool = option(False, "keep Pyro's validation on for every step, not only for the checked "
+                                       "first batch", "bool")
+    seed: int = option(0, SEED_HELP, "int")
+    data_seed: int = option(0, DATA_SEED_HELP, "int")
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:1, ...", "device")
+
+
+@dataclass
+class TrainSettings(DataModelSettings):
+    """``pyro-vae train`` and :func:`pyro_vae.runs.train`: one model and guide, saved as a run's config.json."""
+
+    command: ClassVar[str] = "train"
+
+    no_jit: bool = option(False, "do not compile the ELBO with Pyro's JIT (it is compiled only for the models and "
+                          "guides tested under it; see docs/decisions.md for the trade-off)", "bool")
+    no_progress: bool = option(False, "hide progress bars", "bool")
+    guide: str = option("normal", "guide from the registry", choices=_guide_names)
+    scale: str = option("softplus", "sigma parameterization of the normal guide",
+                        choices=lambda: ["softplus", "logvar", "exp"])
+    epochs: int = option(300, "passes over the training set (with --resume: the total to reach)", "int>=1")
+    local_steps: int = option(1, "iterative training: T steps of the guide's parameters per batch, the first T - 1 "
+                              "with the model held fixed (1: plain SVI)", "int>=1", metavar="T")
+    out: str = option("runs/train", "output folder")
+    rows_on_disk: Optional[str] = option(None, "keep a per-datapoint guide's rows and their Adam moments in "
+                                         "memory-mapped files in FOLDER (only each batch's rows are read and written "
+                                         "per step): for N too large for RAM; --resume keeps the run's folder unless "
+                                         "given another", optional=True, metavar="FOLDER")
+    threads: Optional[int] = option(None, "intra-op threads of the training steps (default: 1 for a model whose batch "
+                                    "x parameters is under 1e8, which two threads would stall when another process "
+                                    "holds a core; else torch's)", "int>=1", optional=True)
+    distributed: bool = option(False, "data-parallel training in the processes torchrun starts (`torchrun "
+                               "--standalone --nproc_per_node=P --no-python pyro-vae train ... --distributed`): gloo "
+                               "on CPU, nccl with --device cuda (one GPU per process); --batch-size is the global "
+                               "batch, a multiple of P; rank 0 writes the outputs", "bool")
+
+
+@dataclass
+class CompareSettings(DataModelSettings):
+    """``pyro-vae compare`` and :func:`pyro_vae.compare.compare` (as ``compare.Settings``): everything a comparison
+    run depends on; saved as its ``config.json``.
+
+    ``jit`` compiles the ELBO where model and guide are marked JIT-safe (see :mod:`pyro_vae.objectives`).
+    ``local_steps``: each per-datapoint guide trains one decoder per T (``fit(local_steps=T)``), labelled
+    ``"meanfield"`` for T = 1 and ``"meanfield T=5"`` otherwise; amortized guides train with T = 1.
+    ``seeds``: every training is repeated with seeds ``seed, seed + 1, ..., seed + seeds - 1`` (initial
+    weights, batch order, Monte Carlo draws of training and evaluation).
+    ``ais_steps``: when > 0, the evaluation also estimates log p(x) by AIS with that many steps and uses
+    the larger estimate per datapoint (:func:`pyro_vae.gaps.decompose`).
+    ``budget_every``: every so many epochs (and at the last), the decoder in training is measured on the
+    first ``budget_points`` test points (:func:`pyro_vae.compare.budget_row`), and once before training
+    (epoch 0); 0 turns the budget curves off.
+    ``encoder_widths``: after training, new ``normal`` encoders of these widths train on the decoder of the
+    ``normal`` guide, held fixed (:func:`pyro_vae.compare.encoder_width_sweep`); empty: no sweep.
+    ``workers``: trainings run in that many processes at once, each with an equal share of the cores
+    (CPU only). Each training is seeded by its own seed alone, so the tables do not depend on it.
+    """
+
+    command: ClassVar[str] = "compare"
+
+    guides: list = option(["normal", "mvn", "meanfield"], "guides to train decoders with", choices=_guide_names,
+                          many=True)
+    epochs: int = option(300, "passes over the training set, per guide", "int>=1")
+    seeds: int = option(1, "repeat every training with seeds SEED, SEED+1, ..., SEED+N-1; tables and figures show "
+                        "the mean and the spread across seeds", "int>=1", metavar="N")
+    local_steps: list = option([1, 5], "one decoder per T for each per-datapoint guide (meanfield, ...), trained "
+                               "iteratively: T steps of the batch's rows per visit, T - 1 with the decoder fixed",
+                               "int>=1", many=True, metavar="T")
+    families: list = option(["normal", "mvn"], "families of q* (flow gives L[q*_flow]; each guide's own family must "
+                            "be among them)", choices=_families, many=True)
+    qstar_lr: Optional[float] = option(None, QSTAR_LR_HELP, "float>0", optional=True)
+    qstar_steps: Optional[int] = option(None, QSTAR_STEPS_HELP, "int>=1", optional=True)
+    n_eval: int = option(200, "train and test points evaluated", "int>=1")
+    ll_samples: int = option(5000, "importance samples for log p(x)", "int>=1")
+    ais_steps: int = option(0, AIS_HELP, "int>=0")
+    elbo_samples: int = option(500, "samples for each ELBO estimate", "int>=1")
+    budget_every: int = option(30, "measure each decoder in training every E epochs on --budget-points test points "
+                               "(budget.csv, budget.png); 0: off", "int>=0", metavar="E")
+    budget_points: int = option(50, "test points of the budget curves", "int>=1")
+    budget_ll_samples: int = option(1000, "importance samples for log p(x) at each budget-curve point", "int>=1")
+    encoder_widths: list = option([], "the encoder-width sweep: on the decoder trained with the normal guide, held "
+                                  "fixed, train new normal encoders W units wide for --epochs each and measure their "
+                                  "amortization gap (encoder_widths.csv, encoder_widths.png)", "int>=1", many=True,
+                                  metavar="W")
+    workers: int = option(1, "trainings run in this many processes at once, each with an equal share of the cores "
+                          "(CPU only); the numbers do not depend on it", "int>=1")
+    jit: bool = option(True, "do not compile the ELBO with Pyro's JIT (it is compiled only for the models and "
+                       "guides tested under it; see docs/decisions.md for the trade-off)", "bool",
+                       flags=("--no-jit",), negate=True)
+    progress: bool = option(True, "hide progress bars", "bool", flags=("--no-progress",), negate=True)
+    out: str = option("runs/compare", "output folder")
+
+
+@dataclass
+class EvaluateSettings(Settings):
+    """``pyro-vae evaluate``: the gap decomposition of trained runs."""
+
+    command: ClassVar[str] = "evaluate"
+
+    split: list = option(["train", "test"], "splits to evaluate (the first --n-eval points of each)",
+                         choices=lambda: ["train", "validation", "test"], many=True)
+    n_eval: int = option(200, "points evaluated per split", "int>=1")
+    ll_samples: int = option(5000, "importance samples for log p(x)", "int>=1")
+    ais_steps: int = option(0, AIS_HELP, "int>=0")
+    elbo_samples: int = option(500, "samples for each ELBO estimate", "int>=1")
+    families: Optional[list] = option(None, "families of q*; each run's own guide family must be among them "
+                                      "(default: normal and mvn, and flow when a run's guide is a flow)",
+                                      choices=_families, many=True, optional=True)
+    qstar_steps: Optional[int] = option(None, QSTAR_STEPS_HELP, "int>=1", optional=True)
+    qstar_lr: Optional[float] = option(None, QSTAR_LR_HELP, "float>0", optional=True)
+    seed: int = option(0, "seeds the Monte Carlo samples of the evaluation", "int")
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:1, ...", "device")
+    out: str = option("runs/evaluation", "folder of the combined table and figure when several runs are given")
+    no_progress: bool = option(False, "hide progress bars", "bool")
+
+
+#: ``pyro-vae compare --quick``: a small budget for smoke tests; it fills only what was not given otherwise
+QUICK = {"epochs": 15, "n_eval": 20, "ll_samples": 300, "elbo_samples": 50, "qstar_steps": 20, "budget_every": 5,
+         "budget_points": 10, "budget_ll_samples": 100}
+
+
+def load_config(path) -> dict:
+    """The settings in the file ``path``: JSON (a run's config.json) or YAML (``.yaml``, ``.yml``)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"--config {path} cannot be read ({e.strerror or e}): give the path of a JSON or YAML "
+                         f"file of settings.") from None
+    yaml_file = path.suffix.lower() in (".yaml", ".yml")
+    if yaml_file:
+        import yaml  # PyYAML, a dependency
+
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise InputError(f"--config {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file.") from None
+        return {} if values is None else values
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"--config {path} is not valid JSON ({e}); fix the file, or name a YAML file .yaml.") from None
+
+
+def resolve(cls, given: Optional[dict] = None, config: Optional[dict] = None, preset: Optional[dict] = None,
+            config_source: str = "") -> Settings:
+    """``cls``'s settings from, in increasing precedence: its defaults, ``preset`` (``--quick``), ``config`` (a
+    config file's settings) and ``given`` (the flags given on the command line). Checked."""
+    values = dict(preset or {})
+    if config is not None:
+        cls.from_dict(config, config_source)  # a bad key or value in the file is named with the file
+        values.update(config)
+    values.update(given or {})
+    return cls.from_dict(values)
