@@ -1,8 +1,13 @@
+import os
 import socket
 
 import pyro
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two test processes on two cores: one intra-op thread each, for their
+    os.environ["OMP_NUM_THREADS"] = "1"    # children too (notebook kernels, command-line runs), which would
+    torch.set_num_threads(1)               # otherwise stall each other (pyro_vae/threads.py)
 
 
 @pytest.fixture(autouse=True)
