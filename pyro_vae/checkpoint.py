@@ -35,7 +35,10 @@ CHECKPOINT = "checkpoint.pt"
 #: the checkpoint before the latest, kept so that a corrupted latest one does not cost the run
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 #: the format of the checkpoints this version writes and reads
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+#: why each older format cannot be read: what changed in the run, not just the file
+FORMAT_CHANGES = {1: "format 1 runs were trained before every data set split off a validation set, so their "
+                     "training rows are not this version's"}
 
 
 class CheckpointError(InputError):
@@ -153,9 +156,10 @@ def load(path, mmap: bool = False) -> dict:
                                          f"again.")
         raise CheckpointError(f"{path} is not a pyro-vae checkpoint (missing {', '.join(missing)}).")
     if state["version"] != CHECKPOINT_VERSION:
+        why = FORMAT_CHANGES.get(state["version"])
         raise CheckpointVersionError(f"{path} has checkpoint format {state['version']} and this pyro-vae reads "
-                                     f"format {CHECKPOINT_VERSION}: use the pyro-vae that wrote it, or train the "
-                                     f"run again.")
+                                     f"format {CHECKPOINT_VERSION}{f' ({why})' if why else ''}: use the pyro-vae "
+                                     f"that wrote it, or train the run again.")
     return state
 
 

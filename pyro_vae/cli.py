@@ -101,6 +101,11 @@ def add_settings(p: argparse.ArgumentParser, cls) -> None:
         kw = {"dest": f.name, "default": argparse.SUPPRESS}
         if meta["kind"] == "bool":
             kw.update(action="store_false" if meta["negate"] else "store_true", help=meta["help"])
+            # and the flag that undoes it, for a value a --config file set: --distributed / --no-distributed
+            undo = [f"--{f.name.replace('_', '-')}" if meta["negate"] else f"--no-{flag[2:]}" for flag in flags]
+            p.add_argument(*undo, dest=f.name, default=argparse.SUPPRESS,
+                           action="store_true" if meta["negate"] else "store_false",
+                           help=f"undo {flags[0]} (as a --config file set it)")
         else:
             shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
             kw.update(type=TYPES[meta["kind"]], help=f"{meta['help']} (default: {shown})")
@@ -113,9 +118,9 @@ def add_settings(p: argparse.ArgumentParser, cls) -> None:
         p.add_argument(*flags, **kw)
 
 
-def _config_flag(p: argparse.ArgumentParser) -> None:
+def _config_flag(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--config", default=None, metavar="FILE",
-                   help="read the settings from FILE (the config.json a run wrote, or YAML); flags given here win")
+                   help=f"read the settings from FILE ({what}); flags given here win; a file never sets --out")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -125,19 +130,19 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one model and guide")
     add_settings(t, settings.TrainSettings)
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    _config_flag(t)
+    _config_flag(t, "JSON such as the config.json a run wrote, or YAML")
 
     c = sub.add_parser("compare", help="the amortization question: train with each guide, decompose the gaps")
     add_settings(c, settings.CompareSettings)
     c.add_argument("--quick", action="store_true",
                    help=f"a small budget for smoke tests (about 20 s on digits); it sets only what no flag and no "
                         f"--config set: {', '.join(f'{k}={v}' for k, v in settings.QUICK.items())}")
-    _config_flag(c)
+    _config_flag(c, "JSON such as the config.json a study wrote, or YAML")
 
     e = sub.add_parser("evaluate", help="the gap decomposition of trained runs, side by side")
     e.add_argument("runs", nargs="+", metavar="RUN", help="folders written by pyro-vae train")
     add_settings(e, settings.EvaluateSettings)
-    _config_flag(e)
+    _config_flag(e, "JSON or YAML with evaluate's settings: split, n_eval, families, ...")
 
     m = sub.add_parser("sample", help="samples and reconstructions from a trained run")
     m.add_argument("run", metavar="RUN", help="a folder written by pyro-vae train")
@@ -372,6 +377,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             cls = classes[args.command]
             given = {f.name: cfg[f.name] for f in cls.options() if f.name in cfg}
             config = settings.load_config(cfg["config"]) if cfg["config"] else None
+            if config is not None and "out" in config and "out" not in given:
+                raise InputError(f"--config {cfg['config']} names the folder it was written to "
+                                 f"({config['out']}); say where this {args.command} writes with --out DIR.")
+            if config is not None:
+                config = {k: v for k, v in config.items() if k != "out"}
             preset = settings.QUICK if cfg.get("quick") else None
             if args.command == "train":
                 cmd_train(given, config, resume=cfg["resume"], config_source=cfg["config"] or "")

@@ -33,6 +33,7 @@ import gzip
 import hashlib
 import os
 import struct
+import tempfile
 import urllib.request
 import zlib
 from dataclasses import dataclass, field
@@ -228,6 +229,9 @@ def stratified(labels: torch.Tensor, sizes: Sequence[int], seed: int) -> list:
     Each part takes ``size / len(labels)`` of every label's rows (rounded so that each part has exactly its
     size); the rest of the rows are left out. Labels ``(n,)`` int64.
     """
+    if sum(sizes) > len(labels) or min(sizes) < 0:
+        raise InputError(f"parts of {list(sizes)} rows cannot be drawn from {len(labels)} rows: ask for at most "
+                         f"{len(labels)} in all.")
     g = torch.Generator().manual_seed(seed)
     by_label = {int(c): torch.nonzero(labels == c).flatten() for c in labels.unique()}
     by_label = {c: rows[torch.randperm(len(rows), generator=g)] for c, rows in by_label.items()}
@@ -237,6 +241,11 @@ def stratified(labels: torch.Tensor, sizes: Sequence[int], seed: int) -> list:
         counts = {c: int(q) for c, q in quota.items()}
         for c in sorted(quota, key=lambda c: quota[c] - counts[c], reverse=True)[:size - sum(counts.values())]:
             counts[c] += 1  # largest remainders first, so that the part has exactly `size` rows
+        for c in sorted(by_label, key=lambda c: counts[c] - (len(by_label[c]) - start[c]), reverse=True):
+            while counts[c] > len(by_label[c]) - start[c]:  # a label that has run out: another gives the row
+                spare = max(by_label, key=lambda d: len(by_label[d]) - start[d] - counts[d])
+                counts[c] -= 1
+                counts[spare] += 1
         part = torch.cat([by_label[c][start[c]:start[c] + counts[c]] for c in by_label])
         for c in by_label:
             start[c] += counts[c]
@@ -411,10 +420,11 @@ def _download(name: str, fname: str, folder: Path) -> None:
     url = MIRRORS[name] + fname
     if not url.startswith("https://"):
         raise InputError(f"{name}: refusing to download {url} over plain http.")
-    tmp = folder / f".{fname}.part"
+    fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".part", dir=folder)  # one per process: ranks too
+    tmp = Path(tmp)
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as out:
+        with urllib.request.urlopen(url, timeout=30) as response, os.fdopen(fd, "wb") as out:
             for block in iter(lambda: response.read(1 << 20), b""):
                 digest.update(block)
                 out.write(block)

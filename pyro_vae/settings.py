@@ -175,9 +175,11 @@ def _problem(kind: str, value) -> Optional[str]:
         if not isinstance(value, str):
             return "must be a torch device name such as cpu or cuda"
         try:
-            torch.device(value)
+            device = torch.device(value)
         except RuntimeError:
             return "is not a torch device (try cpu or cuda)"
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return "names a CUDA device and this machine has none (use cpu)"
         return None
     if kind.startswith("int"):
         if not (isinstance(value, int) and not isinstance(value, bool)):
@@ -354,14 +356,37 @@ def load_config(path) -> dict:
         import yaml  # PyYAML, a dependency
 
         try:
-            values = yaml.safe_load(text)
+            values = yaml.load(text, Loader=_yaml_loader())
         except yaml.YAMLError as e:
             raise InputError(f"--config {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file.") from None
-        return {} if values is None else values
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"--config {path} is not valid JSON ({e}); fix the file, or name a YAML file .yaml.") from None
+        values = {} if values is None else values
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"--config {path} is not valid JSON ({e}); fix the file, or name a YAML file .yaml."
+                             ) from None
+    if not isinstance(values, dict):
+        raise InputError(f"--config {path} holds a {type(values).__name__}, not settings by name: write one "
+                         f"setting per key (guide: mvn, epochs: 40, ...).")
+    return values
+
+
+def _yaml_loader():
+    """PyYAML's safe loader, reading ``1e-3`` as a number as JSON and Python do (YAML 1.1 wants ``1.0e-3``)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+"
+                   r"(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+        list("-+0123456789."))
+    return Loader
 
 
 def resolve(cls, given: Optional[dict] = None, config: Optional[dict] = None, preset: Optional[dict] = None,

@@ -9,7 +9,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 import guides
 from pyro_vae import compare, data, fit
 from pyro_vae.optim import LazyAdam
-from pyro_vae.train import CHECKPOINT, PREVIOUS_CHECKPOINT, CheckpointError, CheckpointWarning, load_checkpoint
+from pyro_vae.train import CHECKPOINT, CHECKPOINT_VERSION, PREVIOUS_CHECKPOINT, CheckpointError, CheckpointWarning, load_checkpoint
 
 
 def _build(ds, name, hidden=(64,)):
@@ -115,7 +115,7 @@ def test_two_corrupted_checkpoints_are_one_clear_error(digits, tmp_path):
 def test_a_checkpoint_of_another_format_version_is_refused(digits, tmp_path):
     _train(digits, "normal", 1, checkpoint_dir=str(tmp_path))
     state = load_checkpoint(tmp_path / CHECKPOINT)
-    assert state["version"] == 1
+    assert state["version"] == CHECKPOINT_VERSION == 2
     torch.save({**state, "version": 99}, tmp_path / CHECKPOINT)
     with pytest.raises(CheckpointError, match="format 99.*reads format 1"):
         load_checkpoint(tmp_path / CHECKPOINT)
