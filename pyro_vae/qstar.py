@@ -223,6 +223,10 @@ def natural_gradient_fit(log_joint: Callable, loc: torch.Tensor, scale_tril: tor
     device, dtype = loc.device, loc.dtype
     loc, scale_tril = loc.detach().clone(), scale_tril.detach().clone()
     precision = torch.cholesky_inverse(scale_tril)
+    if diagonal:  # a correlated start (an mvn or flow encoder's q) enters the family at its best diagonal member,
+        # N(m, diag(1 / P_kk)): a step of rho < 1 would otherwise carry its off-diagonal precision along
+        precision = torch.diag_embed(torch.diagonal(precision, dim1=-2, dim2=-1))
+        scale_tril = torch.diag_embed(torch.diagonal(precision, dim1=-2, dim2=-1).rsqrt())
     rho = torch.full((n,), float(max_step), device=device, dtype=dtype)
     eye = torch.eye(k, device=device, dtype=dtype)
     sum_precision = torch.zeros_like(precision)
