@@ -1,0 +1,145 @@
+"""The study's tables as Markdown, from the CSVs that ``compare`` writes: what ``docs/results.md`` shows, generated
+so that a page quoting a study can be checked against the study's files (``tests/test_readme.py``).
+
+Every value is in nats per datapoint. Across seeds a cell shows ``mean ± sd`` (the sample standard deviation of the
+per-seed values, ddof = 1); with one seed, the mean alone.
+"""
+
+import numpy as np
+import pandas as pd
+
+#: the quantities of the gap table: (column of results.csv, heading, with its spread across seeds)
+GAP_COLUMNS = [
+    ("log_px", "log p(x)", True),
+    ("elbo_qstar_normal", "L[q\\*] diagonal", False),
+    ("elbo_qstar_mvn", "L[q\\*] full", False),
+    ("elbo_qstar_flow", "L[q\\*] flow", False),
+    ("elbo_q", "L[q]", False),
+    ("approximation_gap", "approximation gap", True),
+    ("approximation_gap_flow", "left by a flow", True),
+    ("amortization_gap", "amortization gap", True),
+    ("optimization_gap", "optimization gap", True),
+]
+
+
+def label(guide: str) -> str:
+    """The row label of a decoder: ``normal`` → "`normal` encoder", ``meanfield T=5`` → "`meanfield`, T = 5"."""
+    if guide.startswith("meanfield"):
+        steps = guide.partition("T=")[2] or "1"
+        return f"`meanfield`, T = {steps}"
+    return f"`{guide}`" if guide == "semi_amortized" else f"`{guide}` encoder"
+
+
+def number(value: float, digits: int = 3) -> str:
+    """``value`` with a typographic minus sign, and "—" for a missing value."""
+    if value is None or not np.isfinite(value):
+        return "—"
+    return f"{value:.{digits}f}".replace("-", "−")
+
+
+def cell(values: pd.Series, spread: bool, digits: int = 3) -> str:
+    """The mean of ``values`` (one per seed), with ``± sd`` when ``spread`` and there are several."""
+    values = values.dropna()
+    if values.empty:
+        return "—"
+    text = number(values.mean(), digits)
+    if spread and len(values) > 1:
+        text += f" ± {values.std(ddof=1):.{digits}f}"
+    return text
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A DataFrame of strings as a Markdown table (its index is not shown)."""
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in table.astype(str).itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def gap_table(results: pd.DataFrame, digits: int = 3) -> str:
+    """The gap table of a study from its ``results.csv``: one row per decoder and split, in the study's order.
+
+    Columns whose quantity the study did not measure (the flow family when it was not fitted, the optimization gap
+    of a study without per-datapoint guides) are left out.
+    """
+    columns = [c for c in GAP_COLUMNS if c[0] in results and results[c[0]].notna().any()]
+    rows = []
+    for (guide, split), group in results.groupby(["guide", "split"], sort=False):
+        rows.append([label(guide), split] + [cell(group[c], spread, digits) for c, _, spread in columns])
+    return markdown(pd.DataFrame(rows, columns=["decoder trained with", "split"] + [h for _, h, _ in columns]))
+
+
+def paired_differences(results: pd.DataFrame, baseline: str = "normal", split: str = "test",
+                       column: str = "log_px") -> pd.DataFrame:
+    """Per decoder, ``column`` minus the baseline decoder's on the same seed and the same points, over seeds.
+
+    ``results`` has columns ``guide``, ``seed``, ``column`` and, unless ``split`` is None, ``split`` (a
+    ``results.csv`` or a ``budget_comparisons.csv``).
+
+    Within a seed both decoders are measured on the same datapoints, so the difference of their means is the mean of
+    the per-datapoint differences. Returns one row per other decoder with ``mean``, ``sd`` (across seeds),
+    ``low`` and ``high`` (the 95% Student-t interval of the mean over seeds; NaN with one seed) and ``seeds``.
+    """
+    from scipy import stats
+
+    if split is not None:
+        results = results[results["split"] == split]
+    part = results.pivot_table(index="seed", columns="guide", values=column, sort=False)
+    rows = {}
+    for guide in part.columns.drop(baseline):
+        d = (part[guide] - part[baseline]).dropna()
+        n = len(d)
+        half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
+        rows[guide] = {"mean": d.mean(), "sd": d.std(ddof=1) if n > 1 else np.nan, "low": d.mean() - half,
+                       "high": d.mean() + half, "seeds": n}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def interval(row, digits: int = 2) -> str:
+    """A paired difference as "+0.04 [−0.08, +0.16]" (mean and 95% interval)."""
+    def signed(v):
+        return ("+" if v >= 0 else "") + number(v, digits)
+    if not np.isfinite(row["low"]):
+        return signed(row["mean"])
+    return f"{signed(row['mean'])} [{signed(row['low'])}, {signed(row['high'])}]"
+
+
+def budget_table(comparisons: pd.DataFrame, results: pd.DataFrame = None, digits: int = 2) -> str:
+    """The budget comparisons of a study (``budget_comparisons.csv``): per decoder, test log p̂(x) at equal epochs,
+    at equal seconds and at the best point of its curve (with the epoch), and, given ``results``, the 200-point
+    test log p(x) with its paired difference against the ``normal`` encoder's decoder."""
+    diffs = paired_differences(results) if results is not None else None
+    rows = []
+    for guide, g in comparisons.groupby("guide", sort=False):
+        flat = int(g["flattened"].sum())
+        best = f"{cell(g['log_px_best'], True, digits)} ({g['best_epoch'].mean():.0f} ± {g['best_epoch'].std(ddof=1):.0f})"
+        row = [label(guide), cell(g["log_px_equal_epochs"], True, digits), cell(g["log_px_equal_seconds"], True, digits),
+               best, f"{flat} of {len(g)}"]
+        if results is not None:
+            test = results[(results["guide"] == guide) & (results["split"] == "test")]["log_px"]
+            row.append(cell(test, True, 3) + ("" if guide not in diffs.index else f" ({interval(diffs.loc[guide])})"))
+        rows.append(row)
+    epochs = int(comparisons["epochs"].iloc[0])
+    seconds = comparisons["equal_seconds"].mean()
+    columns = [f"equal epochs ({epochs})", f"equal seconds ({seconds:.1f} s)", "best of the curve (epoch)", "flattened"]
+    if results is not None:
+        columns.append(f"{len(results['seed'].unique())} seeds, test, epoch {epochs} (paired vs `normal`, 95% interval)")
+    return markdown(pd.DataFrame(rows, columns=["decoder trained with"] + columns))
+
+
+def cost_table(cost: pd.DataFrame, num_data: int) -> str:
+    """What each decoder's training cost (``cost.csv``): guide parameters at the study's N and at N = 60 000, the time
+    to infer q for one new point (ms: an encoder pass, or a q* fit for a per-datapoint guide), and the training,
+    budget-curve and evaluation seconds, means over seeds."""
+    rows = []
+    for guide, g in cost.groupby("guide", sort=False):
+        rows.append([label(guide), f"{g['guide_params'].iloc[0]:,}".replace(",", " "),
+                     f"{g['guide_params_at_60000'].iloc[0]:,}".replace(",", " "),
+                     _ms(g["infer_ms_per_new_point"].mean()), f"{g['train_seconds'].mean():.1f}",
+                     f"{g['budget_seconds'].mean():.1f}", f"{g['evaluate_seconds'].mean():.1f}"])
+    columns = [f"guide parameters at N = {num_data}", "at N = 60 000", "ms to infer q for a new point",
+               "training (s)", "budget curves (s)", "evaluation (s)"]
+    return markdown(pd.DataFrame(rows, columns=["decoder trained with"] + columns))
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.0f}".replace(",", " ") if value >= 100 else f"{value:.2g}" if value < 1 else f"{value:.1f}"
