@@ -117,7 +117,10 @@ def test_a_checkpoint_of_another_format_version_is_refused(digits, tmp_path):
     state = load_checkpoint(tmp_path / CHECKPOINT)
     assert state["version"] == CHECKPOINT_VERSION == 2
     torch.save({**state, "version": 99}, tmp_path / CHECKPOINT)
-    with pytest.raises(CheckpointError, match="format 99.*reads format 1"):
+    with pytest.raises(CheckpointError, match="format 99.*reads format 2"):
+        load_checkpoint(tmp_path / CHECKPOINT)
+    torch.save({**state, "version": 1}, tmp_path / CHECKPOINT)  # trained before the validation split: say so
+    with pytest.raises(CheckpointError, match="format 1 .*validation set.*train the run again"):
         load_checkpoint(tmp_path / CHECKPOINT)
 
 
