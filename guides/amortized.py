@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pyro_vae.nets import check_sizes, mlp, unique_name
 from pyro_vae.errors import InputError
 
-from . import register
+from .registry import register
 from .base import MAX_SCALE, MIN_SCALE, Guide, scale_tril
 
 #: bounds on log(sigma) for the exp-based scales: sigma stays in [1e-4, 1e4]

@@ -47,7 +47,7 @@ from pyro.nn.module import to_pyro_module_
 from pyro_vae.nets import check_sizes, mlp, unique_name
 from pyro_vae.errors import InputError
 
-from . import register
+from .registry import register
 from .base import MIN_SCALE, Guide, inverse_positive, positive
 from .local import LocalGuide
 

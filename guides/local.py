@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pyro_vae.nets import unique_name
 from pyro_vae.errors import InputError
 
-from . import register
+from .registry import register
 from .base import MIN_SCALE, Guide, inverse_positive, positive, scale_tril, split_scale_tril
 
 

@@ -48,7 +48,7 @@ from pyro_vae.contract import log_joint
 from pyro_vae.nets import unique_name
 from pyro_vae.errors import InputError
 
-from . import make, register
+from .registry import make, register
 from .base import Guide
 
 ENCODER_GRADIENTS = ("through", "stop")

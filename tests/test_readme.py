@@ -74,10 +74,29 @@ def test_a_guide_registered_as_the_readme_shows_trains_and_is_measured_like_any_
     assert table["amortization_gap"].notna().all()
 
 
+def _check_decisions(ns):
+    import torch
+
+    assert type(ns["flow"]).__name__ == "AmortizedFlow" and type(ns["semi"]).__name__ == "SemiAmortized"
+    q = ns["qstar"].distribution(ns["x"], torch.arange(len(ns["x"])))
+    assert q.batch_shape == (20,) and q.event_shape == (8,)
+
+
+def _check_cli(ns):
+    assert (ns["chosen"].guide, ns["chosen"].epochs, ns["quick"].epochs) == ("mvn", 40, 100)
+
+
+#: what each page's python blocks must have made (a page with blocks and no entry here fails)
+PAGE_CHECKS = {"decisions.md": _check_decisions, "cli.md": _check_cli}
+
+
 @pytest.mark.parametrize("page", [p for p in PAGES if p != README and _blocks(p)], ids=lambda p: p.name)
 def test_docs_python_blocks_run(tmp_path, monkeypatch, page):
+    assert page.name in PAGE_CHECKS, f"{page.name} has python blocks: say in PAGE_CHECKS what they must make"
     monkeypatch.chdir(tmp_path)
-    exec(compile(_small("\n".join(_blocks(page))), str(page), "exec"), {})
+    namespace = {}
+    exec(compile(_small("\n".join(_blocks(page))), str(page), "exec"), namespace)
+    PAGE_CHECKS[page.name](namespace)
 
 
 def _commands():
