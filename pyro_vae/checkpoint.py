@@ -34,6 +34,9 @@ from .optim import LazyAdam
 CHECKPOINT = "checkpoint.pt"
 #: the checkpoint before the latest, kept so that a corrupted latest one does not cost the run
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+#: what to do about a damaged checkpoint
+FIX = (f"--resume and load_run fall back on {PREVIOUS_CHECKPOINT} when that one is intact; else train the run "
+       f"again")
 #: the format of the checkpoints this version writes and reads
 CHECKPOINT_VERSION = 2
 #: why each older format cannot be read: what changed in the run, not just the file
@@ -147,7 +150,8 @@ def load(path, mmap: bool = False) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated zip, foreign pickle, ...: torch raises several types
-        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from e
+        raise CheckpointError(f"{path} is damaged or not a checkpoint (torch.load raised {type(e).__name__}): {FIX}"
+                              ) from e
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
         missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
         if missing == ["version"]:
@@ -160,7 +164,35 @@ def load(path, mmap: bool = False) -> dict:
         raise CheckpointVersionError(f"{path} has checkpoint format {state['version']} and this pyro-vae reads "
                                      f"format {CHECKPOINT_VERSION}{f' ({why})' if why else ''}: use the pyro-vae "
                                      f"that wrote it, or train the run again.")
+    problem = malformed(state)
+    if problem:
+        raise CheckpointError(f"{path} is damaged ({problem}): {FIX}")
     return state
+
+
+def malformed(state: dict) -> Optional[str]:
+    """What is wrong with the fields of a checkpoint that loaded (a file edited or written by something else),
+    or None: every field of the type and size this module writes."""
+    epoch, history, rng = state["epoch"], state["history"], state["rng"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        return f"its epoch is {epoch!r}, not a count"
+    for key in ("model", "guide", "optim", "config", "rng"):
+        if not isinstance(state[key], dict):
+            return f"its {key} is a {type(state[key]).__name__}, not a dict"
+    if not isinstance(history, list) or len(history) != epoch:
+        return f"its history has {len(history) if isinstance(history, list) else type(history).__name__} rows " \
+               f"for {epoch} epochs"
+    columns = ("epoch", "train_loss", "test_loss", "seconds")
+    if any(not isinstance(row, dict) or any(not isinstance(row.get(c), float) for c in columns) for row in history):
+        return f"a history row lacks one of {', '.join(columns)}"
+    if not all(torch.is_tensor(v) for v in (*state["model"].values(), *state["guide"].values())):
+        return "a weight is not a tensor"
+    if not torch.is_tensor(rng.get("torch")) or not isinstance(rng.get("random"), (list, tuple)) \
+            or len(rng["random"]) != 3 or not isinstance(rng.get("numpy"), (list, tuple)) or len(rng["numpy"]) != 5:
+        return "its RNG state lacks torch's, random's or numpy's"
+    if not all(isinstance(v, dict) for v in state["optim"].values()):
+        return "an optimizer state is not a dict"
+    return None
 
 
 def read_run(path, mmap: bool = False) -> dict:
@@ -186,10 +218,36 @@ def read_run(path, mmap: bool = False) -> dict:
         try:
             state = load(previous, mmap)
         except CheckpointError as earlier:
-            raise CheckpointError(f"{latest}; and the previous one: {earlier}") from earlier
-        warnings.warn(f"{latest}; resuming from {previous.name} (epoch {state['epoch']}) instead: the epochs after "
+            why = [str(e).removesuffix(f": {FIX}") for e in (latest, earlier)]
+            raise CheckpointError(f"neither checkpoint can be read: {why[0]}; {why[1]}: train the run again."
+                                  ) from earlier
+        warnings.warn(f"{str(latest).removesuffix(f': {FIX}')}; resuming from {previous.name} (epoch {state['epoch']}) instead: the epochs after "
                       f"it are trained again, with the same result.", CheckpointWarning, stacklevel=3)
         return state
+
+
+def _to_store(model, guide) -> dict:
+    out = {}
+    for prefix, module in (("model", model), ("guide", guide)):
+        out.update({f"{prefix}/{local}": store for local, store in store_names(module).items()})
+    return out
+
+
+def check_matches(state: dict, model, guide) -> None:
+    """A :class:`CheckpointError` unless the checkpoint's weights have the names and shapes of ``model``'s and
+    ``guide``'s (which may be shapes only, on the meta device) and its optimizer state names only their parameters.
+    """
+    for key, module in (("model", model), ("guide", guide)):
+        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state[key].items()}
+        if expected != found:
+            differ = sorted(set(expected) ^ set(found)) or sorted(k for k in expected if expected[k] != found[k])
+            raise CheckpointError(f"the checkpoint's {key} weights do not fit the {key} ({', '.join(differ[:3])} "
+                                  f"differ): it is damaged or of another run; {FIX}.")
+    unknown = sorted(set(state["optim"]) - set(_to_store(model, guide)))
+    if unknown:
+        raise CheckpointError(f"the checkpoint holds optimizer state for {', '.join(unknown[:3])}, which the model "
+                              f"and guide do not have: it is damaged or of another run; {FIX}.")
 
 
 def restore(state: dict, model, guide, optim):
@@ -197,14 +255,17 @@ def restore(state: dict, model, guide, optim):
 
     The RNG state is restored by the caller, last, once nothing else draws random numbers.
     """
+    check_matches(state, model, guide)
     model.load_state_dict(state["model"])
     guide.load_state_dict(state["guide"])
-    to_store = {}
-    for prefix, module in (("model", model), ("guide", guide)):
-        to_store.update({f"{prefix}/{local}": store for local, store in store_names(module).items()})
+    to_store = _to_store(model, guide)
     saved = state["optim"]
     if not isinstance(optim, LazyAdam):  # torch's load_state_dict keeps the saved tensors, maybe mapped from a file
         saved = copy.deepcopy(saved)  # copies every tensor into memory
-    optim.set_state({to_store[local]: s for local, s in saved.items()})
+    try:
+        optim.set_state({to_store[local]: s for local, s in saved.items()})
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a state of the wrong form, from an edited file
+        raise CheckpointError(f"the checkpoint's optimizer state cannot be put back ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:80] if str(e) else ''}): it is damaged; {FIX}.") from None
     rows = [{**row, "epoch": int(row["epoch"])} for row in state["history"]]
     return rows, int(state["epoch"])

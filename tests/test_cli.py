@@ -121,7 +121,7 @@ def test_a_truncated_checkpoint_in_a_fresh_process(tmp_path):
     for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
         (out / name).write_bytes(b"\0" * 100)
     code, _, err = _run("train", "--resume", "--epochs", "4", "--out", str(out), "--no-progress")
-    assert code == 2 and "cannot be read" in err and "Traceback" not in err and err.count("\n") == 1
+    assert code == 2 and "neither checkpoint can be read" in err and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_an_encoder_width_sweep_without_the_normal_guide_is_refused_before_any_work(tmp_path):
