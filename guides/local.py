@@ -79,8 +79,11 @@ class LocalGuide(Guide):
         tracing = torch.jit.is_tracing()  # checked at the compiling call; a trace would freeze the values it reads
         if not tracing and (idx.shape != (len(x),) or
                             (len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= self.num_data))):
-            raise InputError(f"{type(self).__name__}: idx must have shape ({len(x)},) with values in "
-                             f"[0, {self.num_data}), got shape {tuple(idx.shape)}.")
+            if idx.shape != (len(x),):
+                raise InputError(f"{type(self).__name__}: idx must have shape ({len(x)},), one dataset row per row of "
+                                 f"x, got shape {tuple(idx.shape)}.")
+            raise InputError(f"{type(self).__name__}: idx must hold dataset rows in [0, num_data={self.num_data}), "
+                             f"got values from {int(idx.min())} to {int(idx.max())}.")
         idx = idx.long()
         return tuple(F.embedding(idx, param, sparse=self.sparse_grad) for param in params)
 

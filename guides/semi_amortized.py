@@ -95,6 +95,8 @@ class SemiAmortized(Guide):
     jit_safe = False  # the refinement's inner loop cannot be replayed by a trace
     #: built with the model it refines against (``guides.make(..., model=vae.model)``)
     needs_model = True
+    #: the family of the default base, the normal encoder (an instance takes its base's)
+    family = "normal"
 
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (256,), num_data: Optional[int] = None,
                  model: Optional[Callable] = None, base: str = "normal", steps: int = 5, lr: float = 0.03,

@@ -43,7 +43,7 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import InputError, InputTypeError
 
 BINARIZATIONS = ("none", "static", "dynamic", "threshold")
 SPLITS = ("train", "validation", "test")
@@ -67,6 +67,16 @@ class Dataset:
     #: rows held out of training for every choice made about it (one fixed draw under any binarization)
     validation: Optional[torch.Tensor] = None
     validation_labels: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        for what in ("train", "validation", "test", "train_probs"):
+            t = getattr(self, what)
+            if t is None and what in ("validation", "train_probs"):
+                continue
+            if not torch.is_tensor(t) or t.dtype != torch.float32:
+                got = t.dtype if torch.is_tensor(t) else type(t).__name__
+                raise InputTypeError(f"Dataset.{what} must be a float32 tensor (n, x_dim), got {got}: pass "
+                                     f"{what}.float(), or build the data set with data.from_tensors(train, test).")
 
     @property
     def x_dim(self) -> int:
@@ -382,8 +392,11 @@ def read_idx(path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise InputError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()}).")
     ndim = raw[3]
-    shape = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    if len(raw) < 4 + 4 * ndim or (len(raw) - 4 - 4 * ndim) % dtype.itemsize:
+        raise InputError(f"{path} is cut short or not an IDX file ({len(raw)} bytes after unzipping, header of "
+                         f"{ndim} dimensions of {dtype}); delete it and place the original there.")
+    shape = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
         raise InputError(f"{path}: header says shape {shape} but holds {data.size} values.")
@@ -448,7 +461,8 @@ def _fetch_idx(name: str, root: Optional[str], download: bool) -> Path:
         else:
             missing = []
     elif missing:
-        reason = "download=False"
+        reason = f"not in {folder}, and nothing is downloaded here (download=False, --no-download, or a command " \
+                 f"that only reads or continues a run)"
     if missing:
         still = [f for f in IDX_FILES.values() if not (folder / f).exists()]
         raise FileNotFoundError(

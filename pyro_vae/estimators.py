@@ -30,7 +30,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import torch
 from torch.distributions import Independent, MultivariateNormal, Normal, register_kl
 
-from .errors import InputTypeError
+from .errors import InputError, InputTypeError
 from .contract import log_joint
 
 
@@ -46,6 +46,12 @@ class Estimate(NamedTuple):
         return float(self.value.mean()), float(self.stderr.pow(2).sum().sqrt() / n)
 
 
+def check_count(name: str, value) -> None:
+    """A one-line :class:`InputError` unless ``value`` is a positive integer (a sample count, a chunk size)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}.")
+
+
 def log_weights(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tensor] = None,
                 num_samples: int = 1, sticking_the_landing: bool = False) -> torch.Tensor:
     """log p(x, z_s) - log q(z_s | x, idx) for z_s ~ q, s = 1..S: ``(S, B)``, differentiable (reparameterized).
@@ -56,6 +62,7 @@ def log_weights(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Ten
     expectation is zero: its variance vanishes as q reaches the exact
     posterior (Roeder, Wu & Duvenaud 2017, "Sticking the Landing").
     """
+    check_count("num_samples", num_samples)
     q = guide.distribution(x, idx)
     z = q.rsample((num_samples,))
     if sticking_the_landing:
@@ -68,7 +75,7 @@ def elbo(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tensor] = 
          num_samples: int = 100) -> Estimate:
     """The ELBO E_q[log p(x, z) - log q(z | x)] per datapoint, with its standard error (no gradient)."""
     with torch.no_grad():
-        w = log_weights(model, guide, x, idx, num_samples)
+        w = log_weights(model, guide, x, idx, num_samples)  # checks num_samples
     stderr = w.std(0) / math.sqrt(num_samples) if num_samples > 1 else torch.full_like(w[0], float("nan"))
     return Estimate(w.mean(0), stderr)
 
@@ -84,6 +91,8 @@ def log_likelihood(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.
     optimistic when they are heavy-tailed. The estimate is biased low by
     about var(w) / (2 S mean(w)^2) nats and converges to log p(x) as S grows.
     """
+    check_count("num_samples", num_samples)
+    check_count("chunk_size", chunk_size)
     running_max = sum1 = sum2 = None  # sum of exp(w - max) and of exp(2 (w - max))
     with torch.no_grad():
         for start in range(0, num_samples, chunk_size):

@@ -54,6 +54,15 @@ def test_elbo_loss(model, guide, x: torch.Tensor, chunk_size: int = 1024) -> flo
     return -total / len(x)
 
 
+def check_sizes_agree(model, guide) -> None:
+    """A one-line error when the guide's latent or data dimension is not the model's (``z_dim``, ``x_dim``)."""
+    for size in ("z_dim", "x_dim"):
+        ours, theirs = getattr(model, size, None), getattr(guide, size, None)
+        if ours is not None and theirs is not None and ours != theirs:
+            raise InputError(f"the guide was built with {size}={theirs} and the model with {size}={ours}: build both "
+                             f"with the same {size}.")
+
+
 def check_setup(model, guide, data, epochs, batch_size, local_steps=1) -> None:
     """Clear errors before any step: a Dataset that fits the model, model and guide agree on N, sane sizes."""
     from .data import Dataset
@@ -70,6 +79,7 @@ def check_setup(model, guide, data, epochs, batch_size, local_steps=1) -> None:
     model.check_data(data.test, "data.test")
     if data.validation is not None:
         model.check_data(data.validation, "data.validation")
+    check_sizes_agree(model, guide)
     for who, obj in (("model", model), ("guide", guide)):
         meta = [n for n, p in obj.named_parameters() if p.device.type == "meta"]
         if meta:
