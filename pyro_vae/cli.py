@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
+import os
+import re
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -27,13 +31,18 @@ import torch
 
 import guides
 
-from . import compare, data, runs, settings
+from . import compare, data, folders, runs, settings
 from .checkpoint import CHECKPOINT, CheckpointWarning
 from .errors import InputError
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr (the problem and where the fix is) and exit status 2."""
+    """argparse, but a bad flag is one line on stderr (the problem and where the fix is) and exit status 2, and a
+    negative number in any notation (``-1e-3``) is a value, never taken for a flag."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._negative_number_matcher = re.compile(r"^-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^-inf$|^-nan$")
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -72,13 +81,10 @@ def positive_float(text: str) -> float:
 
 
 def device_name(text: str) -> str:
-    """argparse type: a torch device that exists on this machine."""
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (try cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text} was asked for but this machine has no CUDA device: use --device cpu")
+    """argparse type: a torch device that exists on this machine and holds values."""
+    problem = settings.device_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r} {problem}")
     return text
 
 
@@ -130,6 +136,9 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one model and guide")
     add_settings(t, settings.TrainSettings)
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run (or other pyro-vae output) in --out; without it, or --resume, a folder "
+                        "that holds anything is refused")
     _config_flag(t, "JSON such as the config.json a run wrote, or YAML")
 
     c = sub.add_parser("compare", help="the amortization question: train with each guide, decompose the gaps")
@@ -138,6 +147,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"a small budget for smoke tests (about 20 s on digits); it sets only what no flag and no "
                         f"--config set: {', '.join(f'{k}={v}' for k, v in settings.QUICK.items())}")
     _config_flag(c, "JSON such as the config.json a study wrote, or YAML")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace the study (or other pyro-vae output) in --out; without it a folder that holds "
+                        "anything is refused")
 
     e = sub.add_parser("evaluate", help="the gap decomposition of trained runs, side by side")
     e.add_argument("runs", nargs="+", metavar="RUN", help="folders written by pyro-vae train")
@@ -146,21 +158,27 @@ def parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("sample", help="samples and reconstructions from a trained run")
     m.add_argument("run", metavar="RUN", help="a folder written by pyro-vae train")
-    m.add_argument("--n", type=positive_int, default=64, help="samples (and reconstructions) to draw (default: 64)")
+    m.add_argument("--n", type=positive_int, default=64,
+                   help="samples (and reconstructions) to draw (default: 64); for image data at most the test split, "
+                        "whose images are reconstructed")
     m.add_argument("--seed", type=int, default=0, help="seeds the draws (default: 0)")
     m.add_argument("--out", default=None,
-                   help="output file (default RUN/samples.png for image data, RUN/samples.csv otherwise)")
+                   help="output file: .png, .pdf or .svg for image data, .csv otherwise; a folder gets samples.png or "
+                        "samples.csv in it (default: RUN)")
 
     sub.add_parser("guides", help="list the guide registry")
     sub.add_parser("datasets", help="list the data sets")
     return top
 
 
-def cmd_train(given: dict, config: Optional[dict], resume: bool = False, config_source: str = "") -> None:
+def cmd_train(given: dict, config: Optional[dict], resume: bool = False, config_source: str = "",
+              overwrite: bool = False) -> None:
     """``pyro-vae train``: the settings are the defaults, then ``config``, then the flags ``given``; with ``resume``,
     :func:`pyro_vae.runs.train` keeps the run's saved settings but for those it lets a resumed run change."""
     cfg = settings.resolve(settings.TrainSettings, given, config, config_source=config_source).to_dict()
-    cfg["resume"] = resume
+    cfg["resume"], cfg["overwrite"] = resume, overwrite
+    if resume and overwrite:
+        raise InputError("--resume continues the run in --out and --overwrite replaces it: give one of them.")
     saved = runs.saved_config(cfg["out"], "--resume") if resume else {}  # what --resume keeps
     guide = saved.get("guide", cfg["guide"])
     if cfg["rows_on_disk"] and guides.get(guide).amortized:
@@ -190,7 +208,7 @@ def cmd_train(given: dict, config: Optional[dict], resume: bool = False, config_
 def _train(cfg: dict) -> None:
     from . import distributed, plots
 
-    run = runs.train(cfg, resume=cfg["resume"])
+    run = runs.train(cfg, resume=cfg["resume"], overwrite=cfg["overwrite"])
     if not distributed.is_main():
         return
     plots.save(plots.learning_curves(run.history.assign(guide=run.config["guide"]),
@@ -204,15 +222,19 @@ def _train(cfg: dict) -> None:
           f"learning_curves.png}}")
 
 
-def cmd_compare(s: settings.CompareSettings) -> None:
-    from . import plots
-
-    compare.check(s)
-    out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
+def cmd_compare(s: settings.CompareSettings, overwrite: bool = False) -> None:
     cfg = s.to_dict()
     ds = runs.load_data(cfg)
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    compare.check(s, ds)  # every setting, before the folder is touched
+    with folders.writer(s.out, "compare") as out:  # one writer, and the folder claimed, before any work
+        folders.claim(out, "compare", overwrite)
+        _compare(s, cfg, ds, out)
+
+
+def _compare(s: settings.CompareSettings, cfg: dict, ds, out: Path) -> None:
+    from . import plots
+
+    folders.write_text(out / "config.json", json.dumps(cfg, indent=2))
     result = compare.compare(ds, s)
     tables = {"results.csv": result.table, "cost.csv": result.cost, "per_point.csv": result.per_point,
               "history.csv": result.histories}
@@ -234,7 +256,7 @@ def cmd_compare(s: settings.CompareSettings) -> None:
     if ds.image_shape:
         figures["images.png"] = plots.image_grid(compare.image_rows(result, ds), ds.image_shape)
     for fname, table in tables.items():
-        table.to_csv(out / fname, index=False)
+        folders.write_csv(table, out / fname)
     for fname, fig in figures.items():
         plots.save(fig, out / fname)
     if s.seeds > 1:
@@ -284,6 +306,13 @@ def cmd_evaluate(paths: List[str], s: settings.EvaluateSettings) -> None:
     from . import plots
 
     cfg = s.to_dict()
+    out = Path(cfg["out"])
+    if len(paths) > 1:  # where the combined table goes, checked before any work
+        check_evaluation_folder(out)
+    for path in paths:
+        if Path(path).is_dir() and not os.access(path, os.W_OK | os.X_OK):
+            raise InputError(f"evaluate writes {EVALUATION['table']} into each run, and {path} is not writable: make "
+                             f"it writable, or copy the run.")
     loaded = [runs.load_run(path, device=cfg["device"]) for path in paths]  # every run checked before any work
     names = [run.name for run in loaded]
     if len(set(names)) < len(names):
@@ -304,8 +333,8 @@ def cmd_evaluate(paths: List[str], s: settings.EvaluateSettings) -> None:
         summary, per_point = compare.evaluate(run.model, run.guide, run.data, measured, cfg["split"])
         label = {"run": run.name, "guide": run.config["guide"]}
         summary, per_point = summary.assign(**label), per_point.assign(**label)
-        summary[["run", "guide", *summary.columns[:-2]]].to_csv(run.path / EVALUATION["table"], index=False)
-        per_point.to_csv(run.path / EVALUATION["points"])
+        folders.write_csv(summary[["run", "guide", *summary.columns[:-2]]], run.path / EVALUATION["table"])
+        folders.write_csv(per_point, run.path / EVALUATION["points"], index=True)
         plots.save(plots.gap_bars(per_point, title=f"Gaps of {run.name} ({run.config['guide']} guide)", x="run"),
                    run.path / EVALUATION["figure"])
         tables.append(summary)
@@ -314,32 +343,90 @@ def cmd_evaluate(paths: List[str], s: settings.EvaluateSettings) -> None:
     print(format_table(table, labels=("run", "guide", "split")))
     written = [f"{run.path}/{{{', '.join(EVALUATION.values())}}}" for run in loaded]
     if len(loaded) > 1:
-        out = Path(cfg["out"])
-        out.mkdir(parents=True, exist_ok=True)
-        table[["run", "guide", *table.columns[:-2]]].to_csv(out / EVALUATION["table"], index=False)
+        folders.write_csv(table[["run", "guide", *table.columns[:-2]]], out / EVALUATION["table"])
         plots.save(plots.gap_bars(pd.concat(points), title="Gaps of " + ", ".join(names), x="run"),
                    out / EVALUATION["figure"])
         written.append(f"{out}/{{{EVALUATION['table']}, {EVALUATION['figure']}}}")
     print("\nwrote " + "; ".join(written))
 
 
+def check_evaluation_folder(out: Path) -> None:
+    """``evaluate --out``: a folder (or none yet) that holds no run or study, and that can be written."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"evaluate --out {out} is a file: give a folder for {EVALUATION['table']} and "
+                         f"{EVALUATION['figure']}.")
+    held = folders.contents(out)
+    if any(name in held for name in ("config.json", "checkpoint.pt", "results.csv")):
+        raise InputError(f"evaluate --out {out} holds {folders.describe(held)}: give a folder of its own for the "
+                         f"combined table.")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"evaluate --out {out} cannot be written ({existing} is not writable): give another folder.")
+
+
+#: the files ``sample --out`` may write, by kind of data
+SAMPLE_SUFFIXES = {True: (".png", ".pdf", ".svg"), False: (".csv",)}
+#: rows of samples drawn and written at a time (non-image data): memory stays constant whatever --n
+SAMPLE_BATCH = 4096
+
+
+def sample_path(run_path: Path, out: Optional[str], image: bool) -> Path:
+    """Where ``sample`` writes: ``out``, or ``samples.png`` / ``samples.csv`` in the folder ``out`` (or the run)."""
+    default = "samples.png" if image else "samples.csv"
+    if out is None:
+        return run_path / default
+    path = Path(out)
+    if path.is_dir() or out.endswith(("/", os.sep)):
+        return path / default
+    if path.suffix.lower() not in SAMPLE_SUFFIXES[image]:
+        kinds = " or ".join(SAMPLE_SUFFIXES[image])
+        raise InputError(f"sample --out {out}: the samples of {'image' if image else 'non-image'} data are written "
+                         f"as {kinds}: give a file name ending so, or a folder.")
+    return path
+
+
 def cmd_sample(cfg: dict) -> None:
     from . import plots
 
     run = runs.load_run(cfg["run"])
+    image = runs.is_image(run.data)
+    out = sample_path(run.path, cfg["out"], image)
+    n = cfg["n"]
+    if image and n > len(run.data.test):
+        raise InputError(f"sample --n {n}: the figure shows each sample beside a test image and its reconstruction, "
+                         f"and the test split has {len(run.data.test)}: give --n {len(run.data.test)} or fewer.")
+    if not image:  # written as it is drawn: the file is the only thing that grows
+        width = run.model.z_dim + run.data.x_dim
+        need, free = 14 * n * width, shutil.disk_usage(next(p for p in (out.parent, *out.parents) if p.exists())).free
+        if need > free:
+            raise InputError(f"sample --n {n}: {n} rows of {width} numbers take about {need / 2**30:.3g} GiB and "
+                             f"{out.parent} has {free / 2**30:.3g} GiB free: give a smaller --n.")
     pyro.set_rng_seed(cfg["seed"])
-    if runs.is_image(run.data):
-        out = Path(cfg["out"] or run.path / "samples.png")
-        x = run.data.test[:cfg["n"]]
-        panels = {"samples: E[x | z], z ~ p(z)": run.model.sample_mean(cfg["n"]).cpu(), "test images": x.cpu(),
+    if image:
+        x = run.data.test[:n]
+        panels = {"samples: E[x | z], z ~ p(z)": run.model.sample_mean(n).cpu(), "test images": x.cpu(),
                   "reconstructions: E[x | z = mean of q(z | x)]": runs.reconstruct(run, x).cpu()}
         plots.save(plots.image_panels(panels, run.data.image_shape, title=f"{run.name}: samples and reconstructions"),
                    out)
     else:
-        out = Path(cfg["out"] or run.path / "samples.csv")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        runs.samples(run, cfg["n"]).to_csv(out, index=False)
+        def write(f):
+            for start in range(0, n, SAMPLE_BATCH):
+                runs.samples(run, min(SAMPLE_BATCH, n - start)).to_csv(f, index=False, header=start == 0)
+        folders.write_file(out, write, mode="w")
     print(f"wrote {out}")
+
+
+def describe_error(e: BaseException) -> str:
+    """The one line shown for an error about the input or the machine: an ``OSError`` names its file and the fix."""
+    if not isinstance(e, OSError) or isinstance(e, InputError):
+        return str(e)
+    where = f" ({e.filename})" if e.filename else ""
+    if e.errno == errno.ENOSPC:
+        return (f"no space left on the device{where}: free some space; the last complete checkpoint is kept, and "
+                f"train --resume continues from it.")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{e.strerror}{where}: make it writable, or give another --out."
+    return f"{e.strerror or e}{where}"
 
 
 #: warnings addressed to the user, shown as one line (every other warning keeps Python's form, with its location)
@@ -384,12 +471,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                 config = {k: v for k, v in config.items() if k != "out"}
             preset = settings.QUICK if cfg.get("quick") else None
             if args.command == "train":
-                cmd_train(given, config, resume=cfg["resume"], config_source=cfg["config"] or "")
+                cmd_train(given, config, resume=cfg["resume"], config_source=cfg["config"] or "",
+                          overwrite=cfg["overwrite"])
             else:
                 chosen = settings.resolve(cls, given, config, preset, config_source=cfg["config"] or "")
-                cmd_compare(chosen) if args.command == "compare" else cmd_evaluate(cfg["runs"], chosen)
+                if args.command == "compare":
+                    cmd_compare(chosen, overwrite=cfg["overwrite"])
+                else:
+                    cmd_evaluate(cfg["runs"], chosen)
     except (InputError, OSError, FloatingPointError) as e:  # about the input: one line; anything else is our bug
-        print(f"pyro-vae {args.command}: error: {e}", file=sys.stderr)
+        print(f"pyro-vae {args.command}: error: {describe_error(e)}", file=sys.stderr)
         return 2
     return 0
 

@@ -90,15 +90,26 @@ def trainings(settings: Settings):
     return out
 
 
-def check(settings: Settings) -> None:
-    """Settings that :func:`compare` cannot honour, refused before any work with a one-line ``ValueError``."""
+def check(settings: Settings, ds: Optional[data.Dataset] = None) -> None:
+    """Settings that :func:`compare` cannot honour, refused before any work with a one-line ``ValueError``: each
+    guide's family among the q* families, and (given the data set ``ds``) models and guides that fit in memory."""
     s = settings
+    for name in s.guides:
+        family = guides.get(name).family
+        if family not in s.families:
+            raise InputError(f"compare: the {name} guide's gaps are measured against q* of its own family, "
+                             f"{family!r}, and families are {list(s.families)}: add {family} to --families.")
     if s.encoder_widths and "normal" not in s.guides:
         raise InputError("compare: encoder_widths re-trains normal encoders on the decoder trained with the normal "
                          "guide: add normal to guides.")
     if s.workers > 1 and torch.device(s.device).type != "cpu":
         raise InputError(f"compare: workers={s.workers} runs trainings in parallel CPU processes; on {s.device} "
                          f"use workers=1.")
+    if ds is not None:
+        from .runs import check_fits
+
+        for name in s.guides:
+            check_fits({**s.to_dict(), "guide": name, "rows_on_disk": None}, ds)
 
 
 def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
@@ -109,7 +120,7 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
     ``settings.workers`` processes give the same tables as one (they differ in ``seconds`` only).
     """
     s = settings
-    check(s)
+    check(s, ds)
     jobs = [(*training, seed) for training in trainings(s) for seed in range(s.seed, s.seed + s.seeds)]
     if s.workers > 1:
         outputs = _in_processes(ds, s, jobs)

@@ -20,6 +20,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from .folders import write_file
+
 
 @contextmanager
 def _quiet():
@@ -33,11 +35,13 @@ def _quiet():
 
 
 def save(fig, path) -> Path:
-    """Save ``fig`` as a PNG at ``path`` (folders created) and close it."""
+    """Save ``fig`` at ``path`` (PNG, or the format its suffix names; folders created) and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    try:  # atomically: a reader never sees half a figure, and a symlink at path is replaced, not written through
+        write_file(path, lambda f: fig.savefig(f, format=path.suffix[1:].lower() or "png", dpi=110,
+                                               bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
@@ -31,7 +33,7 @@ import guides
 
 from .errors import InputError
 from .settings import TrainSettings
-from . import data, distributed, models, objectives, rows
+from . import checkpoint, data, distributed, folders, models, objectives, rows
 from .optim import LazyAdam
 from .checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT
 from .checkpoint import read_run as read_run_checkpoint
@@ -74,12 +76,20 @@ class Run:
 
 # ---------------------------------------------------------------- building from settings
 
-def load_data(cfg: dict) -> data.Dataset:
-    """The data set a run's settings name (the same split and draws as at training time)."""
+def load_data(cfg: dict, download: bool = True, folder=None) -> data.Dataset:
+    """The data set a run's settings name (the same split and draws as at training time).
+
+    :param download: whether missing IDX files may be downloaded (and their folder created); never for a
+        command that only reads a run or continues one.
+    :param folder: the run folder, against which a relative ``root`` in a saved config is resolved.
+    """
     cfg = {**DEFAULTS, **cfg}
     binarize = "none" if cfg["data"] == "linear-gaussian" else cfg["binarize"]
-    return data.load(cfg["data"], binarize=binarize, seed=cfg.get("data_seed", cfg["seed"]), root=cfg["root"],
-                     download=not cfg["no_download"])
+    root = cfg["root"]
+    if root is not None and folder is not None and not Path(root).expanduser().is_absolute():
+        root = str(Path(folder) / root)
+    return data.load(cfg["data"], binarize=binarize, seed=cfg.get("data_seed", cfg["seed"]), root=root,
+                     download=download and not cfg["no_download"])
 
 
 def build_model(ds: data.Dataset, z_dim: int, hidden: Sequence[int], likelihood: Optional[str] = None, seed: int = 0,
@@ -132,51 +142,177 @@ def build(cfg: dict, ds: data.Dataset, guide_device: Optional[str] = None
 
 # ---------------------------------------------------------------- train, load
 
-def train(cfg: dict, resume: bool = False) -> Run:
+#: the settings a resumed run takes from the command line; every other one is the run's own, and its
+#: checkpoint's copy of them must agree with ``config.json``
+RESUMABLE = ("epochs", "device", "no_jit", "validate_every_step", "no_progress", "distributed", "rows_on_disk",
+             "threads")
+
+
+def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> Run:
     """Train (or, with ``resume``, continue) the run ``cfg["out"]``: what ``pyro-vae train`` does.
 
-    Writes ``config.json`` first, then ``checkpoint.pt`` every epoch and ``history.csv``
-    at the end. With ``resume`` the saved settings are kept, except ``epochs`` (the total to
-    reach), ``device``, ``no_jit``, ``validate_every_step``, ``no_progress``, ``distributed`` and
-    ``rows_on_disk`` (when not None: a run with rows on disk stays on disk), taken from ``cfg``. With
+    The folder is locked for the whole training (:func:`pyro_vae.folders.writer`: a second writer is refused,
+    naming the holder's PID). A fresh run refuses a folder that holds anything unless ``overwrite``, which
+    first removes the old run's files (:func:`pyro_vae.folders.claim`). Every check comes before any file is
+    written; then ``config.json``, ``checkpoint.pt`` every epoch and ``history.csv`` at the end, each atomically.
+
+    With ``resume`` the saved settings are kept, except those in :data:`RESUMABLE` (``epochs``, the total to
+    reach, ``device``, ``no_jit``, ...; ``rows_on_disk`` when not None: a run with rows on disk stays on disk),
+    taken from ``cfg``; the checkpoint's copy of the others must agree with ``config.json``. With
     ``cfg["rows_on_disk"]`` a per-datapoint guide's rows and their Adam moments live in memory-mapped files in
-    that folder (:mod:`pyro_vae.rows`). With ``cfg["distributed"]``
-    it runs in every process torchrun started (data-parallel training, :mod:`pyro_vae.distributed`): rank 0
-    alone writes the files, and every rank returns the same history.
+    that folder (:mod:`pyro_vae.rows`), which must lie inside the run folder: as given here it is relative to
+    the current folder, and ``config.json`` keeps it relative to the run folder. ``cfg["root"]`` (the IDX files)
+    is kept as an absolute path; a resumed run reads the data there and downloads nothing. With
+    ``cfg["distributed"]`` it runs in every process torchrun started (data-parallel training,
+    :mod:`pyro_vae.distributed`): rank 0 alone locks the folder and writes the files, and every rank returns
+    the same history.
     """
     out = Path(cfg["out"])
+    given_rows = cfg.get("rows_on_disk")
+    saved = {}
     if resume:
-        keep = ("epochs", "device", "no_jit", "validate_every_step", "no_progress", "distributed", "rows_on_disk",
-                "threads")
-        given = {k: cfg[k] for k in keep if k in cfg and not (k == "rows_on_disk" and cfg[k] is None)}
-        cfg = {**saved_config(out, "--resume"), **given}
-    cfg = {k: v for k, v in cfg.items() if k not in ("resume", "command", "config")}
+        given = {k: cfg[k] for k in RESUMABLE if k in cfg and not (k == "rows_on_disk" and cfg[k] is None)}
+        saved = saved_config(out, "--resume")
+        cfg = {**saved, **given}
+    cfg = {k: v for k, v in cfg.items() if k not in ("resume", "command", "config", "overwrite")}
     cfg = TrainSettings.from_dict({**cfg, "out": str(out)}).to_dict()  # every value checked, defaults filled in
-    ds = load_data(cfg)
+    if cfg["root"] is not None and not resume:
+        cfg["root"] = str(Path(cfg["root"]).expanduser().resolve())
+    rows_dir = None
+    if cfg["rows_on_disk"]:  # given now: relative to the current folder; saved: relative to the run folder
+        rows_dir = folders.inside(out, Path(given_rows).resolve() if given_rows else cfg["rows_on_disk"],
+                                  "rows_on_disk")
+        if rows_dir == out.resolve():
+            raise folders.FolderError(f"rows_on_disk {cfg['rows_on_disk']} is the run folder itself: give a folder "
+                                      f"inside it, e.g. {out / 'rows'}.")
+        cfg["rows_on_disk"] = os.path.relpath(rows_dir, out.resolve())
+    ds = load_data(cfg, download=not resume, folder=out if resume else None)  # resumed: read, never fetched
+    check_fits(cfg, ds)
     pyro.clear_param_store()
     device, main = cfg["device"], True
     if cfg["distributed"]:  # every process torchrun started builds the same modules; rank 0 writes the files
         pyro.settings.set(module_local_params=True)  # before the modules are built, as Pyro requires
         device, main = distributed.init(cfg["device"]), distributed.is_main()
-    # rows on disk that start from one constant row are written straight into their files, never built in RAM
-    on_meta = cfg["rows_on_disk"] and getattr(guides.get(cfg["guide"]), "constant_init", False)
-    model, guide = build(cfg, ds, guide_device="meta" if on_meta else None)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG).write_text(json.dumps(cfg, indent=2))
-    loss = objectives.for_training(cfg["elbo"], model, guide, jit=not cfg["no_jit"], particles=cfg["particles"])
-    optim = LazyAdam({"lr": cfg["lr"]}, sparse_args={"lr": cfg["local_lr"]})
-    if cfg["rows_on_disk"]:  # one folder per process in a data-parallel run
-        folder = Path(cfg["rows_on_disk"]) / (f"rank{distributed.rank()}" if cfg["distributed"] else "")
-        rows.memory_map(guide, optim, folder)
-    history = fit(model, guide, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"], optim=optim, loss=loss,
-                  checkpoint_dir=str(out), device=device,
-                  validate_every_step=cfg["validate_every_step"], resume=resume, progress=not cfg["no_progress"],
-                  seed=cfg["seed"], config=cfg, local_steps=cfg["local_steps"], distributed=cfg["distributed"],
-                  threads=cfg["threads"])
-    if main:
-        history.to_csv(out / HISTORY, index=False)
+    with contextlib.ExitStack() as hold:
+        if main:
+            hold.enter_context(folders.writer(out, "train"))
+            if resume:
+                state = check_resumable(out, saved_config(out, "--resume"), cfg)  # read again, holding the lock
+            else:
+                folders.claim(out, "train", overwrite, rows=old_rows(out))
+        if cfg["distributed"]:
+            torch.distributed.barrier()  # no rank maps its rows before rank 0 has claimed the folder
+        # rows on disk that start from one constant row are written straight into their files, never built in RAM
+        on_meta = rows_dir is not None and getattr(guides.get(cfg["guide"]), "constant_init", False)
+        model, guide = build(cfg, ds, guide_device="meta" if on_meta else None)
+        loss = objectives.for_training(cfg["elbo"], model, guide, jit=not cfg["no_jit"], particles=cfg["particles"])
+        optim = LazyAdam({"lr": cfg["lr"]}, sparse_args={"lr": cfg["local_lr"]})
+        if main and resume:
+            checkpoint.check_matches(state, model, guide)  # before config.json changes
+            state = None  # memory-mapped from the file: fit reads it again
+        if rows_dir is not None:  # one folder per process in a data-parallel run
+            rows.memory_map(guide, optim, rows_dir / (f"rank{distributed.rank()}" if cfg["distributed"] else ""))
+        if main:
+            folders.write_text(out / CONFIG, json.dumps(cfg, indent=2))
+        history = fit(model, guide, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"], optim=optim, loss=loss,
+                      checkpoint_dir=str(out), device=device,
+                      validate_every_step=cfg["validate_every_step"], resume=resume, progress=not cfg["no_progress"],
+                      seed=cfg["seed"], config=cfg, local_steps=cfg["local_steps"], distributed=cfg["distributed"],
+                      threads=cfg["threads"])
+        if main:
+            folders.write_csv(history, out / HISTORY)
     return Run(out, model, guide, ds, cfg, history)
+
+
+def old_rows(out: Path) -> Optional[Path]:
+    """The rows folder inside ``out`` that the run there keeps its rows in (None: none, or no readable run)."""
+    try:
+        cfg = json.loads((out / CONFIG).read_text())
+        return folders.inside(out, cfg["rows_on_disk"], "rows_on_disk") if cfg.get("rows_on_disk") else None
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        return None
+
+
+def mismatch(saved: dict, in_checkpoint: dict) -> list:
+    """The settings (but those a resume may change, and ``out``) on which ``config.json`` and the checkpoint's
+    copy disagree: ``[(name, config.json's value, the checkpoint's value), ...]``."""
+    skip = set(RESUMABLE) | {"out"}
+    names = sorted((set(saved) | set(in_checkpoint)) - skip)
+    missing = object()
+    differ = [(k, saved.get(k, missing), in_checkpoint.get(k, missing)) for k in names]
+    return [(k, a, b) for k, a, b in differ if a != b and not (missing in (a, b) and DEFAULTS.get(k) in (a, b))]
+
+
+def check_config_matches(path: Path, saved: dict, in_checkpoint: dict, what: str) -> None:
+    """A :class:`RunError` naming each field on which ``config.json`` (``saved``) and the checkpoint's copy
+    disagree (both with the defaults filled in)."""
+    differ = mismatch({**DEFAULTS, **saved}, {**DEFAULTS, **in_checkpoint})
+    if differ:
+        shown = "; ".join(f"{k} {a!r} in {CONFIG}, {b!r} in the checkpoint" for k, a, b in differ[:4])
+        raise RunError(f"{what}: {path}/{CONFIG} and its checkpoint disagree ({shown}): {CONFIG} was changed or "
+                       f"belongs to another run; put back the checkpoint's settings, or train the run again.")
+
+
+def check_resumable(out: Path, saved: dict, cfg: dict) -> dict:
+    """Everything ``--resume`` can check before it changes a file: the checkpoint is readable and agrees with
+    ``config.json``, has not trained past ``cfg["epochs"]``, and was written by as many processes."""
+    with warnings.catch_warnings():  # fit reads it again, and warns then of a fall-back on the previous one
+        warnings.simplefilter("ignore", checkpoint.CheckpointWarning)
+        state = read_run_checkpoint(out / CHECKPOINT, mmap=True)
+    check_config_matches(out, saved, state["config"], "--resume")
+    if state["epoch"] > cfg["epochs"]:
+        raise RunError(f"--resume: the run in {out} has already trained {state['epoch']} epochs: pass --epochs "
+                       f"above {state['epoch']} to continue it (--epochs counts from the start of the run).")
+    if ("distributed" in state) != bool(cfg["distributed"]):
+        if "distributed" in state:
+            raise RunError(f"--resume: {out / CHECKPOINT} was written by {state['distributed']['world_size']} "
+                           f"processes: resume it with --distributed in as many (torchrun ...); one process cannot "
+                           f"continue their random streams.")
+        raise RunError(f"--resume: {out / CHECKPOINT} was written by a one-process run: resume it without "
+                       f"--distributed (the ranks' random streams cannot continue one process's).")
+    return state
+
+
+def check_fits(cfg: dict, ds: data.Dataset) -> None:
+    """A :class:`RunError` before any allocation when the model and guide ``cfg`` describes cannot fit in memory:
+    their parameters, gradients and two Adam moments (16 bytes a parameter; per-datapoint rows kept on disk with
+    ``rows_on_disk`` do not count) against this machine's RAM, or the device's memory."""
+    limit, where = memory_of(cfg["device"])
+    cfg = {**DEFAULTS, **cfg}
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            model = build_model(ds, cfg["z_dim"], cfg["hidden"], cfg["likelihood"], cfg["seed"], cfg["activation"])
+    except (RuntimeError, OverflowError, MemoryError, TypeError) as e:  # torch: sizes past int64
+        raise RunError(f"the model and guide of z_dim={cfg['z_dim']}, hidden={cfg['hidden']} cannot be built "
+                       f"({str(e).splitlines()[0][:80]}): give smaller --z-dim / --hidden.") from None
+    count = sum(p.numel() for p in model.parameters())
+    try:
+        with torch.device("meta"):  # (not build(), which seeds the RNG)
+            guide = build_guide(cfg["guide"], ds, cfg["z_dim"], cfg["hidden"], model=model,
+                                activation=cfg["activation"], **guide_options(cfg["guide"], cfg))
+    except (RuntimeError, NotImplementedError):  # a guide whose construction reads values (a flow): as the model
+        guide = None
+    if guide is None:
+        count *= 2  # an amortized encoder mirrors the decoder
+        on_disk, amortized = set(), True
+    else:
+        on_disk = set(guide.row_parameter_names()) if cfg["rows_on_disk"] and hasattr(guide, "row_parameter_names") \
+            else set()
+        count += sum(p.numel() for n, p in guide.named_parameters() if n not in on_disk)
+        amortized = guide.amortized
+    if 16 * count > limit:
+        rows_hint = "" if on_disk or amortized else ", or keep the per-datapoint rows on disk (--rows-on-disk)"
+        raise RunError(f"the model and guide hold {count:.3g} parameters, {16 * count / 2**30:.3g} GiB with their "
+                       f"gradients and Adam's moments, and {where} has {limit / 2**30:.3g} GiB: give smaller "
+                       f"--z-dim / --hidden{rows_hint}.")
+
+
+def memory_of(device: str) -> Tuple[int, str]:
+    """The bytes of memory on ``device`` (RAM for the CPU) and how to name it in a message."""
+    d = torch.device(device)
+    if d.type == "cuda":
+        return torch.cuda.get_device_properties(d.index or 0).total_memory, str(d)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine"
 
 
 def saved_config(path, what: str = "load_run") -> dict:
@@ -191,8 +327,12 @@ def saved_config(path, what: str = "load_run") -> dict:
                        f"{CONFIG} and {CHECKPOINT}, as `pyro-vae train` writes them); {fix}.")
     try:
         cfg = json.loads(config.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunError(f"{what}: {config} is not valid JSON ({e}); restore it or train the run again.") from None
+    if not isinstance(cfg, dict):
+        raise RunError(f"{what}: {config} holds a JSON {type(cfg).__name__}, not a run's settings by name; restore "
+                       f"it (the checkpoint keeps a copy: pyro_vae.checkpoint.load(...)['config']) or train the run "
+                       f"again.")
     if "guides" in cfg:
         raise RunError(f"{what}: {path} is the output of `pyro-vae compare`, not a run: give the folder of a "
                        f"`pyro-vae train` run.")
@@ -210,18 +350,21 @@ def load_run(path, device: str = "cpu") -> Run:
     path = Path(path)
     cfg = TrainSettings.from_dict(saved_config(path), str(path / CONFIG)).to_dict()
     state = read_run_checkpoint(path / CHECKPOINT)
+    check_config_matches(path, cfg, state["config"], "load_run")
+    if cfg["rows_on_disk"]:
+        folders.inside(path, cfg["rows_on_disk"], "rows_on_disk")  # a crafted config names no folder outside
     try:
-        ds = load_data(cfg)
+        ds = load_data(cfg, download=False, folder=path)  # a reader creates and downloads nothing
     except (OSError, ValueError) as e:
         raise RunError(f"load_run: the data {path.name} was trained on cannot be loaded ({e})") from None
     model, guide = build(cfg, ds)
     try:
         model.load_state_dict(state["model"])
         guide.load_state_dict(state["guide"])
-    except RuntimeError as e:  # shapes or names that config.json and the checkpoint disagree on
+    except RuntimeError as e:  # shapes or names that the settings and the checkpoint's weights disagree on
         first = str(e).splitlines()[0]
         raise RunError(f"load_run: the checkpoint in {path} does not fit the model its {CONFIG} describes "
-                       f"({first}); was config.json edited?") from None
+                       f"({first}): the checkpoint is damaged; train the run again.") from None
     model.to(device)
     guide.to(device)
     history = pd.DataFrame(state["history"], columns=COLUMNS).astype({"epoch": int})

@@ -172,15 +172,7 @@ def _problem(kind: str, value) -> Optional[str]:
     if kind == "str":
         return None if isinstance(value, str) else "must be a string"
     if kind == "device":
-        if not isinstance(value, str):
-            return "must be a torch device name such as cpu or cuda"
-        try:
-            device = torch.device(value)
-        except RuntimeError:
-            return "is not a torch device (try cpu or cuda)"
-        if device.type == "cuda" and not torch.cuda.is_available():
-            return "names a CUDA device and this machine has none (use cpu)"
-        return None
+        return device_problem(value)
     if kind.startswith("int"):
         if not (isinstance(value, int) and not isinstance(value, bool)):
             return "must be an integer"
@@ -190,6 +182,29 @@ def _problem(kind: str, value) -> Optional[str]:
         if not number:
             return "must be a number"
         return None if 0 < value < math.inf else "must be a finite positive number"
+    return None
+
+
+def device_problem(value) -> Optional[str]:
+    """What is wrong with ``value`` as the device a command trains or evaluates on, or None: a torch device that
+    this machine has, and that holds values (not ``meta``, which holds shapes only)."""
+    if not isinstance(value, str):
+        return "must be a torch device name such as cpu or cuda"
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        return "is not a torch device (try cpu or cuda)"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "names a CUDA device and this machine has none (use cpu)"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return f"names CUDA device {device.index} and this machine has {torch.cuda.device_count()} (use cuda:0)"
+        return None
+    if device.type == "mps":
+        available = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        return None if available else "names Apple's MPS device and this machine has none (use cpu)"
+    if device.type != "cpu":
+        return f"is a {device.type} device, and pyro-vae trains on cpu, cuda or mps (use cpu)"
     return None
 
 

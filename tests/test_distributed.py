@@ -15,7 +15,7 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae import data, distributed, models
+from pyro_vae import data, distributed, folders, models
 from pyro_vae.distributed import DistributedError, ShardSampler
 from pyro_vae.train import fit
 
@@ -89,13 +89,13 @@ def test_cli_distributed_train_writes_from_rank_0_and_refuses_a_single_process(t
     flags = ["train", "--distributed", "--guide", "meanfield", "--epochs", "2", "--no-progress", "--out", str(out)]
     done = _run([*cli, *flags], processes=2)
     assert done.stdout.count("meanfield on digits: epoch 2") == 1  # rank 0 alone reports
-    assert {p.name for p in out.iterdir()} == {"config.json", "history.csv", "checkpoint.pt", "checkpoint.prev.pt",
+    assert set(folders.contents(out)) == {"config.json", "history.csv", "checkpoint.pt", "checkpoint.prev.pt",
                                               "learning_curves.png"}
     assert len(pd.read_csv(out / "history.csv")) == 2
     # rows on disk, one folder per rank: the same run to the bit
     on_disk = tmp_path / "on_disk"
-    _run([*cli, *flags[:-1], str(on_disk), "--rows-on-disk", str(tmp_path / "rows")], processes=2)
-    assert sorted(p.name for p in (tmp_path / "rows").iterdir()) == ["rank0", "rank1"]
+    _run([*cli, *flags[:-1], str(on_disk), "--rows-on-disk", str(on_disk / "rows")], processes=2)
+    assert sorted(p.name for p in (on_disk / "rows").iterdir()) == ["rank0", "rank1"]
     pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv").drop(columns="seconds"),
                                   pd.read_csv(on_disk / "history.csv").drop(columns="seconds"), check_exact=True)
     a, b = (torch.load(d / "checkpoint.pt", weights_only=True)["guide"] for d in (out, on_disk))

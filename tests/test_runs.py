@@ -61,7 +61,7 @@ def test_a_loaded_run_is_ready_for_svi_step(two_runs):
     ("compare output", "output of `pyro-vae compare`"),
     ("another version", "checkpoint format 99"),
     ("data gone", "cannot be loaded"),
-    ("edited config", "does not fit the model"),
+    ("edited config", r"config.json and its checkpoint disagree \(z_dim 6 in config.json, 4 in the checkpoint\)"),
 ])
 def test_load_run_refuses_with_one_clear_line(tmp_path, two_runs, problem, message):
     from pyro_vae.train import CheckpointError
@@ -76,8 +76,11 @@ def test_load_run_refuses_with_one_clear_line(tmp_path, two_runs, problem, messa
         cfg = json.loads((path / "config.json").read_text())
         if problem == "compare output":
             cfg["guides"] = ["normal"]
-        elif problem == "data gone":
-            cfg.update(data="mnist", root=str(tmp_path / "nowhere"), no_download=True)
+        elif problem == "data gone":  # config.json and the checkpoint agree, and the files are not there
+            gone = dict(data="mnist", root=str(tmp_path / "nowhere"), no_download=True)
+            cfg.update(gone)
+            state = load_checkpoint(path / CHECKPOINT)
+            torch.save({**state, "config": {**state["config"], **gone}}, path / CHECKPOINT)
         elif problem == "edited config":
             cfg["z_dim"] = 6
         elif problem == "another version":

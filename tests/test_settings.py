@@ -15,7 +15,7 @@ def chosen(monkeypatch):
     """What train and compare would run with, recorded instead of run."""
     seen = {}
     monkeypatch.setattr(cli, "_train", lambda cfg: seen.update(train=cfg))
-    monkeypatch.setattr(cli, "cmd_compare", lambda s: seen.update(compare=s))
+    monkeypatch.setattr(cli, "cmd_compare", lambda s, **kw: seen.update(compare=s))
     return seen
 
 

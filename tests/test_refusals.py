@@ -1,0 +1,317 @@
+"""Bad input, at the command line and at the API, as a careless or hostile user gives it: each case is refused in
+one line that names the problem and the fix (its first words are checked), exit status 2, before any work, and
+changes no file. Cases of issue 26; a failure says which way a case went wrong (TRACEBACK, ACCEPTED: the command
+ran, MISLEADING: another message, CHANGED: a refused command touched a file)."""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import guides
+from pyro_vae import cli, data, estimators, fit, folders, models, runs
+from pyro_vae.checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT
+
+SMALL = ["--z-dim", "2", "--hidden", "8", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two tiny runs of 2 epochs: ``normal`` (amortized) and ``meanfield`` with its rows on disk in ``rows``."""
+    root = tmp_path_factory.mktemp("trained")
+    small = {"z_dim": 2, "hidden": [8], "epochs": 2, "no_progress": True}
+    runs.train({**small, "out": str(root / "normal")})
+    runs.train({**small, "guide": "meanfield", "out": str(root / "meanfield"),
+                "rows_on_disk": str(root / "meanfield" / "rows")})
+    return root
+
+
+def edit_json(path, **changes):
+    cfg = json.loads(Path(path).read_text())
+    Path(path).write_text(json.dumps({**cfg, **changes}))
+
+
+def edit_checkpoint(run, change, name=CHECKPOINT):
+    state = torch.load(run / name, weights_only=True)
+    change(state)
+    torch.save(state, run / name)
+
+
+def only_latest(run):
+    (run / PREVIOUS_CHECKPOINT).unlink()
+    return run
+
+
+def snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != folders.LOCK}
+
+
+def case_guide_changed(r, t):
+    edit_json(r["normal"] / "config.json", guide="mvn")
+    return ["train", "--resume", "--epochs", "4", "--out", r["normal"]]
+
+
+def case_sizes_changed(what, value):
+    def setup(r, t):
+        edit_json(r["normal"] / "config.json", **{what: value})
+        return ["train", "--resume", "--epochs", "4", "--out", r["normal"]]
+    return setup
+
+
+def case_list_config(command):
+    def setup(r, t):
+        (r["normal"] / "config.json").write_text("[1, 2, 3]")
+        return [*command, r["normal"]] if command[0] != "train" else [*command, "--out", r["normal"]]
+    return setup
+
+
+def case_tampered(change):
+    def setup(r, t):
+        edit_checkpoint(only_latest(r["normal"]), change)
+        return ["train", "--resume", "--epochs", "4", "--out", r["normal"]]
+    return setup
+
+
+def case_corrupt(r, t):
+    (only_latest(r["normal"]) / CHECKPOINT).write_bytes(os.urandom(3000))
+    return ["sample", r["normal"]]
+
+
+def case_config_file(text, suffix=".json"):
+    def setup(r, t):
+        (t / f"settings{suffix}").write_text(text)
+        return ["train", "--config", t / f"settings{suffix}", "--out", t / "new"]
+    return setup
+
+
+def case_rows_outside(value, command):
+    def setup(r, t):
+        edit_json(r["meanfield"] / "config.json", rows_on_disk=value.format(t=t))
+        edit_checkpoint(r["meanfield"], lambda s: s["config"].update(rows_on_disk=value.format(t=t)))
+        return {"resume": ["train", "--resume", "--epochs", "4", "--out", r["meanfield"]],
+                "sample": ["sample", r["meanfield"]], "evaluate": ["evaluate", r["meanfield"]]}[command]
+    return setup
+
+
+def case_root_elsewhere(command):
+    def setup(r, t):
+        moved = {"data": "mnist", "root": str(t / "elsewhere" / "deep")}
+        edit_json(r["normal"] / "config.json", **moved)
+        edit_checkpoint(only_latest(r["normal"]), lambda s: s["config"].update(moved))
+        return {"sample": ["sample", r["normal"]], "evaluate": ["evaluate", r["normal"]],
+                "resume": ["train", "--resume", "--epochs", "4", "--out", r["normal"]]}[command]
+    return setup
+
+
+def case_busy(r, t):
+    r["hold"] = folders.writer(r["normal"], "train")  # another writer holds the folder (released after the case)
+    r["hold"].__enter__()
+    return ["train", "--resume", "--epochs", "4", "--out", r["normal"]]
+
+
+def case_read_only(r, t, monkeypatch):
+    run = r["normal"]
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == run else real(p, mode))  # we run as root
+    return ["train", "--resume", "--epochs", "4", "--out", run]
+
+
+def case_foreign_file(r, t):
+    (r["normal"] / "notes.txt").write_text("mine")
+    return ["train", *SMALL, "--overwrite", "--out", r["normal"]]
+
+
+def case_out_is_file(r, t):
+    (t / "a_file").write_text("x")
+    return ["train", *SMALL, "--out", t / "a_file"]
+
+
+#: (id, setup(runs, tmp) -> argv, the message's first words: a regular expression matched at its start)
+CLI_CASES = [
+    ("train into a finished run", lambda r, t: ["train", *SMALL, "--out", r["normal"]],
+     r"\S+ already holds a run of `pyro-vae train` .*: pass --resume to continue it, pass --overwrite"),
+    ("compare into a run", lambda r, t: ["compare", "--quick", "--out", r["normal"]],
+     r"\S+ already holds a run of `pyro-vae train`"),
+    ("train into compare's output", lambda r, t: (shutil.copy(r["normal"] / "history.csv", t / "results.csv"),
+                                                 ["train", *SMALL, "--out", t])[1],
+     r"\S+ already holds the output of `pyro-vae compare`"),
+    ("--overwrite of a folder with another file", case_foreign_file, r"--overwrite replaces only pyro-vae's own"),
+    ("--resume and --overwrite", lambda r, t: ["train", "--resume", "--overwrite", "--out", r["normal"]],
+     r"--resume continues the run in --out and --overwrite replaces it"),
+    ("a second writer", case_busy, r"\S+ is being written by process \d+ \(pyro-vae train\): wait"),
+    ("--out is a file", case_out_is_file, r"\S+ is a file, not a folder"),
+    ("--resume into a read-only run", case_read_only, r"\S+ is not writable"),
+    ("--resume with fewer epochs than trained", lambda r, t: ["train", "--resume", "--epochs", "1", "--out",
+                                                             r["normal"]],
+     r"--resume: the run in \S+ has already trained 2 epochs: pass --epochs above 2"),
+    ("--resume after config.json names another guide", case_guide_changed,
+     r"--resume: \S+config.json and its checkpoint disagree \(guide 'mvn' in config.json, 'normal'"),
+    ("--resume after config.json's z_dim changed", case_sizes_changed("z_dim", 5), r"--resume: .* disagree \(z_dim"),
+    ("--resume after config.json's hidden changed", case_sizes_changed("hidden", [16]),
+     r"--resume: .* disagree \(hidden"),
+    ("--resume after config.json's data changed", case_sizes_changed("data", "linear-gaussian"),
+     r"--resume: .* disagree \(data"),
+    ("sample after config.json changed", lambda r, t: (edit_json(r["normal"] / "config.json", z_dim=3),
+                                                       ["sample", r["normal"]])[1], r"load_run: .* disagree \(z_dim"),
+    ("--resume of a config.json that is a list", case_list_config(["train", "--resume"]),
+     r"--resume: \S+config.json holds a JSON list"),
+    ("evaluate a config.json that is a list", case_list_config(["evaluate"]), r"load_run: \S+ holds a JSON list"),
+    ("a checkpoint whose epoch is a string", case_tampered(lambda s: s.update(epoch="2")),
+     r"\S+checkpoint.pt is damaged \(its epoch is '2', not a count\)"),
+    ("a checkpoint without RNG state", case_tampered(lambda s: s["rng"].pop("torch")),
+     r"\S+checkpoint.pt is damaged \(its RNG state"),
+    ("a checkpoint without optimizer state", case_tampered(lambda s: s.pop("optim")),
+     r"\S+checkpoint.pt is not a pyro-vae checkpoint \(missing optim\)"),
+    ("a checkpoint with a foreign optimizer key", case_tampered(lambda s: s["optim"].update({"model/x": {}})),
+     r"the checkpoint holds optimizer state for model/x"),
+    ("a checkpoint whose history was cut", case_tampered(lambda s: s["history"].pop()),
+     r"\S+checkpoint.pt is damaged \(its history has 1 rows for 2 epochs\)"),
+    ("a corrupt checkpoint", case_corrupt, r"\S+checkpoint.pt is damaged or not a checkpoint \(torch.load raised"),
+    ("--z-dim 100000000", lambda r, t: ["train", "--z-dim", "100000000", "--out", t / "new"],
+     r"the model and guide hold \S+ parameters"),
+    ("--hidden 1000000000", lambda r, t: ["train", "--hidden", "1000000000", "--out", t / "new"],
+     r"the model and guide hold \S+ parameters"),
+    ("z_dim 1e23 in a config", case_config_file('{"z_dim": 100000000000000000000000}'),
+     r"the model and guide of z_dim=100000000000000000000000, hidden=\[256\] cannot be built"),
+    ("--device meta", lambda r, t: ["train", "--device", "meta", "--out", t / "new"],
+     r"argument --device: 'meta' is a meta device"),
+    ("--device mps", lambda r, t: ["train", "--device", "mps", "--out", t / "new"],
+     r"argument --device: 'mps' names Apple's MPS device and this machine has none"),
+    ("--lr -1e-3", lambda r, t: ["train", "--lr", "-1e-3", "--out", t / "new"],
+     r"argument --lr: -0.001 is not a finite positive number"),
+    ('"lr": "fast" in a config', case_config_file('{"lr": "fast"}'), r"lr in \S+ must be a number, got 'fast'"),
+    ("lr: fast in a YAML config", case_config_file("lr: fast\n", ".yaml"), r"lr in \S+ must be a number"),
+    ("sample --n beyond the test split", lambda r, t: ["sample", r["normal"], "--n", "100000"],
+     r"sample --n 100000: .* the test split has 359: give --n 359 or fewer"),
+    ("sample --out with another suffix", lambda r, t: ["sample", r["normal"], "--out", t / "samples.txt"],
+     r"sample --out \S+: the samples of image data are written as .png"),
+    ("compare --guides normal --families mvn", lambda r, t: ["compare", "--guides", "normal", "--families", "mvn",
+                                                            "--out", t / "new"],
+     r"compare: the normal guide's gaps are measured against q\* of its own family, 'normal'"),
+    ("evaluate A B --out FILE", lambda r, t: ((t / "f.csv").write_text("x"),
+                                              ["evaluate", r["normal"], r["meanfield"], "--out", t / "f.csv"])[1],
+     r"evaluate --out \S+ is a file"),
+    ("evaluate A B --out a run", lambda r, t: ["evaluate", r["normal"], r["meanfield"], "--out", r["normal"]],
+     r"evaluate --out \S+ holds a run"),
+    ("--rows-on-disk outside --out", lambda r, t: ["train", *SMALL, "--guide", "meanfield", "--rows-on-disk",
+                                                   t / "rows", "--out", t / "new"],
+     r"rows_on_disk \S+ is outside the run folder"),
+    ("--rows-on-disk the run folder itself", lambda r, t: ["train", *SMALL, "--guide", "meanfield", "--rows-on-disk",
+                                                           t / "new", "--out", t / "new"],
+     r"rows_on_disk \S+new is the run folder itself"),
+    ("--resume of a config naming rows elsewhere", case_rows_outside("{t}/elsewhere", "resume"),
+     r"rows_on_disk \S+elsewhere is outside the run folder"),
+    ("--resume of a config naming rows by ../", case_rows_outside("../outside", "resume"),
+     r"rows_on_disk \.\./outside is outside the run folder"),
+    ("sample of a config naming rows elsewhere", case_rows_outside("{t}/elsewhere", "sample"),
+     r"rows_on_disk \S+ is outside the run folder"),
+    ("sample of a run whose data root is elsewhere", case_root_elsewhere("sample"),
+     r"load_run: the data \S+ was trained on cannot be loaded \(mnist: not in \S+deep, and nothing is downloaded"),
+    ("evaluate of a run whose data root is elsewhere", case_root_elsewhere("evaluate"),
+     r"load_run: the data \S+ was trained on cannot be loaded"),
+    ("--resume of a run whose data root is elsewhere", case_root_elsewhere("resume"),
+     r"mnist: not in \S+deep, and nothing is downloaded"),
+]
+
+
+@pytest.mark.parametrize("setup, expected", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
+def test_command_line_refusals(trained, tmp_path, capsys, monkeypatch, setup, expected):
+    r = {name: tmp_path / name for name in ("normal", "meanfield")}
+    for name in r:
+        shutil.copytree(trained / name, r[name])
+        edit_json(r[name] / "config.json")  # as it was
+    args = setup(r, tmp_path, monkeypatch) if setup is case_read_only else setup(r, tmp_path)
+    argv = [str(a) for a in args]
+    before = snapshot(tmp_path)
+    try:
+        try:
+            code = cli.main(argv)
+        except SystemExit as e:  # argparse
+            code = e.code
+        except Exception as e:  # noqa: BLE001: the case's point
+            pytest.fail(f"TRACEBACK: {type(e).__name__}: {e}")
+    finally:
+        if "hold" in r:
+            r["hold"].__exit__(None, None, None)
+    err = capsys.readouterr().err.strip()
+    assert code != 0, f"ACCEPTED: {argv} ran (exit 0)"
+    message = err.split(": error: ", 1)[-1]
+    assert code == 2 and len(err.splitlines()) == 1 and re.match(expected, message), f"MISLEADING: {err!r}"
+    assert snapshot(tmp_path) == before, "CHANGED: a refused command changed a file"
+    assert not (tmp_path / "new").exists() and not (tmp_path / "elsewhere").exists(), "CHANGED: it made a folder"
+
+
+def _model_and_guide(ds, guide_z=2, guide_x=None):
+    model = models.VAE(ds.x_dim, 2, (8,), num_data=len(ds.train))
+    guide = guides.make("normal", x_dim=guide_x or ds.x_dim, z_dim=guide_z, hidden=(8,), num_data=len(ds.train))
+    return model, guide
+
+
+def _noise_gz(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(os.urandom(500))
+    return path
+
+
+def _cut_idx(tmp_path):
+    import gzip
+
+    path = tmp_path / "cut-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(bytes([0, 0, 8, 3, 0, 0]))
+    return path
+
+
+#: (id, call(ds, tmp_path), the error's type, the message's first words)
+API_CASES = [
+    ("a guide of another z_dim", lambda ds, t: fit(*_model_and_guide(ds, guide_z=3), ds, epochs=1, progress=False),
+     ValueError, r"the guide was built with z_dim=3 and the model with z_dim=2"),
+    ("a guide of another x_dim", lambda ds, t: fit(*_model_and_guide(ds, guide_x=10), ds, epochs=1, progress=False),
+     ValueError, r"the guide was built with x_dim=10 and the model with x_dim=64"),
+    ("idx out of range", lambda ds, t: guides.make("meanfield", z_dim=2, num_data=10)(torch.zeros(10, 4),
+                                                                                    torch.arange(1, 11)),
+     ValueError, r"MeanField: idx must lie in \[0, num_data=10\), got values in \[1, 10\]"),
+    ("idx of another shape", lambda ds, t: guides.make("meanfield", z_dim=2, num_data=10)(torch.zeros(10, 4),
+                                                                                         torch.arange(5)),
+     ValueError, r"MeanField: idx must be a 1-D tensor with one dataset index per row of x \(expected shape \(10,\), "
+                 r"got \(5,\)\)"),
+    ("elbo with num_samples=0", lambda ds, t: estimators.elbo(_model_and_guide(ds)[0].model, _model_and_guide(ds)[1],
+                                                              ds.test[:5], num_samples=0),
+     ValueError, r"num_samples must be a positive integer, got 0"),
+    ("log_likelihood with num_samples=0",
+     lambda ds, t: estimators.log_likelihood(_model_and_guide(ds)[0].model, _model_and_guide(ds)[1], ds.test[:5],
+                                             num_samples=0), ValueError, r"num_samples must be a positive integer"),
+    ("a float64 Dataset", lambda ds, t: data.Dataset("x", ds.train.double(), ds.test),
+     TypeError, r"Dataset.train must be a float32 tensor \(n, x_dim\), got torch.float64: pass train.float\(\)"),
+    ("an int Dataset", lambda ds, t: data.Dataset("x", ds.train, ds.test.long()),
+     TypeError, r"Dataset.test must be a float32 tensor \(n, x_dim\), got torch.int64"),
+    ("random bytes as an IDX .gz", lambda ds, t: data.read_idx(_noise_gz(t)),
+     ValueError, r"\S+train-images-idx3-ubyte.gz cannot be read as a gzipped IDX file"),
+    ("an IDX file cut inside its header", lambda ds, t: data.read_idx(_cut_idx(t)),
+     ValueError, r"\S+cut-idx3-ubyte.gz is cut short or not an IDX file"),
+    ("a second writer through the API", lambda ds, t: _second_writer(t),
+     ValueError, r"\S+ is being written by process \d+ \(pyro-vae train\)"),
+]
+
+
+def _second_writer(tmp_path):
+    with folders.writer(tmp_path / "run", "train"):
+        runs.train({"z_dim": 2, "hidden": [8], "epochs": 1, "no_progress": True, "out": str(tmp_path / "run")})
+
+
+@pytest.mark.parametrize("call, kind, expected", [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES])
+def test_api_refusals(digits, tmp_path, call, kind, expected):
+    try:
+        call(digits, tmp_path)
+    except kind as e:
+        assert re.match(expected, str(e)), f"MISLEADING: {e}"
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"TRACEBACK: {type(e).__name__}: {e}")
+    else:
+        pytest.fail("ACCEPTED: the call returned")

@@ -1,0 +1,187 @@
+"""Run folders that cannot be lost or mixed: one writer at a time, nothing replaced unasked, nothing written outside,
+and the previous checkpoint usable after a kill or a full disk in the middle of writing one."""
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from pyro_vae import cli, folders, rows, runs
+from pyro_vae.checkpoint import CHECKPOINT, load as load_checkpoint
+
+SMALL = ["--z-dim", "2", "--hidden", "8", "--no-progress"]
+ROWS = ["--guide", "meanfield", *SMALL]
+HERE = Path(__file__).parent
+
+
+def pyro_vae(*args, script=None, timeout=300):
+    command = [sys.executable, *([str(HERE / script)] if script else ["-m", "pyro_vae.cli"]), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def history(run):
+    return pd.read_csv(Path(run) / "history.csv").drop(columns="seconds")
+
+
+def test_one_writer_per_folder_and_a_killed_writer_leaves_no_lock(tmp_path, capsys):
+    run = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", "train", *SMALL, "--epochs", "100000", "--out",
+                              str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not (run / CHECKPOINT).exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert folders.holder(run) == f"process {first.pid} (pyro-vae train)"
+        for args in (["train", *SMALL, "--epochs", "3", "--out", run],
+                     ["train", *SMALL, "--epochs", "3", "--overwrite", "--out", run],
+                     ["train", "--resume", "--epochs", "200000", "--out", run],
+                     ["compare", "--quick", "--overwrite", "--out", run]):
+            assert cli.main([str(a) for a in args]) == 2  # in this process: the lock is the other one's
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"{run} is being written by process {first.pid} (pyro-vae train): wait" \
+                in err, err
+        # a reader meanwhile gets the last complete checkpoint of this run, whose settings agree with config.json
+        seen = runs.load_run(run)
+        assert seen.epochs >= 1 and seen.config["epochs"] == 100000
+    finally:
+        first.kill()
+        first.wait()
+    assert folders.holder(run) is None  # the kernel released the lock of the killed process
+    done = pyro_vae("train", "--resume", "--epochs", load_checkpoint(run / CHECKPOINT)["epoch"] + 1, "--out", run)
+    assert done.returncode == 0, done.stderr
+
+
+def test_overwrite_replaces_a_run_and_keeps_nothing_of_it(tmp_path, capsys):
+    run, fresh = tmp_path / "run", tmp_path / "fresh"
+    assert cli.main(["train", *ROWS, "--epochs", "3", "--rows-on-disk", str(run / "rows"), "--out", str(run)]) == 0
+    assert cli.main(["evaluate", str(run), "--n-eval", "5", "--ll-samples", "20", "--elbo-samples", "5",
+                     "--qstar-steps", "2", "--no-progress"]) == 0
+    assert cli.main(["sample", str(run), "--n", "4"]) == 0
+    assert cli.main(["sample", str(run), "--n", "4", "--out", str(tmp_path)]) == 0  # a folder: samples.png in it
+    assert f"wrote {tmp_path / 'samples.png'}" in capsys.readouterr().out and (tmp_path / "samples.png").is_file()
+    written = folders.contents(run)
+    assert {"rows", "evaluation.csv", "samples.png", "checkpoint.pt"} <= set(written)
+    assert all(folders.owned(name) for name in written if name != "rows"), written  # the list --overwrite removes
+    again = ["train", *SMALL, "--epochs", "2", "--seed", "5"]
+    assert cli.main([*again, "--out", str(run)]) == 2 and "pass --overwrite" in capsys.readouterr().err
+    assert folders.contents(run) == written
+    assert cli.main([*again, "--overwrite", "--out", str(run)]) == 0
+    assert cli.main([*again, "--out", str(fresh)]) == 0
+    assert folders.contents(run) == folders.contents(fresh) == ["checkpoint.prev.pt", "checkpoint.pt", "config.json",
+                                                                "history.csv", "learning_curves.png"]
+    pd.testing.assert_frame_equal(history(run), history(fresh), check_exact=True)
+    assert runs.load_run(run).config["guide"] == "normal"
+
+
+def test_a_run_folder_is_self_contained_and_can_be_moved(tmp_path, monkeypatch):
+    """Rows given relative to the current folder are saved relative to the run; the moved run resumes with its
+    rows inside it, from any current folder; a symlink planted in the run is replaced, never written through."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", *ROWS, "--epochs", "2", "--rows-on-disk", "a/run/rows", "--out", "a/run"]) == 0
+    assert json.loads(Path("a/run/config.json").read_text())["rows_on_disk"] == "rows"
+    shutil.move("a/run", "moved")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the run's")
+    (tmp_path / "moved" / "history.csv").unlink()
+    (tmp_path / "moved" / "history.csv").symlink_to(outside)
+    monkeypatch.chdir(tmp_path / "moved" / "rows")
+    assert cli.main(["train", "--resume", "--epochs", "3", "--out", str(tmp_path / "moved")]) == 0
+    assert outside.read_text() == "not the run's" and not (tmp_path / "moved" / "history.csv").is_symlink()
+    assert not (tmp_path / "a" / "run").exists()
+    state = load_checkpoint(tmp_path / "moved" / CHECKPOINT)
+    on_disk = torch.from_file(str(tmp_path / "moved" / "rows" / f"loc{rows.SUFFIX}"), size=state["guide"]["loc"].numel())
+    assert state["epoch"] == 3 and torch.equal(on_disk.view_as(state["guide"]["loc"]), state["guide"]["loc"])
+
+
+def _reference(tmp_path, epochs, *flags):
+    ref = tmp_path / "reference"
+    assert cli.main(["train", *ROWS, "--epochs", str(epochs), *flags, "--rows-on-disk", str(ref / "rows"),
+                     "--out", str(ref)]) == 0
+    return ref
+
+
+def _same_run(a, b):
+    pd.testing.assert_frame_equal(history(a), history(b), check_exact=True)
+    sa, sb = (load_checkpoint(Path(d) / CHECKPOINT) for d in (a, b))
+    assert all(torch.equal(sa["guide"][k], sb["guide"][k]) for k in sa["guide"])
+    for name in ("loc", "scale_raw"):  # the live rows in their files, too
+        a_rows, b_rows = ((Path(d) / "rows" / f"{name}{rows.SUFFIX}").read_bytes() for d in (a, b))
+        assert a_rows == b_rows, name
+
+
+def test_a_kill_while_a_checkpoint_of_rows_on_disk_is_written_resumes_to_the_same_run(tmp_path):
+    ref = _reference(tmp_path, 5)
+    run = tmp_path / "killed"
+    done = pyro_vae("kill", 3, "train", *ROWS, "--epochs", 5, "--rows-on-disk", run / "rows", "--out", run,
+                    script="fault_run.py")
+    assert done.returncode == -9, done.stderr  # SIGKILL in the middle of the third checkpoint
+    assert load_checkpoint(run / CHECKPOINT)["epoch"] == 2  # the last complete one is in place
+    assert any(folders.is_temp(name) for name in folders.contents(run))  # the cut write, left beside it
+    assert folders.holder(run) is None
+    done = pyro_vae("train", "--resume", "--epochs", 5, "--out", run)
+    assert done.returncode == 0, done.stderr
+    _same_run(run, ref)
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
+    """ENOSPC by injection: torch.save writes part of the file and raises, as a full disk makes it."""
+    ref = _reference(tmp_path, 4)
+    run = tmp_path / "full"
+    real_save = torch.save
+
+    def full_disk(state, f, *args, **kw):
+        if isinstance(state, dict) and state.get("epoch") == 3:
+            f.write(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(state, f, *args, **kw)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    assert cli.main(["train", *ROWS, "--epochs", "4", "--rows-on-disk", str(run / "rows"), "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no space left on the device" in err and "--resume continues from it" in err
+    assert load_checkpoint(run / CHECKPOINT)["epoch"] == 2
+    assert not any(folders.is_temp(name) for name in folders.contents(run))  # the cut file was removed
+    monkeypatch.setattr(torch, "save", real_save)
+    assert cli.main(["train", "--resume", "--epochs", "4", "--out", str(run)]) == 0
+    _same_run(run, ref)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 1 MiB tmpfs, where this machine lets us mount one (root in a container); else the test is skipped."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (the injected ENOSPC test covers the same path)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_real_full_disk_keeps_the_previous_checkpoint(tmp_path, small_filesystem, capsys):
+    ref = tmp_path / "reference"
+    assert cli.main(["train", *SMALL, "--epochs", "4", "--out", str(ref)]) == 0
+    run = small_filesystem / "run"
+    assert cli.main(["train", *SMALL, "--epochs", "2", "--out", str(run)]) == 0
+    size = (run / CHECKPOINT).stat().st_size
+    free = shutil.disk_usage(small_filesystem).free
+    filler = small_filesystem / "filler"
+    filler.write_bytes(b"\0" * (free - size // 2))  # room for config.json, not for another checkpoint
+    assert cli.main(["train", "--resume", "--epochs", "4", "--no-progress", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no space left on the device" in err, err
+    assert load_checkpoint(run / CHECKPOINT)["epoch"] == 2
+    assert not any(folders.is_temp(name) for name in folders.contents(run))
+    filler.unlink()
+    assert cli.main(["train", "--resume", "--epochs", "4", "--no-progress", "--out", str(run)]) == 0
+    pd.testing.assert_frame_equal(history(run), history(ref), check_exact=True)
