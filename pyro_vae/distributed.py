@@ -327,6 +327,7 @@ def process_group(device: str = "cpu"):
     local = init(device)
     try:
         yield local
+        dist.barrier()  # on success, no rank tears the group down while another still uses it
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -88,6 +88,7 @@ def main(argv=None):
     if distributed.is_main():
         history.to_csv(out / "history.csv", index=False)
     if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # no rank tears the group down while another still uses it
         torch.distributed.destroy_process_group()
     return 0
 
