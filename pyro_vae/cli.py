@@ -1,4 +1,4 @@
-"""The ``pyro-vae`` command line: ``train``, ``compare``, ``evaluate``, ``sample``, ``guides``, ``datasets``.
+"""The ``pyro-vae`` command line: ``train``, ``compare``, ``evaluate``, ``sample``, ``tune``, ``guides``, ``datasets``.
 
 Usage::
 
@@ -6,6 +6,7 @@ Usage::
     pyro-vae evaluate runs/mvn runs/normal        # their gaps, side by side
     pyro-vae sample runs/mvn --n 64               # runs/mvn/samples.png
     pyro-vae compare --out runs/compare           # the amortization question on digits
+    pyro-vae tune --guide meanfield --tune-steps --trials 20 --out runs/tune-mf   # an arm tuned on validation
     pyro-vae guides                               # the guide registry
 
 The only module that parses arguments or prints.
@@ -166,6 +167,13 @@ def parser() -> argparse.ArgumentParser:
                    help="output file: .png, .pdf or .svg for image data, .csv otherwise; a folder gets samples.png or "
                         "samples.csv in it (default: RUN)")
 
+    u = sub.add_parser("tune", help="tune one arm's learning rates (and T) on the validation split with Optuna")
+    add_settings(u, settings.TuneSettings)
+    u.add_argument("--resume", action="store_true",
+                   help="add trials to the study in --out, with its saved settings (--trials: the total to reach)")
+    u.add_argument("--overwrite", action="store_true", help="replace the study (or other pyro-vae output) in --out")
+    _config_flag(u, "JSON such as the config.json a study wrote, or YAML")
+
     sub.add_parser("guides", help="list the guide registry")
     sub.add_parser("datasets", help="list the data sets")
     return top
@@ -297,6 +305,32 @@ def format_table(table: pd.DataFrame, labels=("guide", "split"), with_se: bool =
     if with_se:
         view.insert(len(labels) + 1, "log_px_se", table["log_px_se"])
     return view.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+def cmd_tune(given: dict, config: Optional[dict], resume: bool = False, overwrite: bool = False,
+             config_source: str = "") -> None:
+    """``pyro-vae tune``: a new study in ``--out``, or with ``resume`` more trials of the one there."""
+    from . import tune
+
+    if resume and overwrite:
+        raise InputError("--resume adds trials to the study in --out and --overwrite replaces it: give one of them.")
+    s = settings.resolve(settings.TuneSettings, given, config, config_source=config_source)
+    if resume:
+        s = tune.resumed_settings(Path(s.out), given)
+    ds = runs.load_data(s.to_dict(), download=not resume, folder=Path(s.out) if resume else None)
+    runs.check_fits({**s.to_dict(), "rows_on_disk": None}, ds)
+    tune.check(ds, s)
+    with folders.writer(s.out, "tune") as out:
+        if not resume:
+            folders.claim(out, "tune", overwrite)
+        folders.write_text(out / "config.json", json.dumps(s.to_dict(), indent=2))
+        study = tune.tune(ds, s)
+        written = tune.write(study, s, out)
+    trial = study.best_trial
+    shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    print(f"{study.study_name}: best of {len(study.trials)} trials, validation log p(x) {trial.value:.3f} nats per "
+          f"datapoint (trial {trial.number}: {shown}); wrote {out}/{{config.json, {', '.join(written)}}}"
+          + ("" if s.storage else f", the study in {out}/{tune.OUTPUTS['storage']}"))
 
 
 EVALUATION = {"table": "evaluation.csv", "points": "evaluation_per_point.csv", "figure": "evaluation_gaps.png"}
@@ -460,7 +494,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             cmd_sample(cfg)
         else:
             classes = {"train": settings.TrainSettings, "compare": settings.CompareSettings,
-                       "evaluate": settings.EvaluateSettings}
+                       "evaluate": settings.EvaluateSettings, "tune": settings.TuneSettings}
             cls = classes[args.command]
             given = {f.name: cfg[f.name] for f in cls.options() if f.name in cfg}
             config = settings.load_config(cfg["config"]) if cfg["config"] else None
@@ -470,7 +504,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             if config is not None:
                 config = {k: v for k, v in config.items() if k != "out"}
             preset = settings.QUICK if cfg.get("quick") else None
-            if args.command == "train":
+            if args.command == "tune":
+                cmd_tune(given, config, resume=cfg["resume"], overwrite=cfg["overwrite"],
+                         config_source=cfg["config"] or "")
+            elif args.command == "train":
                 cmd_train(given, config, resume=cfg["resume"], config_source=cfg["config"] or "",
                           overwrite=cfg["overwrite"])
             else:

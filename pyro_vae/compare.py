@@ -82,10 +82,11 @@ def inference_seconds(model, guide, x1: torch.Tensor, qstar_steps: int, qstar_lr
 
 def trainings(settings: Settings):
     """``(label, guide name, T)`` for every decoder :func:`compare` trains: one per T of ``local_steps`` for a
-    per-datapoint guide, one (T = 1) for an amortized guide."""
+    per-datapoint guide, one per T of ``encoder_steps`` for an amortized guide (T - 1 encoder-only steps per batch,
+    He et al. 2019's aggressive training); labelled ``name`` for T = 1 and ``"name T=5"`` otherwise."""
     out = []
     for name in settings.guides:
-        steps = (1,) if guides.get(name).amortized else settings.local_steps
+        steps = settings.encoder_steps if guides.get(name).amortized else settings.local_steps
         out += [(name if T == 1 else f"{name} T={T}", name, T) for T in steps]
     return out
 
@@ -152,7 +153,7 @@ def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
     )
 
 
-def _build(ds: data.Dataset, s: Settings, name: str, seed: int, hidden=None):
+def build_training(ds: data.Dataset, s: Settings, name: str, seed: int, hidden=None):
     """The model and the guide ``name`` of one training, initialized from ``seed``."""
     pyro.set_rng_seed(seed)  # for one seed every decoder starts from the same weights
     model = build_model(ds, s.z_dim, s.hidden, s.likelihood, seed, s.activation)
@@ -175,7 +176,7 @@ def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: st
     decomposition, ``sweep_seconds`` of the encoder-width sweep), ``budget`` and ``encoder_widths`` (lists of rows).
     """
     s = settings
-    model, guide = _build(ds, s, name, seed)
+    model, guide = build_training(ds, s, name, seed)
     optim = LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr})  # the same decoder lr for every guide
     loss = objectives.for_training(s.elbo, model, guide, jit=s.jit, particles=s.particles)
     x_budget = ds.test[:s.budget_points].to(s.device)
@@ -214,7 +215,7 @@ def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: st
         "evaluate_seconds": evaluate_seconds,
     }
     t0 = time.perf_counter()
-    widths = encoder_width_sweep(model, guide, ds, points, s, seed) if name == "normal" and s.encoder_widths else []
+    widths = encoder_width_sweep(model, guide, ds, points, s, seed) if label == "normal" and s.encoder_widths else []
     cost["sweep_seconds"] = time.perf_counter() - t0
     return {"model": model, "guide": guide, "history": history.assign(guide=label, seed=seed),
             "summary": summary.assign(guide=label, seed=seed), "points": points.assign(guide=label, seed=seed),
@@ -268,7 +269,7 @@ def _in_processes(ds: data.Dataset, s: Settings, jobs) -> list:
         if seed != s.seed:  # only the first seed's modules are returned
             out["model"] = out["guide"] = None
             continue
-        model, guide = _build(ds, s, name, seed)
+        model, guide = build_training(ds, s, name, seed)
         model.load_state_dict(out["model"])
         guide.load_state_dict(out["guide"])
         out["model"], out["guide"] = model.to(s.device), guide.to(s.device)

@@ -37,10 +37,16 @@ OUTPUTS = frozenset({
     "evaluation.csv", "evaluation_per_point.csv", "evaluation_gaps.png", "samples.png", "samples.csv",
     "results.csv", "cost.csv", "per_point.csv", "budget.csv", "budget_comparisons.csv", "encoder_widths.csv",
     "gaps.png", "latents.png", "images.png", "budget.png", "gaps_during_training.png", "encoder_widths.png", LOCK,
+    "optuna.db", "optuna.db-journal", "trials.csv", "best.json", "trials.png",
 })
 #: what a folder holding these files is, for messages (first match wins)
 KINDS = (("checkpoint.pt", "a run of `pyro-vae train`"), ("checkpoint.prev.pt", "a run of `pyro-vae train`"),
-         ("results.csv", "the output of `pyro-vae compare`"), ("evaluation.csv", "the output of `pyro-vae evaluate`"))
+         ("results.csv", "the output of `pyro-vae compare`"), ("evaluation.csv", "the output of `pyro-vae evaluate`"),
+         ("optuna.db", "a study of `pyro-vae tune`"), ("best.json", "a study of `pyro-vae tune`"))
+
+
+#: (command, what the folder holds) that the command can continue with --resume
+RESUMABLE = {("train", "a run of `pyro-vae train`"), ("tune", "a study of `pyro-vae tune`")}
 
 
 class FolderError(InputError):
@@ -132,7 +138,7 @@ def claim(folder, command: str, overwrite: bool = False, rows: Optional[Path] = 
         return
     shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
     if not overwrite:
-        cont = " pass --resume to continue it," if command == "train" and "checkpoint.pt" in names else ""
+        cont = " pass --resume to continue it," if (command, describe(names)) in RESUMABLE else ""
         raise FolderError(f"{folder} already holds {describe(names)} ({shown}):{cont} pass --overwrite to replace "
                           f"it, or give another --out.")
     rows_name = rows.relative_to(folder.resolve()).parts[0] if rows is not None else None

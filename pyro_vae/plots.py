@@ -198,6 +198,18 @@ def latent_scatter(latents: pd.DataFrame, title: str = "Latent means coloured by
     return grid.figure
 
 
+def tuning_trials(trials: pd.DataFrame, title: str = "Tuning trials"):
+    """Each trial's score (``value``: validation log p(x), nats per datapoint) against its ``number``, with the best
+    so far (:func:`pyro_vae.tune.trials_table`)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    done = trials.dropna(subset=["value"])
+    with _quiet():
+        sns.scatterplot(data=done, x="number", y="value", ax=ax, label="trial")
+        sns.lineplot(data=done, x="number", y="best_so_far", drawstyle="steps-post", ax=ax, label="best so far")
+    ax.set(title=title, xlabel="trial", ylabel="validation log p(x) (nats per datapoint)")
+    return fig
+
+
 def image_grid(rows: dict, image_shape, title: str = "Data, reconstructions and samples"):
     """A grid of images: ``rows`` maps a row label to a ``(n, H*W)`` tensor of pixel means in [0, 1]."""
     n = max(len(v) for v in rows.values())

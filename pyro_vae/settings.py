@@ -281,7 +281,8 @@ class CompareSettings(DataModelSettings):
 
     ``jit`` compiles the ELBO where model and guide are marked JIT-safe (see :mod:`pyro_vae.objectives`).
     ``local_steps``: each per-datapoint guide trains one decoder per T (``fit(local_steps=T)``), labelled
-    ``"meanfield"`` for T = 1 and ``"meanfield T=5"`` otherwise; amortized guides train with T = 1.
+    ``"meanfield"`` for T = 1 and ``"meanfield T=5"`` otherwise; ``encoder_steps`` does the same for each amortized
+    guide (``"normal T=5"``: T - 1 steps of the encoder with the decoder fixed per batch, aggressive training).
     ``seeds``: every training is repeated with seeds ``seed, seed + 1, ..., seed + seeds - 1`` (initial
     weights, batch order, Monte Carlo draws of training and evaluation).
     ``ais_steps``: when > 0, the evaluation also estimates log p(x) by AIS with that many steps and uses
@@ -305,6 +306,9 @@ class CompareSettings(DataModelSettings):
     local_steps: list = option([1, 5], "one decoder per T for each per-datapoint guide (meanfield, ...), trained "
                                "iteratively: T steps of the batch's rows per visit, T - 1 with the decoder fixed",
                                "int>=1", many=True, metavar="T")
+    encoder_steps: list = option([1], "one decoder per T for each amortized guide (normal, mvn, ...), trained "
+                                 "aggressively: T steps of the encoder per batch, T - 1 with the decoder fixed (He et "
+                                 "al. 2019)", "int>=1", many=True, metavar="T")
     families: list = option(["normal", "mvn"], "families of q* (flow gives L[q*_flow]; each guide's own family must "
                             "be among them)", choices=_families, many=True)
     qstar_lr: Optional[float] = option(None, QSTAR_LR_HELP, "float>0", optional=True)
@@ -351,6 +355,32 @@ class EvaluateSettings(Settings):
     device: str = option("cpu", "torch device: cpu, cuda, cuda:1, ...", "device")
     out: str = option("runs/evaluation", "folder of the combined table and figure when several runs are given")
     no_progress: bool = option(False, "hide progress bars", "bool")
+
+
+@dataclass
+class TuneSettings(DataModelSettings):
+    """``pyro-vae tune`` and :func:`pyro_vae.tune.tune`: one arm's learning rates (and T) tuned on the validation
+    split with Optuna, each trial trained for ``epochs`` epochs; saved as the tuning folder's ``config.json``."""
+
+    command: ClassVar[str] = "tune"
+
+    guide: str = option("normal", "the arm: the guide whose decoder is trained in each trial", choices=_guide_names)
+    tune_steps: bool = option(False, "also tune T, the guide's steps per batch (an encoder's: T - 1 with the decoder "
+                              "fixed, aggressive training; a per-datapoint guide's rows: variational EM)", "bool")
+    trials: int = option(20, "complete trials the study should hold (with --resume: the total to reach)", "int>=1")
+    epochs: int = option(100, "the budget of every trial: passes over the training set", "int>=1")
+    budget_points: int = option(100, "validation points on which each trial's decoder is scored by log p(x)",
+                                "int>=1")
+    budget_ll_samples: int = option(1000, "importance samples for each validation log p(x)", "int>=1")
+    elbo_samples: int = option(100, "samples for each ELBO estimate of the scoring", "int>=1")
+    qstar_steps: Optional[int] = option(None, QSTAR_STEPS_HELP, "int>=1", optional=True)
+    qstar_lr: Optional[float] = option(None, QSTAR_LR_HELP, "float>0", optional=True)
+    storage: Optional[str] = option(None, "an Optuna storage URL that processes or machines share (default: "
+                                    "sqlite in --out, optuna.db)", optional=True, metavar="URL")
+    study: Optional[str] = option(None, "the study's name (default: GUIDE[-T]-DATA-EPOCHSep)", optional=True)
+    jit: bool = option(True, "do not compile the ELBO with Pyro's JIT", "bool", flags=("--no-jit",), negate=True)
+    progress: bool = option(True, "hide progress bars", "bool", flags=("--no-progress",), negate=True)
+    out: str = option("runs/tune", "output folder: config.json, optuna.db, trials.csv, best.json, trials.png")
 
 
 #: ``pyro-vae compare --quick``: a small budget for smoke tests; it fills only what was not given otherwise

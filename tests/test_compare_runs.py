@@ -109,3 +109,24 @@ def test_encoder_width_sweep_trains_encoders_on_the_fixed_decoder():
         assert row["amortization_gap"] > -4 * row["amortization_gap_se"] - 0.01
     sizes = {w: (ds.x_dim + 1) * w + (w + 1) * 2 * settings.z_dim for w in (16, 4, 64)}  # x -> w -> (loc, scale)
     assert widths["encoder_params"].tolist() == [sizes[w] for w in widths["width"]]
+
+
+def test_an_aggressive_encoder_arm_is_fit_with_encoder_steps():
+    """encoder_steps=(1, 3): a normal decoder per T, the T = 3 one trained as fit(local_steps=3) trains it."""
+    from pyro_vae import objectives
+    from pyro_vae.optim import LazyAdam
+    from pyro_vae.train import fit
+
+    ds = data.load("linear-gaussian")
+    s = compare.Settings(**{**TINY, "guides": ("normal",)}, encoder_steps=(1, 3), budget_every=0)
+    result = compare.compare(ds, s)
+    assert result.table["guide"].unique().tolist() == ["normal", "normal T=3"]
+    assert result.cost.set_index("guide")["local_steps"].to_dict() == {"normal": 1, "normal T=3": 3}
+    model, guide = compare.build_training(ds, s, "normal", s.seed)
+    by_hand = fit(model, guide, ds, epochs=s.epochs, local_steps=3, progress=False, seed=s.seed,
+                  optim=LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr}),
+                  loss=objectives.for_training(s.elbo, model, guide, jit=s.jit))
+    arm = result.histories[result.histories["guide"] == "normal T=3"].reset_index(drop=True)
+    pd.testing.assert_series_equal(arm["train_loss"], by_hand["train_loss"])
+    plain = result.histories[result.histories["guide"] == "normal"].reset_index(drop=True)
+    assert not plain["train_loss"].equals(arm["train_loss"])

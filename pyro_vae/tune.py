@@ -1,0 +1,176 @@
+"""Tune one arm of the comparison on the validation split with Optuna, at a budget every arm shares.
+
+Usage::
+
+    s = settings.TuneSettings(guide="meanfield", tune_steps=True, trials=20, epochs=100, out="runs/tune-mf")
+    study = tune(data.load("digits", binarize="static"), s)        # the study, stored in runs/tune-mf/optuna.db
+    study.best_params                                              # {"lr": ..., "local_lr": ..., "local_steps": ...}
+
+    pyro-vae tune --guide meanfield --tune-steps --trials 20 --epochs 100 --out runs/tune-mf
+    pyro-vae tune --out runs/tune-mf --trials 40 --resume         # 20 more trials of the same study
+
+Each trial trains a decoder with the arm's guide from ``seed`` for ``epochs`` epochs (the equal budget) with the
+trial's learning rates, and scores it by log p(x) on the first ``budget_points`` **validation** points
+(:func:`pyro_vae.compare.budget_row`: importance sampling from q* fitted with the decoder frozen, so an encoder-
+trained and a mean-field-trained decoder are measured alike); the test split is never read. The search space
+(:data:`SPACE`): the Adam learning rate of the networks (``lr``, decoder and encoder together), of a per-datapoint
+guide's rows (``local_lr``), and with ``tune_steps`` T, the guide's steps per batch (``local_steps``: for an
+encoder, T - 1 encoder-only steps with the decoder fixed, He et al. 2019's aggressive training).
+
+The study lives in an Optuna storage: by default SQLite in the output folder (``optuna.db``); any database URL
+(``--storage``) lets processes or machines add trials to one study, each stopping when it holds ``trials``
+complete ones. The sampler is TPE seeded by ``seed`` plus the number of trials the study already holds: the same
+settings give the same trials again, and a resumed study draws new ones; processes sharing a study are not
+reproducible (their order of completion decides what each samples next).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from . import data, folders, objectives
+from .compare import budget_row, build_training
+from .errors import InputError
+from .settings import CompareSettings, TuneSettings
+from .train import fit
+
+#: the search space: name -> (low, high, log scale) for rates, the choices for T
+SPACE = {"lr": (1e-4, 3e-2, True), "local_lr": (1e-3, 3e-1, True), "local_steps": (1, 2, 5, 10, 20)}
+#: the files a tuning writes into its folder (beside config.json)
+OUTPUTS = {"storage": "optuna.db", "trials": "trials.csv", "best": "best.json", "figure": "trials.png"}
+
+
+#: the settings a resumed study takes from the command line; every other one is the study's own
+RESUMABLE = ("trials", "progress", "device", "jit", "storage")
+
+
+def resumed_settings(out: Path, given: dict) -> TuneSettings:
+    """The settings of the study in ``out`` (its ``config.json``), with those of :data:`RESUMABLE` that ``given``
+    sets. A study whose storage lies outside the folder is resumed only when ``--storage`` names it again: a
+    config file alone never makes a command write elsewhere."""
+    path = Path(out) / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"tune --resume: {out} holds no study to continue ({path}: {e}); start one without "
+                         f"--resume.") from None
+    if not isinstance(saved, dict) or "tune_steps" not in saved:
+        raise InputError(f"tune --resume: {path} is not the config.json of a `pyro-vae tune` study; start one "
+                         f"without --resume, or give the folder of a study.")
+    if saved.get("storage") and given.get("storage") != saved["storage"]:
+        raise InputError(f"tune --resume: the study in {out} lives in {saved['storage']}, outside its folder: give "
+                         f"--storage {saved['storage']} again to add trials there.")
+    values = {**saved, **{k: given[k] for k in RESUMABLE if k in given}, "out": str(out)}
+    return TuneSettings.from_dict(values, str(path))
+
+
+def storage_url(s: TuneSettings) -> str:
+    """The study's storage: ``s.storage``, or SQLite in ``s.out``."""
+    return s.storage or f"sqlite:///{Path(s.out).resolve() / OUTPUTS['storage']}"
+
+
+def study_name(s: TuneSettings) -> str:
+    """The study's name: ``s.study``, or the arm, data set and budget (``meanfield-T-digits-100ep``)."""
+    return s.study or f"{s.guide}{'-T' if s.tune_steps else ''}-{s.data}-{s.epochs}ep"
+
+
+def suggest(trial, s: TuneSettings) -> dict:
+    """The trial's settings from :data:`SPACE`: ``lr``; ``local_lr`` for a per-datapoint guide; ``local_steps``
+    with ``tune_steps``."""
+    import guides
+
+    params = {"lr": trial.suggest_float("lr", *SPACE["lr"][:2], log=SPACE["lr"][2])}
+    if not guides.get(s.guide).amortized:
+        params["local_lr"] = trial.suggest_float("local_lr", *SPACE["local_lr"][:2], log=SPACE["local_lr"][2])
+    if s.tune_steps:
+        params["local_steps"] = trial.suggest_categorical("local_steps", list(SPACE["local_steps"]))
+    return params
+
+
+def score(ds: data.Dataset, s: TuneSettings, params: dict) -> float:
+    """Train the arm with ``params`` for ``s.epochs`` epochs; validation log p(x), nats per datapoint (higher is
+    better)."""
+    shared = {f.name for f in CompareSettings.options()} & set(s.to_dict())
+    c = CompareSettings.from_dict({**{k: v for k, v in s.to_dict().items() if k in shared},
+                                   **{k: v for k, v in params.items() if k != "local_steps"}, "out": s.out})
+    model, guide = build_training(ds, c, s.guide, s.seed)
+    loss = objectives.for_training(c.elbo, model, guide, jit=c.jit, particles=c.particles)
+    fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, progress=False, seed=s.seed, device=s.device,
+        local_steps=params.get("local_steps", 1), optim=_optim(c), loss=loss)
+    return float(budget_row(model, guide, ds.validation[:s.budget_points].to(s.device), c)["log_px"])
+
+
+def _optim(c: CompareSettings):
+    from .optim import LazyAdam
+
+    return LazyAdam({"lr": c.lr}, sparse_args={"lr": c.local_lr})
+
+
+def check(ds: data.Dataset, s: TuneSettings) -> None:
+    """A one-line :class:`InputError` before any work when the data set has no validation split, or fewer than
+    ``budget_points`` points in it."""
+    if ds.validation is None or len(ds.validation) == 0:
+        raise InputError(f"tune scores trials on the validation split, and the {ds.name} data set has none: give "
+                         f"one to data.from_tensors(..., validation=...).")
+    if s.budget_points > len(ds.validation):
+        raise InputError(f"tune --budget-points {s.budget_points}: the validation split has {len(ds.validation)}; "
+                         f"give {len(ds.validation)} or fewer.")
+
+
+def tune(ds: data.Dataset, s: TuneSettings):
+    """Run the study until it holds ``s.trials`` complete trials; returns the ``optuna.Study``. The folder
+    ``s.out`` is created for the default storage (``pyro-vae tune`` also locks and claims it).
+
+    :raises InputError: as :func:`check`.
+    """
+    import optuna
+
+    check(ds, s)
+    if not s.storage:
+        Path(s.out).mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=study_name(s), storage=storage_url(s), direction="maximize",
+                                load_if_exists=True)
+    # seeded by the trials already there, so that a resumed study does not draw its first trials again
+    study.sampler = optuna.samplers.TPESampler(seed=s.seed + len(study.trials))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    remaining = s.trials - len(done)
+    if remaining > 0:
+        stop = optuna.study.MaxTrialsCallback(s.trials, states=(optuna.trial.TrialState.COMPLETE,))
+        study.optimize(lambda trial: score(ds, s, suggest(trial, s)), n_trials=remaining, callbacks=[stop],
+                       show_progress_bar=s.progress, catch=(FloatingPointError,))
+    return study
+
+
+def trials_table(study) -> pd.DataFrame:
+    """One row per trial: ``number``, ``state``, ``value`` (validation log p(x), nats per datapoint), the
+    parameters (``lr``, ...), ``seconds`` and ``best_so_far``."""
+    table = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration"))
+    table = table.rename(columns=lambda c: c.removeprefix("params_"))
+    table["seconds"] = table.pop("duration").dt.total_seconds()
+    table["best_so_far"] = table["value"].cummax()
+    return table
+
+
+def best(study, s: TuneSettings) -> dict:
+    """What ``best.json`` holds: the best trial's parameters and value, and how the study was run."""
+    trial = study.best_trial
+    return {"value": trial.value, "params": trial.params, "trial": trial.number, "study": study.study_name,
+            "storage": s.storage or OUTPUTS["storage"], "trials": len(study.trials), "epochs": s.epochs,
+            "budget_points": s.budget_points, "split": "validation",
+            "space": {k: list(v) for k, v in SPACE.items()}}
+
+
+def write(study, s: TuneSettings, out: Path) -> list:
+    """``trials.csv``, ``best.json`` and ``trials.png`` in ``out``; returns their names."""
+    from . import plots
+
+    table = trials_table(study)
+    folders.write_csv(table, out / OUTPUTS["trials"])
+    folders.write_text(out / OUTPUTS["best"], json.dumps(best(study, s), indent=2))
+    plots.save(plots.tuning_trials(table, title=f"Validation log p(x) of {study.study_name}'s trials"),
+               out / OUTPUTS["figure"])
+    return [OUTPUTS["trials"], OUTPUTS["best"], OUTPUTS["figure"]]
