@@ -27,6 +27,9 @@ def label(guide: str) -> str:
     if guide.startswith("meanfield"):
         steps = guide.partition("T=")[2] or "1"
         return f"`meanfield`, T = {steps}"
+    if " T=" in guide:  # an aggressive encoder arm (compare --encoder-steps)
+        name, _, steps = guide.partition(" T=")
+        return f"`{name}` encoder, T = {steps}"
     return f"`{guide}`" if guide == "semi_amortized" else f"`{guide}` encoder"
 
 
@@ -92,6 +95,39 @@ def paired_differences(results: pd.DataFrame, baseline: str = "normal", split: s
         rows[guide] = {"mean": d.mean(), "sd": d.std(ddof=1) if n > 1 else np.nan, "low": d.mean() - half,
                        "high": d.mean() + half, "seeds": n}
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def paired_table(results: pd.DataFrame, baseline: str = "normal", split: str = "test", digits: int = 2) -> str:
+    """Per decoder of ``results`` (a ``results.csv``, or several concatenated that share seeds): test log p(x) as
+    the mean ± sd over seeds, and its paired difference against ``baseline``'s decoder with the 95% interval, and
+    whether that interval excludes 0 ("resolved")."""
+    part = results[results["split"] == split]
+    differences = paired_differences(results, baseline, split)
+    rows = []
+    for guide, group in part.groupby("guide", sort=False):
+        row = [label(guide), str(group["seed"].nunique()), cell(group["log_px"], True, digits)]
+        if guide == baseline:
+            row += ["(the baseline)", "—"]
+        else:
+            d = differences.loc[guide]
+            resolved = np.isfinite(d["low"]) and (d["low"] > 0 or d["high"] < 0)
+            row += [interval(d, digits), ("yes: " + ("higher" if d["mean"] > 0 else "lower")) if resolved else "no"]
+        rows.append(row)
+    return markdown(pd.DataFrame(rows, columns=["decoder trained with", "seeds", f"{split} log p(x)",
+                                                f"difference from the `{baseline}` encoder's [95%]", "resolved"]))
+
+
+def tuning_table(bests: dict, digits: int = 3) -> str:
+    """The tuned settings of each arm: ``bests`` maps the arm's decoder label to its ``best.json``
+    (:func:`pyro_vae.tune.best`); a setting the arm did not tune is "—"."""
+    rows = []
+    for guide, best in bests.items():
+        p = best["params"]
+        rows.append([label(guide), f"{p['lr']:.3g}", f"{p['local_lr']:.3g}" if "local_lr" in p else "—",
+                     str(p.get("local_steps", "—")), number(best["value"], digits), str(best["trials"]),
+                     str(best["epochs"])])
+    return markdown(pd.DataFrame(rows, columns=["arm", "lr", "local_lr", "T", "validation log p(x)", "trials",
+                                                "epochs per trial"]))
 
 
 def interval(row, digits: int = 2) -> str:

@@ -50,3 +50,26 @@ def test_labels(guide, text):
 def test_numbers_use_a_minus_sign_and_a_dash_for_missing():
     assert report.number(-0.5) == "−0.500" and report.number(float("nan")) == "—"
     assert report.cell(pd.Series([np.nan, np.nan]), True) == "—"
+
+
+def test_the_paired_table_says_which_differences_are_resolved():
+    results = _results()
+    shifted = results[results["guide"] == "normal"].assign(guide="normal T=5")
+    shifted["log_px"] += np.array([0.5, 0.7, 0.6, 0.6, 0.4, 0.4])  # test rows of seeds 0-2: +0.5, +0.6, +0.4
+    table = report.paired_table(pd.concat([results, shifted]))
+    lines = table.splitlines()
+    assert lines[0] == ("| decoder trained with | seeds | test log p(x) | difference from the `normal` encoder's "
+                        "[95%] | resolved |")
+    assert lines[2] == "| `normal` encoder | 3 | −22.10 ± 0.10 | (the baseline) | — |"
+    assert lines[3] == "| `meanfield`, T = 5 | 3 | −22.07 ± 0.21 | +0.03 [−0.48, +0.55] | no |"
+    # +0.5 ± 4.303 × 0.1 / √3 = [+0.25, +0.75]: the interval excludes 0
+    assert lines[4] == "| `normal` encoder, T = 5 | 3 | −21.60 ± 0.10 | +0.50 [+0.25, +0.75] | yes: higher |"
+
+
+def test_the_tuning_table_shows_what_each_arm_tuned():
+    bests = {"normal": {"params": {"lr": 0.0039812}, "value": -22.9363, "trials": 10, "epochs": 100},
+             "meanfield T=5": {"params": {"lr": 0.00846, "local_lr": 0.1431, "local_steps": 5}, "value": -23.3, "trials": 10,
+                               "epochs": 100}}
+    lines = report.tuning_table(bests).splitlines()
+    assert lines[2] == "| `normal` encoder | 0.00398 | — | — | −22.936 | 10 | 100 |"
+    assert lines[3] == "| `meanfield`, T = 5 | 0.00846 | 0.143 | 5 | −23.300 | 10 | 100 |"
