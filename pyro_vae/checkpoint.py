@@ -122,12 +122,31 @@ def save(path: Path, model, guide, optim, rows, config, extra: Optional[dict] = 
             f.flush()
             os.fsync(f.fileno())
         if path.exists():
-            os.replace(path, path.with_name(PREVIOUS_CHECKPOINT))
+            keep_previous(path, _previous_link(tmp))
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for left in (tmp, _previous_link(tmp)):
+            if os.path.exists(left):
+                os.unlink(left)
         raise
+
+
+def _previous_link(tmp: str) -> str:
+    return tmp.removesuffix(".tmp") + ".prev.tmp"
+
+
+def keep_previous(path: Path, link: str) -> None:
+    """Make ``checkpoint.prev.pt`` the checkpoint now at ``path``, which stays in place: a hard link renamed over
+    the previous one, so that a kill at any moment leaves ``path`` there (the old or, after the caller's rename, the
+    new one). ``link``: a free name beside it for the link. Where the file system has no hard links, the checkpoint
+    is renamed instead (a kill before the new one is renamed into place then leaves only the previous one, which
+    :func:`read_run` falls back on)."""
+    try:
+        os.link(path, link)
+    except OSError:
+        os.replace(path, path.with_name(PREVIOUS_CHECKPOINT))
+        return
+    os.replace(link, path.with_name(PREVIOUS_CHECKPOINT))
 
 
 REQUIRED = ("version", "epoch", "model", "guide", "optim", "rng", "history", "config")
