@@ -174,3 +174,19 @@ def test_the_results_page_shows_the_committed_studys_tables():
     }
     for name, table in tables.items():
         assert table in page, f"docs/results.md does not show the {name} of the committed study"
+
+
+def test_the_tuned_arms_page_shows_its_committed_tables():
+    """docs/tuned.md's tables are pyro_vae.report's rendering of docs/tuned/ (the four tuned arms, ten seeds)."""
+    import json
+
+    from pyro_vae import report
+
+    page = (ROOT / "docs" / "tuned.md").read_text(encoding="utf-8")
+    tuned = ROOT / "docs" / "tuned"
+    results = pd.read_csv(tuned / "results.csv")
+    assert results.groupby("guide")["seed"].nunique().eq(10).all()
+    tables = {"tuning table": report.tuning_table(json.loads((tuned / "best.json").read_text())),
+              "paired table": report.paired_table(results), "gap table": report.gap_table(results)}
+    for name, table in tables.items():
+        assert table in page, f"docs/tuned.md does not show the {name} of docs/tuned/"
