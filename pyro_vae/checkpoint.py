@@ -240,7 +240,8 @@ def read_run(path, mmap: bool = False) -> dict:
             why = [str(e).removesuffix(f": {FIX}") for e in (latest, earlier)]
             raise CheckpointError(f"neither checkpoint can be read: {why[0]}; {why[1]}: train the run again."
                                   ) from earlier
-        warnings.warn(f"{str(latest).removesuffix(f': {FIX}')}; resuming from {previous.name} (epoch {state['epoch']}) instead: the epochs after "
+        why = str(latest).removesuffix(f": {FIX}")
+        warnings.warn(f"{why}; resuming from {previous.name} (epoch {state['epoch']}) instead: the epochs after "
                       f"it are trained again, with the same result.", CheckpointWarning, stacklevel=3)
         return state
 

@@ -68,8 +68,8 @@ def test_the_paired_table_says_which_differences_are_resolved():
 
 def test_the_tuning_table_shows_what_each_arm_tuned():
     bests = {"normal": {"params": {"lr": 0.0039812}, "value": -22.9363, "trials": 10, "epochs": 100},
-             "meanfield T=5": {"params": {"lr": 0.00846, "local_lr": 0.1431, "local_steps": 5}, "value": -23.3, "trials": 10,
-                               "epochs": 100}}
+             "meanfield T=5": {"params": {"lr": 0.00846, "local_lr": 0.1431, "local_steps": 5}, "value": -23.3,
+                               "trials": 10, "epochs": 100}}
     lines = report.tuning_table(bests).splitlines()
     assert lines[2] == "| `normal` encoder | 0.00398 | — | — | −22.936 | 10 | 100 |"
     assert lines[3] == "| `meanfield`, T = 5 | 0.00846 | 0.143 | 5 | −23.300 | 10 | 100 |"

@@ -97,8 +97,9 @@ def test_a_run_folder_is_self_contained_and_can_be_moved(tmp_path, monkeypatch):
     assert outside.read_text() == "not the run's" and not (tmp_path / "moved" / "history.csv").is_symlink()
     assert not (tmp_path / "a" / "run").exists()
     state = load_checkpoint(tmp_path / "moved" / CHECKPOINT)
-    on_disk = torch.from_file(str(tmp_path / "moved" / "rows" / f"loc{rows.SUFFIX}"), size=state["guide"]["loc"].numel())
-    assert state["epoch"] == 3 and torch.equal(on_disk.view_as(state["guide"]["loc"]), state["guide"]["loc"])
+    loc = state["guide"]["loc"]
+    on_disk = torch.from_file(str(tmp_path / "moved" / "rows" / f"loc{rows.SUFFIX}"), size=loc.numel())
+    assert state["epoch"] == 3 and torch.equal(on_disk.view_as(loc), loc)
 
 
 def _reference(tmp_path, epochs, *flags):

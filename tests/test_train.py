@@ -97,7 +97,7 @@ def test_a_corrupted_checkpoint_does_not_cost_the_run(digits, tmp_path):
     assert load_checkpoint(tmp_path / PREVIOUS_CHECKPOINT)["epoch"] == 2
     latest = tmp_path / CHECKPOINT
     latest.write_bytes(latest.read_bytes()[:1000])
-    with pytest.warns(CheckpointWarning, match="is damaged or not a checkpoint.*; resuming from checkpoint.prev.pt.*epoch 2"):
+    with pytest.warns(CheckpointWarning, match="damaged or not a checkpoint.*; resuming from checkpoint.prev.pt.*epoch 2"):
         _, resumed = _train(digits, "normal", 4, checkpoint_dir=str(tmp_path), resume=True)
     cols = ["epoch", "train_loss", "test_loss"]
     pd.testing.assert_frame_equal(straight[cols], resumed[cols])
@@ -108,7 +108,8 @@ def test_two_corrupted_checkpoints_are_one_clear_error(digits, tmp_path):
     _train(digits, "normal", 2, checkpoint_dir=str(tmp_path))
     for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
         (tmp_path / name).write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="neither checkpoint can be read: .*checkpoint.pt is damaged.*checkpoint.prev.pt is damaged.*train the run again"):
+    with pytest.raises(CheckpointError, match="neither checkpoint can be read: .*checkpoint.pt is damaged.*"
+                                              "checkpoint.prev.pt is damaged.*train the run again"):
         _train(digits, "normal", 3, checkpoint_dir=str(tmp_path), resume=True)
 
 
