@@ -270,6 +270,33 @@ def check_matches(state: dict, model, guide) -> None:
                               f"and guide do not have: it is damaged or of another run; {FIX}.")
 
 
+def read_to_continue(path: Optional[Path], epochs: int, world: Optional[int] = None) -> dict:
+    """The checkpoint a resumed run continues from (:func:`read_run`, memory-mapped), checked against the run that
+    resumes it: it has not trained past ``epochs``, and it was written by as many processes (``world``; None: one
+    process, not data-parallel), whose random streams alone can continue it.
+
+    :raises InputError: when ``path`` is None or a check fails; :class:`CheckpointError` when nothing can be read.
+    """
+    if path is None:
+        raise InputError("resume=True needs checkpoint_dir, the folder of the run to continue.")
+    state = read_run(path, mmap=True)  # the rows are copied into place page by page
+    if state["epoch"] > epochs:
+        raise InputError(f"the run in {path.parent} has already trained {state['epoch']} epochs: pass --epochs "
+                         f"(epochs=) above {state['epoch']} to continue it; it counts from the start of the run.")
+    saved = state.get("distributed")
+    if saved and world is None:
+        raise InputError(f"{path} was written by {saved['world_size']} processes: resume it in as many with "
+                         f"distributed=True (torchrun ... --distributed); one process cannot continue their random "
+                         f"streams.")
+    if world is not None and not saved:
+        raise InputError(f"{path} was written by a one-process run: resume it without --distributed (the ranks' "
+                         f"random streams cannot continue one process's).")
+    if world is not None and saved["world_size"] != world:
+        raise InputError(f"{path} was written by {saved['world_size']} processes and this run has {world}: resume "
+                         f"with --nproc_per_node={saved['world_size']}.")
+    return state
+
+
 def restore(state: dict, model, guide, optim):
     """Put a checkpoint's weights and optimizer state in place; returns (history rows, epochs done).
 

@@ -185,8 +185,6 @@ def cmd_train(given: dict, config: Optional[dict], resume: bool = False, config_
     :func:`pyro_vae.runs.train` keeps the run's saved settings but for those it lets a resumed run change."""
     cfg = settings.resolve(settings.TrainSettings, given, config, config_source=config_source).to_dict()
     cfg["resume"], cfg["overwrite"] = resume, overwrite
-    if resume and overwrite:
-        raise InputError("--resume continues the run in --out and --overwrite replaces it: give one of them.")
     saved = runs.saved_config(cfg["out"], "--resume") if resume else {}  # what --resume keeps
     guide = saved.get("guide", cfg["guide"])
     if cfg["rows_on_disk"] and guides.get(guide).amortized:
@@ -312,8 +310,6 @@ def cmd_tune(given: dict, config: Optional[dict], resume: bool = False, overwrit
     """``pyro-vae tune``: a new study in ``--out``, or with ``resume`` more trials of the one there."""
     from . import tune
 
-    if resume and overwrite:
-        raise InputError("--resume adds trials to the study in --out and --overwrite replaces it: give one of them.")
     s = settings.resolve(settings.TuneSettings, given, config, config_source=config_source)
     if resume:
         s = tune.resumed_settings(Path(s.out), given)
@@ -393,7 +389,7 @@ def check_evaluation_folder(out: Path) -> None:
     if any(name in held for name in ("config.json", "checkpoint.pt", "results.csv")):
         raise InputError(f"evaluate --out {out} holds {folders.describe(held)}: give a folder of its own for the "
                          f"combined table.")
-    existing = next(p for p in (out, *out.parents) if p.exists())
+    existing = folders.nearest_existing(out)
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"evaluate --out {out} cannot be written ({existing} is not writable): give another folder.")
 
@@ -431,7 +427,7 @@ def cmd_sample(cfg: dict) -> None:
                          f"and the test split has {len(run.data.test)}: give --n {len(run.data.test)} or fewer.")
     if not image:  # written as it is drawn: the file is the only thing that grows
         width = run.model.z_dim + run.data.x_dim
-        need, free = 14 * n * width, shutil.disk_usage(next(p for p in (out.parent, *out.parents) if p.exists())).free
+        need, free = 14 * n * width, shutil.disk_usage(folders.nearest_existing(out.parent)).free
         if need > free:
             raise InputError(f"sample --n {n}: {n} rows of {width} numbers take about {need / 2**30:.3g} GiB and "
                              f"{out.parent} has {free / 2**30:.3g} GiB free: give a smaller --n.")
@@ -503,6 +499,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                  f"({config['out']}); say where this {args.command} writes with --out DIR.")
             if config is not None:
                 config = {k: v for k, v in config.items() if k != "out"}
+            if cfg.get("resume") and cfg.get("overwrite"):
+                raise InputError(f"--resume continues what --out holds and --overwrite replaces it: give one of "
+                                 f"them to {args.command}.")
             preset = settings.QUICK if cfg.get("quick") else None
             if args.command == "tune":
                 cmd_tune(given, config, resume=cfg["resume"], overwrite=cfg["overwrite"],

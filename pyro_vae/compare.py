@@ -164,6 +164,13 @@ def build_training(ds: data.Dataset, s: Settings, name: str, seed: int, hidden=N
     return model, guide
 
 
+def optimizer_and_loss(s: Settings, model, guide):
+    """The optimizer (the same decoder lr for every guide; ``local_lr`` for per-datapoint rows) and the training
+    objective of one training."""
+    return (LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr}),
+            objectives.for_training(s.elbo, model, guide, jit=s.jit, particles=s.particles))
+
+
 def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: str, local_steps: int,
                       seed: int) -> dict:
     """One training of :func:`compare`: the decoder and guide ``name`` (T = ``local_steps``) trained from
@@ -177,8 +184,7 @@ def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: st
     """
     s = settings
     model, guide = build_training(ds, s, name, seed)
-    optim = LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr})  # the same decoder lr for every guide
-    loss = objectives.for_training(s.elbo, model, guide, jit=s.jit, particles=s.particles)
+    optim, loss = optimizer_and_loss(s, model, guide)
     x_budget = ds.test[:s.budget_points].to(s.device)
     budget, seconds, spent = [], [0.0], {"budget": 0.0}
 

@@ -199,7 +199,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int, optim, loss, device
         optim.names.update({local[k]: name for k, name in checkpoint.store_names(module).items()})
     row_params = [p for name, p in guide.named_parameters() if name in rows]
     if resume:
-        state = _read_checkpoint(path, world, epochs)
+        state = checkpoint.read_to_continue(path, epochs, world)
         history, start = checkpoint.restore(state, model, guide, optim)
     preflight(model, guide, elbo_loss, model, guide, data, batch_size // sampler.shards)
     if world > 1:
@@ -302,23 +302,6 @@ def gather_rows(guide, optim, sampler: ShardSampler, r: int) -> None:
         for t in [p.data, *[v for v in state.values() if torch.is_tensor(v) and v.shape == p.shape]]:
             t.mul_(mask)
             dist.all_reduce(t)
-
-
-def _read_checkpoint(path: Optional[Path], world: int, epochs: int) -> dict:
-    if path is None:
-        raise InputError("resume=True needs checkpoint_dir, the folder of the run to continue.")
-    state = checkpoint.read_run(path, mmap=True)
-    if state["epoch"] > epochs:
-        raise InputError(f"the run in {path.parent} has already trained {state['epoch']} epochs: pass epochs > "
-                         f"{state['epoch']} to continue it (epochs counts from the start of the run).")
-    saved = state.get("distributed")
-    if saved is None:
-        raise DistributedError(f"{path} was written by a one-process run: resume it without --distributed (the "
-                               f"ranks' random streams cannot continue one process's).")
-    if saved["world_size"] != world:
-        raise DistributedError(f"{path} was written by {saved['world_size']} processes and this run has {world}: "
-                               f"resume with --nproc_per_node={saved['world_size']}.")
-    return state
 
 
 @contextlib.contextmanager

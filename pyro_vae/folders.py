@@ -46,7 +46,7 @@ KINDS = (("checkpoint.pt", "a run of `pyro-vae train`"), ("checkpoint.prev.pt", 
 
 
 #: (command, what the folder holds) that the command can continue with --resume
-RESUMABLE = {("train", "a run of `pyro-vae train`"), ("tune", "a study of `pyro-vae tune`")}
+CONTINUED_BY_RESUME = {("train", "a run of `pyro-vae train`"), ("tune", "a study of `pyro-vae tune`")}
 
 
 class FolderError(InputError):
@@ -138,7 +138,7 @@ def claim(folder, command: str, overwrite: bool = False, rows: Optional[Path] = 
         return
     shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
     if not overwrite:
-        cont = " pass --resume to continue it," if (command, describe(names)) in RESUMABLE else ""
+        cont = " pass --resume to continue it," if (command, describe(names)) in CONTINUED_BY_RESUME else ""
         raise FolderError(f"{folder} already holds {describe(names)} ({shown}):{cont} pass --overwrite to replace "
                           f"it, or give another --out.")
     rows_name = rows.relative_to(folder.resolve()).parts[0] if rows is not None else None
@@ -152,6 +152,12 @@ def claim(folder, command: str, overwrite: bool = False, rows: Optional[Path] = 
             shutil.rmtree(path)
         else:
             path.unlink()
+
+
+def nearest_existing(path) -> Path:
+    """``path`` or its nearest ancestor that exists: where a file to be written there would be created."""
+    path = Path(path)
+    return next(p for p in (path, *path.parents) if p.exists())
 
 
 def inside(folder, path, what: str) -> Path:

@@ -133,11 +133,20 @@ def build(cfg: dict, ds: data.Dataset, guide_device: Optional[str] = None
     """
     cfg = {**DEFAULTS, **cfg}
     pyro.set_rng_seed(cfg["seed"])  # the initial weights are drawn from the seed, as the rest of the run
-    model = build_model(ds, cfg["z_dim"], cfg["hidden"], cfg["likelihood"], cfg["seed"], cfg["activation"])
+    model = model_for(cfg, ds)
     with torch.device(guide_device) if guide_device else contextlib.nullcontext():
-        return model, build_guide(cfg["guide"], ds, cfg["z_dim"], cfg["hidden"], model=model,
-                                  activation=cfg["activation"],
-                                  **guide_options(cfg["guide"], cfg))
+        return model, guide_for(cfg, ds, model)
+
+
+def model_for(cfg: dict, ds: data.Dataset):
+    """The model ``cfg`` (defaults filled in) describes, as it is built now (no seeding)."""
+    return build_model(ds, cfg["z_dim"], cfg["hidden"], cfg["likelihood"], cfg["seed"], cfg["activation"])
+
+
+def guide_for(cfg: dict, ds: data.Dataset, model):
+    """The guide ``cfg`` (defaults filled in) describes, for ``model``, as it is built now (no seeding)."""
+    return build_guide(cfg["guide"], ds, cfg["z_dim"], cfg["hidden"], model=model, activation=cfg["activation"],
+                       **guide_options(cfg["guide"], cfg))
 
 
 # ---------------------------------------------------------------- train, load
@@ -255,21 +264,18 @@ def check_config_matches(path: Path, saved: dict, in_checkpoint: dict, what: str
 
 def check_resumable(out: Path, saved: dict, cfg: dict) -> dict:
     """Everything ``--resume`` can check before it changes a file: the checkpoint is readable and agrees with
-    ``config.json``, has not trained past ``cfg["epochs"]``, and was written by as many processes."""
+    ``config.json``, has not trained past ``cfg["epochs"]``, and was written by as many processes
+    (:func:`pyro_vae.checkpoint.read_to_continue`). Returns the checkpoint (memory-mapped)."""
+    world = distributed.world_size() if cfg["distributed"] else None
     with warnings.catch_warnings():  # fit reads it again, and warns then of a fall-back on the previous one
         warnings.simplefilter("ignore", checkpoint.CheckpointWarning)
-        state = read_run_checkpoint(out / CHECKPOINT, mmap=True)
+        try:
+            state = checkpoint.read_to_continue(out / CHECKPOINT, cfg["epochs"], world)
+        except checkpoint.CheckpointError:  # damaged or unreadable: its own message
+            raise
+        except InputError as e:  # a run this command cannot continue
+            raise RunError(f"--resume: {e}") from None
     check_config_matches(out, saved, state["config"], "--resume")
-    if state["epoch"] > cfg["epochs"]:
-        raise RunError(f"--resume: the run in {out} has already trained {state['epoch']} epochs: pass --epochs "
-                       f"above {state['epoch']} to continue it (--epochs counts from the start of the run).")
-    if ("distributed" in state) != bool(cfg["distributed"]):
-        if "distributed" in state:
-            raise RunError(f"--resume: {out / CHECKPOINT} was written by {state['distributed']['world_size']} "
-                           f"processes: resume it with --distributed in as many (torchrun ...); one process cannot "
-                           f"continue their random streams.")
-        raise RunError(f"--resume: {out / CHECKPOINT} was written by a one-process run: resume it without "
-                       f"--distributed (the ranks' random streams cannot continue one process's).")
     return state
 
 
@@ -281,23 +287,18 @@ def check_fits(cfg: dict, ds: data.Dataset) -> None:
     cfg = {**DEFAULTS, **cfg}
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated
-            model = build_model(ds, cfg["z_dim"], cfg["hidden"], cfg["likelihood"], cfg["seed"], cfg["activation"])
+            model = model_for(cfg, ds)
     except (RuntimeError, OverflowError, MemoryError, TypeError) as e:  # torch: sizes past int64
         raise RunError(f"the model and guide of z_dim={cfg['z_dim']}, hidden={cfg['hidden']} cannot be built "
                        f"({str(e).splitlines()[0][:80]}): give smaller --z-dim / --hidden.") from None
     count = sum(p.numel() for p in model.parameters())
     try:
         with torch.device("meta"):  # (not build(), which seeds the RNG)
-            guide = build_guide(cfg["guide"], ds, cfg["z_dim"], cfg["hidden"], model=model,
-                                activation=cfg["activation"], **guide_options(cfg["guide"], cfg))
-    except (RuntimeError, NotImplementedError):  # a guide whose construction reads values (a flow): as the model
-        guide = None
-    if guide is None:
-        count *= 2  # an amortized encoder mirrors the decoder
-        on_disk, amortized = set(), True
+            guide = guide_for(cfg, ds, model)
+    except (RuntimeError, NotImplementedError):  # a guide whose construction reads values (a flow)
+        count, on_disk, amortized = 2 * count, set(), True  # counted as an encoder that mirrors the decoder
     else:
-        on_disk = set(guide.row_parameter_names()) if cfg["rows_on_disk"] and hasattr(guide, "row_parameter_names") \
-            else set()
+        on_disk = set(guide.row_parameter_names()) if cfg["rows_on_disk"] else set()
         count += sum(p.numel() for n, p in guide.named_parameters() if n not in on_disk)
         amortized = guide.amortized
     if 16 * count > limit:

@@ -135,16 +135,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
 
     rows, start, state = [], 0, None
     if resume:
-        if path is None:
-            raise InputError("resume=True needs checkpoint_dir, the folder of the run to continue.")
-        state = checkpoint.read_run(path, mmap=True)  # the rows are copied into place page by page
-        if "distributed" in state:
-            raise InputError(f"{path} was written by {state['distributed']['world_size']} processes: resume it in as "
-                             f"many with distributed=True (torchrun ... --distributed); one process cannot continue "
-                             f"their random streams.")
-        if state["epoch"] > epochs:
-            raise InputError(f"the run in {path.parent} has already trained {state['epoch']} epochs: pass epochs > "
-                             f"{state['epoch']} to continue it (epochs counts from the start of the run).")
+        state = checkpoint.read_to_continue(path, epochs)
         rows, start = checkpoint.restore(state, model, guide, optim)
     preflight(svi.model, svi.guide, loss, model, guide, data, batch_size)
     if state is not None:

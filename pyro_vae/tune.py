@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import data, folders, objectives
-from .compare import budget_row, build_training
+from . import data, folders
+from .compare import budget_row, build_training, optimizer_and_loss
 from .errors import InputError
 from .settings import CompareSettings, TuneSettings
 from .train import fit
@@ -97,16 +97,10 @@ def score(ds: data.Dataset, s: TuneSettings, params: dict) -> float:
     c = CompareSettings.from_dict({**{k: v for k, v in s.to_dict().items() if k in shared},
                                    **{k: v for k, v in params.items() if k != "local_steps"}, "out": s.out})
     model, guide = build_training(ds, c, s.guide, s.seed)
-    loss = objectives.for_training(c.elbo, model, guide, jit=c.jit, particles=c.particles)
+    optim, loss = optimizer_and_loss(c, model, guide)
     fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, progress=False, seed=s.seed, device=s.device,
-        local_steps=params.get("local_steps", 1), optim=_optim(c), loss=loss)
+        local_steps=params.get("local_steps", 1), optim=optim, loss=loss)
     return float(budget_row(model, guide, ds.validation[:s.budget_points].to(s.device), c)["log_px"])
-
-
-def _optim(c: CompareSettings):
-    from .optim import LazyAdam
-
-    return LazyAdam({"lr": c.lr}, sparse_args={"lr": c.local_lr})
 
 
 def check(ds: data.Dataset, s: TuneSettings) -> None:
