@@ -38,6 +38,11 @@ class Guide(pyro.nn.PyroModule):
     needs_model: bool = False
     #: True when the test suite checks this guide under Pyro's JIT ELBOs (see pyro_vae.objectives)
     jit_safe: bool = False
+    #: True when the guide reads its per-datapoint rows through :meth:`local_rows`, so that a data-parallel process
+    #: can hold only its shard of them (:func:`pyro_vae.rows.keep_shard`)
+    shardable: bool = False
+    #: the rows this process holds (a :class:`pyro_vae.rows.Shard`); None: all ``num_data``
+    shard = None
 
     def __init__(self, z_dim: int, num_data: Optional[int], name: str):
         check_sizes(type(self).__name__, z_dim=z_dim)
@@ -55,6 +60,11 @@ class Guide(pyro.nn.PyroModule):
         batch's rows (none for an amortized guide). Data-parallel training never all-reduces them: each row
         belongs to the process that holds its datapoint (:mod:`pyro_vae.distributed`)."""
         return []
+
+    def local_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """The rows of the per-datapoint parameters that hold dataset indices ``idx: (batch,)``: ``idx`` itself,
+        or, in a process that holds one shard, their places in it (an error for rows of another shard)."""
+        return idx if self.shard is None else self.shard.local(idx)
 
     def forward(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Sample ``z: (batch, z_dim)`` at site ``"z"`` inside the plate ``"data"``."""

@@ -36,6 +36,7 @@ class LocalGuide(Guide):
 
     amortized = False
     jit_safe = True
+    shardable = True
     #: True when every datapoint's parameters start at the same values (:meth:`initial_row`), so that
     #: :func:`pyro_vae.rows.memory_map` can write a guide built on the meta device straight into files
     constant_init = True
@@ -48,6 +49,8 @@ class LocalGuide(Guide):
             raise InputError(f"{type(self).__name__} needs num_data >= 1 (one set of parameters per datapoint), "
                              f"got {num_data!r}.")
         super().__init__(z_dim, num_data, name)
+        #: the rows this process holds: ``num_data``, or its shard's (:func:`pyro_vae.rows.keep_shard`)
+        self.num_rows = num_data
         self.min_scale = min_scale
         self.loc = self._rows("loc")
         self.scale_raw = self._rows("scale_raw")
@@ -84,11 +87,11 @@ class LocalGuide(Guide):
                                  f"x, got shape {tuple(idx.shape)}.")
             raise InputError(f"{type(self).__name__}: idx must hold dataset rows in [0, num_data={self.num_data}), "
                              f"got values from {int(idx.min())} to {int(idx.max())}.")
-        idx = idx.long()
+        idx = self.local_rows(idx.long())
         return tuple(F.embedding(idx, param, sparse=self.sparse_grad) for param in params)
 
     def row_parameter_names(self) -> list:
-        return [name for name, p in self.named_parameters() if p.dim() and p.shape[0] == self.num_data]
+        return [name for name, p in self.named_parameters() if p.dim() and p.shape[0] == self.num_rows]
 
     def init_from(self, q: torch.distributions.Distribution) -> "LocalGuide":
         """Set every datapoint's parameters from ``q`` (batch ``(num_data,)``, event ``(z_dim,)``)."""

@@ -13,6 +13,17 @@ module-local parameter name (``model/decoder.0.weight``, so it does not depend o
 names things), every RNG state (``rng``: torch CPU and CUDA, numpy, random), the ``history`` rows and the
 run's ``config``. Both training loops, :func:`pyro_vae.train.fit` and the data-parallel
 :func:`pyro_vae.distributed.fit`, write and read it through this module.
+
+**Rows apart.** A per-datapoint guide's rows (and their Adam moments) are left out of ``checkpoint.pt`` in two
+cases, and a *rows part* (:func:`rows_part`) says where they are:
+
+- rows in memory-mapped files (:mod:`pyro_vae.rows`): the part names the copy of the files that holds the
+  checkpoint's epoch (``on_disk``: folder, relative to the checkpoint's, and copy), and keeps only the rows'
+  SparseAdam step counts; one process keeps the part in ``checkpoint.pt`` (``rows_part``);
+- a data-parallel run of P > 1 processes: each rank writes the part of its own shard, with its rows when they are
+  in memory, to ``shards/epoch{E}.rank{r}.pt`` (:func:`save_shard`), and after every rank's is written rank 0
+  writes ``checkpoint.pt`` with a manifest naming them (``shards``). ``checkpoint.pt`` is the commit: until it is
+  renamed into place the previous one, and the shard files it names, are the run's checkpoint.
 """
 
 from __future__ import annotations
@@ -37,11 +48,15 @@ PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 #: what to do about a damaged checkpoint
 FIX = (f"--resume and load_run fall back on {PREVIOUS_CHECKPOINT} when that one is intact; else train the run "
        f"again")
-#: the format of the checkpoints this version writes and reads
-CHECKPOINT_VERSION = 2
+#: the format of the checkpoints this version writes
+CHECKPOINT_VERSION = 3
+#: the formats it reads: 2 has every row inside checkpoint.pt (3 may keep them apart, in shards or row files)
+READABLE = (2, 3)
 #: why each older format cannot be read: what changed in the run, not just the file
 FORMAT_CHANGES = {1: "format 1 runs were trained before every data set split off a validation set, so their "
                      "training rows are not this version's"}
+#: the folder of a data-parallel run's shard files
+SHARDS = "shards"
 
 
 class CheckpointError(InputError):
@@ -91,29 +106,42 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
 
 
-def save(path: Path, model, guide, optim, rows, config, extra: Optional[dict] = None) -> None:
-    """Write the checkpoint to a temp file in the same folder, then rename it over the old one.
-
-    ``extra``: more fields (data-parallel runs add ``distributed``: the world size and every rank's RNG state).
-    """
-    to_local = {}
-    for prefix, module in (("model", model), ("guide", guide)):
-        to_local.update({store: f"{prefix}/{local}" for local, store in store_names(module).items()})
+def _optim_by_local_name(model, guide, optim) -> dict:
+    """The optimizer's state by module-local name (``model/decoder.0.weight``)."""
+    to_local = {store: local for local, store in _to_store(model, guide).items()}
     optim_state = optim.get_state()
     outside = sorted(set(optim_state) - set(to_local))
     if outside:
         raise InputError(f"cannot checkpoint parameters outside the model and guide modules: {outside}.")
+    return {to_local[name]: s for name, s in optim_state.items()}
+
+
+def save(path: Path, model, guide, optim, rows, config, extra: Optional[dict] = None,
+         rows_apart: bool = False) -> None:
+    """Write the checkpoint to a temp file in the same folder, then rename it over the old one.
+
+    ``extra``: more fields (data-parallel runs add ``distributed``: the world size and every rank's RNG state;
+    ``shards`` or ``rows_part``, see the module docstring). ``rows_apart``: leave the guide's per-datapoint rows
+    and their optimizer state out (they are in the shard files or the row files ``extra`` names).
+    """
+    apart = {f"guide/{n}" for n in guide.row_parameter_names()} if rows_apart else set()
     state = {
         "version": CHECKPOINT_VERSION,
         "epoch": len(rows),
         "model": model.state_dict(),
-        "guide": guide.state_dict(),
-        "optim": {to_local[name]: s for name, s in optim_state.items()},
+        "guide": {k: v for k, v in guide.state_dict().items() if f"guide/{k}" not in apart},
+        "optim": {k: v for k, v in _optim_by_local_name(model, guide, optim).items() if k not in apart},
         "rng": rng_state(),
         "history": [{k: float(v) for k, v in row.items()} for row in rows],
         "config": dict(config or {}),
         **(extra or {}),
     }
+    _write_atomically(path, state)
+
+
+def _write_atomically(path: Path, state: dict) -> None:
+    """``torch.save(state)`` into a temp file beside ``path``, fsynced, renamed over it (the old one kept as
+    ``checkpoint.prev.pt`` when ``path`` is ``checkpoint.pt``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
@@ -121,7 +149,7 @@ def save(path: Path, model, guide, optim, rows, config, extra: Optional[dict] = 
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        if path.exists():
+        if path.exists() and path.name == CHECKPOINT:
             keep_previous(path, _previous_link(tmp))
         os.replace(tmp, path)
     except BaseException:
@@ -178,11 +206,11 @@ def load(path, mmap: bool = False) -> dict:
                                          f"version; this version reads format {CHECKPOINT_VERSION}: train the run "
                                          f"again.")
         raise CheckpointError(f"{path} is not a pyro-vae checkpoint (missing {', '.join(missing)}).")
-    if state["version"] != CHECKPOINT_VERSION:
+    if state["version"] not in READABLE:
         why = FORMAT_CHANGES.get(state["version"])
         raise CheckpointVersionError(f"{path} has checkpoint format {state['version']} and this pyro-vae reads "
-                                     f"format {CHECKPOINT_VERSION}{f' ({why})' if why else ''}: use the pyro-vae "
-                                     f"that wrote it, or train the run again.")
+                                     f"formats {', '.join(map(str, READABLE))}{f' ({why})' if why else ''}: use the "
+                                     f"pyro-vae that wrote it, or train the run again.")
     problem = malformed(state)
     if problem:
         raise CheckpointError(f"{path} is damaged ({problem}): {FIX}")
@@ -246,6 +274,124 @@ def read_run(path, mmap: bool = False) -> dict:
         return state
 
 
+def rows_part(model, guide, optim, checkpoint_dir, on_disk: Optional[dict] = None) -> dict:
+    """What a checkpoint keeps of the guide's per-datapoint rows when they are apart (module docstring):
+
+    ``rows`` (name -> tensor; none when the rows are in files), ``optim`` (their SparseAdam states by local name;
+    with rows in files the step counts alone, the moments being in the same copy of the files), ``on_disk``
+    (``{"folder", "slot"}`` from :meth:`pyro_vae.rows.Slots.finish`, the folder made relative to
+    ``checkpoint_dir`` when it lies inside it) and ``shard`` (:meth:`pyro_vae.rows.Shard.to_dict`, or None).
+    """
+    names = guide.row_parameter_names()
+    optim_state = _optim_by_local_name(model, guide, optim)
+    kept = {}
+    for n in names:
+        saved = optim_state.get(f"guide/{n}")
+        if saved is not None and on_disk is not None:  # the moments are in the files: keep the step count
+            saved = {**saved, "state": {i: {k: v for k, v in st.items() if k == "step"}
+                                        for i, st in saved["state"].items()}}
+        if saved is not None:
+            kept[f"guide/{n}"] = saved
+    if on_disk is not None:
+        folder = Path(on_disk["folder"]).resolve()
+        home = Path(checkpoint_dir).resolve()
+        on_disk = {**on_disk, "folder": os.path.relpath(folder, home) if home in folder.parents else str(folder)}
+    params = dict(guide.named_parameters())
+    return {"rows": {} if on_disk is not None else {n: params[n].detach() for n in names}, "optim": kept,
+            "on_disk": on_disk, "shard": guide.shard.to_dict() if guide.shard is not None else None}
+
+
+def shard_file(epoch: int, rank: int) -> str:
+    """The name, inside the run folder, of rank ``rank``'s shard of the checkpoint of epoch ``epoch``."""
+    return f"{SHARDS}/epoch{epoch}.rank{rank}.pt"
+
+
+def save_shard(checkpoint_dir, epoch: int, rank: int, part: dict) -> str:
+    """Write rank ``rank``'s rows part (:func:`rows_part`) of epoch ``epoch`` atomically; returns its name."""
+    name = shard_file(epoch, rank)
+    _write_atomically(Path(checkpoint_dir) / name, {"version": CHECKPOINT_VERSION, "epoch": epoch, "rank": rank,
+                                                    **part})
+    return name
+
+
+def drop_old_shards(checkpoint_dir, epoch: int) -> None:
+    """Remove the shard files that neither the checkpoint of ``epoch`` nor the one before it names, and the temp
+    files of shard writes cut short (every rank's write of this epoch is done when it is called)."""
+    folder = Path(checkpoint_dir) / SHARDS
+    keep = {Path(shard_file(e, 0)).name.split(".")[0] for e in (epoch, epoch - 1)}
+    for f in folder.iterdir():
+        if f.name.endswith(".tmp") or f.name.split(".")[0] not in keep:
+            f.unlink(missing_ok=True)
+
+
+def read_shard(checkpoint_dir, state: dict, rank: int) -> dict:
+    """Rank ``rank``'s rows part of the sharded checkpoint ``state``, checked against it.
+
+    :raises CheckpointError: when the file is missing, damaged or of another epoch or rank.
+    """
+    files = state["shards"]["files"]
+    if not 0 <= rank < len(files):
+        raise CheckpointError(f"the checkpoint has shards of {len(files)} processes, not of rank {rank}.")
+    path = Path(checkpoint_dir) / files[rank]
+    if not path.is_file():
+        raise CheckpointError(f"{path}, the rows of rank {rank} that the checkpoint names, is missing: the run's "
+                              f"{SHARDS} folder was moved or cut; {FIX}.")
+    try:
+        part = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is damaged (torch.load raised {type(e).__name__}): {FIX}.") from e
+    if not isinstance(part, dict) or part.get("epoch") != state["epoch"] or part.get("rank") != rank \
+            or not isinstance(part.get("rows"), dict) or not isinstance(part.get("optim"), dict):
+        raise CheckpointError(f"{path} is not the rows of rank {rank} at epoch {state['epoch']}: {FIX}.")
+    return part
+
+
+def merge_rows(state: dict, part: dict) -> dict:
+    """``state`` with a rows part put back: its rows in ``guide``, their optimizer state in ``optim``, and
+    ``rows_on_disk`` (the files' record, or None) and ``shard`` set."""
+    return {**state, "guide": {**state["guide"], **part["rows"]}, "optim": {**state["optim"], **part["optim"]},
+            "rows_on_disk": part.get("on_disk"), "shard": part.get("shard")}
+
+
+def with_rows(state: dict, checkpoint_dir, rank: int = 0) -> dict:
+    """``state`` with the rows a process continues from: rank ``rank``'s shard of a sharded checkpoint, the
+    rows part of one with rows in files, or ``state`` itself when its rows are inside it."""
+    if "shards" in state:
+        return merge_rows(state, read_shard(checkpoint_dir, state, rank))
+    if state.get("rows_part"):
+        return merge_rows(state, state["rows_part"])
+    return state
+
+
+def every_row(state: dict, checkpoint_dir) -> dict:
+    """``state`` with all ``num_data`` rows of every rank in ``guide``, in dataset order, for a reader
+    (``load_run``): a sharded checkpoint's shards put together in memory (their row files read, never written).
+    A checkpoint of one process is :func:`with_rows`'s."""
+    if "shards" not in state:
+        return with_rows(state, checkpoint_dir)
+    from .rows import Shard, read_slot
+
+    full = {}
+    for r in range(len(state["shards"]["files"])):
+        part = read_shard(checkpoint_dir, state, r)
+        on_disk = part.get("on_disk")
+        tensors = part["rows"] if not on_disk else read_slot(rows_folder({"rows_on_disk": on_disk}, checkpoint_dir),
+                                                             on_disk["slot"], on_disk["shapes"])
+        shard = Shard.from_dict(part["shard"])
+        for name, t in tensors.items():
+            full.setdefault(name, torch.empty(shard.num_data, *t.shape[1:], dtype=t.dtype))[shard.dataset_rows()] = t
+    return {**state, "guide": {**state["guide"], **full}, "rows_on_disk": None}
+
+
+def rows_folder(state: dict, checkpoint_dir) -> Optional[Path]:
+    """The folder of the row files a (merged) checkpoint's rows are in, or None for rows inside it."""
+    on_disk = state.get("rows_on_disk")
+    if not on_disk:
+        return None
+    folder = Path(on_disk["folder"])
+    return folder if folder.is_absolute() else Path(checkpoint_dir) / folder
+
+
 def _to_store(model, guide) -> dict:
     out = {}
     for prefix, module in (("model", model), ("guide", guide)):
@@ -256,9 +402,11 @@ def _to_store(model, guide) -> dict:
 def check_matches(state: dict, model, guide) -> None:
     """A :class:`CheckpointError` unless the checkpoint's weights have the names and shapes of ``model``'s and
     ``guide``'s (which may be shapes only, on the meta device) and its optimizer state names only their parameters.
+    ``state``'s rows are put back first (:func:`with_rows`); rows in files are not compared.
     """
+    on_disk = set(guide.row_parameter_names()) if state.get("rows_on_disk") else set()
     for key, module in (("model", model), ("guide", guide)):
-        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in module.state_dict().items() if key == "model" or k not in on_disk}
         found = {k: tuple(v.shape) for k, v in state[key].items()}
         if expected != found:
             differ = sorted(set(expected) ^ set(found)) or sorted(k for k in expected if expected[k] != found[k])
@@ -270,10 +418,11 @@ def check_matches(state: dict, model, guide) -> None:
                               f"and guide do not have: it is damaged or of another run; {FIX}.")
 
 
-def read_to_continue(path: Optional[Path], epochs: int, world: Optional[int] = None) -> dict:
+def read_to_continue(path: Optional[Path], epochs: int, world: Optional[int] = None, rank: int = 0) -> dict:
     """The checkpoint a resumed run continues from (:func:`read_run`, memory-mapped), checked against the run that
     resumes it: it has not trained past ``epochs``, and it was written by as many processes (``world``; None: one
-    process, not data-parallel), whose random streams alone can continue it.
+    process, not data-parallel), whose random streams alone can continue it. Rank ``rank``'s rows are put back
+    (:func:`with_rows`).
 
     :raises InputError: when ``path`` is None or a check fails; :class:`CheckpointError` when nothing can be read.
     """
@@ -293,8 +442,9 @@ def read_to_continue(path: Optional[Path], epochs: int, world: Optional[int] = N
                          f"random streams cannot continue one process's).")
     if world is not None and saved["world_size"] != world:
         raise InputError(f"{path} was written by {saved['world_size']} processes and this run has {world}: resume "
-                         f"with --nproc_per_node={saved['world_size']}.")
-    return state
+                         f"with as many (--nproc_per_node, times --nnodes), which hold its shards of the rows and "
+                         f"continue its random streams.")
+    return with_rows(state, path.parent, rank)
 
 
 def restore(state: dict, model, guide, optim):
@@ -304,7 +454,7 @@ def restore(state: dict, model, guide, optim):
     """
     check_matches(state, model, guide)
     model.load_state_dict(state["model"])
-    guide.load_state_dict(state["guide"])
+    guide.load_state_dict(state["guide"], strict=not state.get("rows_on_disk"))  # rows in files: already mapped
     to_store = _to_store(model, guide)
     saved = state["optim"]
     if not isinstance(optim, LazyAdam):  # torch's load_state_dict keeps the saved tensors, maybe mapped from a file

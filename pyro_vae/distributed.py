@@ -56,7 +56,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from .errors import InputError
-from . import checkpoint, objectives
+from . import checkpoint, objectives, rows
 from .loop import COLUMNS, preflight, test_elbo_loss
 from .progress import progress_bar
 
@@ -152,10 +152,15 @@ class ShardSampler:
         """The dataset indices of shard ``s``: ``(N / shards,)`` rounded up or down."""
         return torch.arange(s, self.num_data, self.shards)
 
-    def owned(self, r: int) -> torch.Tensor:
-        """The dataset indices rank ``r`` holds (the rows whose per-datapoint parameters it trains)."""
+    def shard_of(self, r: int) -> rows.Shard:
+        """The rows rank ``r`` holds (of a per-datapoint guide's parameters): its shards, one after another."""
         k = self.shards // self.world
-        return torch.cat([self.shard(s) for s in range(r * k, (r + 1) * k)])
+        return rows.Shard(self.num_data, self.shards, r * k, k)
+
+    def owned(self, r: int) -> torch.Tensor:
+        """The dataset indices rank ``r`` holds (the rows whose per-datapoint parameters it trains), in the order
+        it holds them."""
+        return self.shard_of(r).dataset_rows()
 
     def batches(self, epoch: int, r: int) -> List[torch.Tensor]:
         """Rank ``r``'s batches of ``epoch``: index tensors ``(B / world,)`` (the last may be shorter)."""
@@ -171,39 +176,63 @@ class ShardSampler:
         return torch.cat([rows, rows[: self.shard_size - len(rows)]])  # pad a short shard with its first rows
 
 
-def fit(model, guide, data, *, epochs: int, batch_size: int, optim, loss, device, shards: Optional[int],
-        checkpoint_dir: Optional[str], resume: bool, progress: bool, seed: int, config: Optional[dict],
-        on_epoch: Optional[Callable[[int, dict], None]]) -> pd.DataFrame:
-    """:func:`pyro_vae.train.fit` with ``distributed=True``: see there and this module's docstring.
+def prepare(guide, optim, num_data: int, batch_size: int, shards: Optional[int], seed: int) -> "ShardSampler":
+    """Everything :func:`fit` checks before any work, and this rank's rows: the sampler of its shards, after
+    ``guide`` keeps only their rows (:func:`pyro_vae.rows.keep_shard`; with one process it keeps them all).
 
-    Called on every rank of an initialized process group (or, with none, as one process over
-    ``shards`` shards). Every rank returns the same history; only rank 0 writes the checkpoint.
+    :raises DistributedError: for another optimizer than LazyAdam, parameters in Pyro's param store, a guide
+        with rows that cannot be sharded, or a batch size and shard count that do not fit.
     """
     from .optim import LazyAdam
 
     if not isinstance(optim, LazyAdam):
         raise DistributedError(f"distributed training steps its parameters with pyro_vae.optim.LazyAdam, got "
                                f"{type(optim).__name__}: pass optim=LazyAdam({{...}}) (or none, the default).")
-    r, world = rank(), world_size()
-    sampler = ShardSampler(len(data.train), batch_size, world, shards, seed)
-    rows = set(guide.row_parameter_names())
-    elbo_loss = objectives.uncompiled(loss)  # DDP runs the module's forward eagerly; the JIT is not used
-    path = Path(checkpoint_dir) / checkpoint.CHECKPOINT if checkpoint_dir else None
-    history, start, state = [], 0, None
     if not pyro.settings.get("module_local_params"):
         raise DistributedError("distributed training needs module-local parameters: call "
                                "pyro.settings.set(module_local_params=True) before building the model and guide.")
+    r, world = rank(), world_size()
+    sampler = ShardSampler(num_data, batch_size, world, shards, seed)
+    if world > 1 and guide.row_parameter_names():
+        if not guide.shardable:
+            raise DistributedError(f"{type(guide).__name__} has per-datapoint rows but does not read them through "
+                                   f"guide.local_rows(idx), so a process cannot hold only its shard of them: read "
+                                   f"them that way and set shardable = True.")
+        shard = sampler.shard_of(r)
+        if guide.shard is None:
+            rows.keep_shard(guide, shard)
+        elif guide.shard != shard:
+            raise DistributedError(f"the guide holds the rows of shards {guide.shard.to_dict()}, and rank {r} of "
+                                   f"{world} holds {shard.to_dict()}: build the guide again.")
+    return sampler
+
+
+def fit(model, guide, data, sampler: "ShardSampler", *, epochs: int, optim, loss, device, path: Optional[Path],
+        state: Optional[dict], slots, progress: bool, seed: int, config: Optional[dict],
+        on_epoch: Optional[Callable[[int, dict], None]]) -> pd.DataFrame:
+    """:func:`pyro_vae.train.fit` with ``distributed=True``: see there and this module's docstring.
+
+    Called on every rank of an initialized process group (or, with none, as one process over
+    ``sampler.shards`` shards), after :func:`prepare` and with the checkpoint ``state`` to continue from (this
+    rank's rows put back) and the ``slots`` of rows in files (or None). Every rank returns the same history, and
+    its guide holds its own shard of the rows; rank 0 writes ``checkpoint.pt``, every rank its shard.
+    """
+    r, world = rank(), world_size()
+    names = set(guide.row_parameter_names())
+    elbo_loss = objectives.uncompiled(loss)  # DDP runs the module's forward eagerly; the JIT is not used
+    history, start = [], 0
     elbo = elbo_loss(model, guide)  # an ELBOModule: its parameters are the model's and the guide's
     for module in (model, guide):  # module-local parameters are not in the param store: name them for optim
         local = dict(module.named_parameters())
         optim.names.update({local[k]: name for k, name in checkpoint.store_names(module).items()})
-    row_params = [p for name, p in guide.named_parameters() if name in rows]
-    if resume:
-        state = checkpoint.read_to_continue(path, epochs, world)
+    row_params = [p for name, p in guide.named_parameters() if name in names]
+    if state is not None:
         history, start = checkpoint.restore(state, model, guide, optim)
-    preflight(model, guide, elbo_loss, model, guide, data, batch_size // sampler.shards)
+    first = sampler.shard_of(r)  # a check on rows this rank holds: the first of each of its shards
+    preflight(model, guide, elbo_loss, model, guide, data, sampler.batch_size // sampler.shards,
+              idx=(first.first + torch.arange(first.count)).to(data.train.device))
     if world > 1:
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(elbo, [f"guide.{n}" for n in rows])
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(elbo, [f"guide.{n}" for n in names])
         step_module = DistributedDataParallel(elbo, device_ids=[device] if device.type == "cuda" else None)
     else:
         step_module = elbo
@@ -219,9 +248,13 @@ def fit(model, guide, data, *, epochs: int, batch_size: int, optim, loss, device
                        progress and r == 0, initial=start, total=epochs)
     for epoch in bar:
         t0, total = time.perf_counter(), 0.0
+        if slots is not None:
+            slots.begin(epoch + 1)
         for idx in sampler.batches(epoch, r):
             idx = idx.to(device)
             x = _rows(data, idx)
+            if slots is not None:
+                slots.visit(guide.local_rows(idx))
             step_loss = step_module(x, idx)
             step_loss.backward()
             for p in row_params:  # the rows' gradient of the ranks' average loss (DDP averages the rest)
@@ -239,6 +272,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int, optim, loss, device
                                          f"lower the learning rate, or check the data and the likelihood's scale.")
             total += step_total.item()
         seconds = time.perf_counter() - t0
+        on_disk = slots.finish() if slots is not None else None
         test_loss = _broadcast(test_elbo_loss(model, guide, data.test) if r == 0 else 0.0, world, device)
         history.append({"epoch": epoch + 1, "train_loss": total / n_train, "test_loss": test_loss,
                         "seconds": seconds})
@@ -248,20 +282,35 @@ def fit(model, guide, data, *, epochs: int, batch_size: int, optim, loss, device
             checkpoint.set_rng_state(rng)
         bar.set_postfix({"train": f"{history[-1]['train_loss']:.2f}"}, refresh=False)
         if path is not None:
-            gather_rows(guide, optim, sampler, r)
-            rng_states = [None] * world
-            if world > 1:
-                dist.all_gather_object(rng_states, checkpoint.rng_state())
-            else:
-                rng_states = [checkpoint.rng_state()]
-            if r == 0:
-                checkpoint.save(path, model, guide, optim, history, config,
-                                       extra={"distributed": {"world_size": world, "shards": sampler.shards,
-                                                              "rng": rng_states}})
-            if world > 1:
-                dist.barrier()  # no rank starts the next epoch (or returns) before the checkpoint is written
-    gather_rows(guide, optim, sampler, r)
+            save(path, model, guide, optim, history, config, sampler, on_disk)
     return pd.DataFrame(history, columns=COLUMNS)
+
+
+def save(path: Path, model, guide, optim, history, config, sampler: "ShardSampler", on_disk: Optional[dict]) -> None:
+    """The checkpoint of a data-parallel run, from every rank: each writes its shard of the rows (P > 1), then
+    rank 0 writes ``checkpoint.pt`` naming them, the commit (:mod:`pyro_vae.checkpoint`). Returns on every rank
+    once it is written."""
+    r, world = rank(), world_size()
+    epoch = len(history)
+    part = checkpoint.rows_part(model, guide, optim, path.parent, on_disk)
+    rng_states, files = [checkpoint.rng_state()], None
+    if world > 1:
+        mine, rng_states, files = rng_states[0], [None] * world, [None] * world
+        dist.all_gather_object(rng_states, mine)
+        name = checkpoint.save_shard(path.parent, epoch, r, part) if guide.row_parameter_names() else None
+        dist.all_gather_object(files, name)  # every rank's shard is written (and fsynced) before the commit
+    if r == 0:
+        extra = {"distributed": {"world_size": world, "shards": sampler.shards, "rng": rng_states}}
+        sharded = files is not None and files[0] is not None
+        if sharded:
+            extra["shards"] = {"files": files}
+        elif on_disk:
+            extra["rows_part"] = part
+        checkpoint.save(path, model, guide, optim, history, config, extra=extra, rows_apart=sharded or bool(on_disk))
+        if sharded:
+            checkpoint.drop_old_shards(path.parent, epoch)
+    if world > 1:
+        dist.barrier()  # no rank starts the next epoch (or returns) before the checkpoint is written
 
 
 def _rows(data, idx: torch.Tensor) -> torch.Tensor:
@@ -278,30 +327,6 @@ def _broadcast(value: float, world: int, device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.broadcast(t, src=0)
     return float(t)
-
-
-@torch.no_grad()
-def gather_rows(guide, optim, sampler: ShardSampler, r: int) -> None:
-    """Give every rank every row of the per-datapoint parameters and of their Adam moments.
-
-    Each rank zeroes the rows it does not own and an all-reduce sums the ranks' tensors: the
-    owner's values, everywhere. Ranks never read rows they do not own, so this changes no
-    later step; it makes rank 0's checkpoint (and every rank's returned guide) complete.
-    """
-    world = sampler.world
-    names = guide.row_parameter_names()
-    if world == 1 or not names:
-        return
-    params = dict(guide.named_parameters())
-    owned = torch.zeros(sampler.num_data, dtype=torch.bool)
-    owned[sampler.owned(r)] = True
-    for name in names:
-        p = params[name]
-        mask = owned.to(p.device).reshape(-1, *[1] * (p.dim() - 1))
-        state = optim.optim_objs[p].state.get(p, {}) if p in optim.optim_objs else {}
-        for t in [p.data, *[v for v in state.values() if torch.is_tensor(v) and v.shape == p.shape]]:
-            t.mul_(mask)
-            dist.all_reduce(t)
 
 
 @contextlib.contextmanager

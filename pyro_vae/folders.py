@@ -38,6 +38,7 @@ OUTPUTS = frozenset({
     "results.csv", "cost.csv", "per_point.csv", "budget.csv", "budget_comparisons.csv", "encoder_widths.csv",
     "gaps.png", "latents.png", "images.png", "budget.png", "gaps_during_training.png", "encoder_widths.png", LOCK,
     "optuna.db", "optuna.db-journal", "trials.csv", "best.json", "trials.png",
+    "shards",  # a data-parallel run's folder of shard checkpoints
 })
 #: what a folder holding these files is, for messages (first match wins)
 KINDS = (("checkpoint.pt", "a run of `pyro-vae train`"), ("checkpoint.prev.pt", "a run of `pyro-vae train`"),

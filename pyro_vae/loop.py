@@ -12,6 +12,8 @@ Shared by the one-process loop (:func:`pyro_vae.train.fit`) and the data-paralle
 from __future__ import annotations
 
 import pyro
+from typing import Optional
+
 import torch
 from pyro.infer import Trace_ELBO
 
@@ -22,16 +24,19 @@ from . import estimators, objectives
 COLUMNS = ["epoch", "train_loss", "test_loss", "seconds"]
 
 
-def preflight(model_fn, guide_fn, loss, model, guide, data, batch_size) -> None:
+def preflight(model_fn, guide_fn, loss, model, guide, data, batch_size, idx: Optional[torch.Tensor] = None) -> None:
     """One batch through Pyro's checks, and through the JIT's compilation; leaves no gradient behind.
+
+    ``idx``: the batch's dataset rows (default the first ``batch_size``; a data-parallel rank checks its own).
 
     Validation is on for this one loss: it checks every site's shape, support and
     model/guide match with Pyro's own messages. A compiled loss is traced here, on the
     same callables ``svi.step`` uses (``model_fn``, ``guide_fn``), so the first training
     step does not draw extra random numbers for its compilation.
     """
-    n = min(batch_size, len(data.train))
-    x, idx = data.train[:n], torch.arange(n, device=data.train.device)
+    if idx is None:
+        idx = torch.arange(min(batch_size, len(data.train)), device=data.train.device)
+    x = data.train[idx]
     with pyro.validation_enabled(True):
         Trace_ELBO().loss(model_fn, guide_fn, x, idx)
     if objectives.is_jit(loss):
@@ -63,6 +68,16 @@ def check_sizes_agree(model, guide) -> None:
                              f"with the same {size}.")
 
 
+def check_values(model, guide) -> None:
+    """A clear error for parameters that are still shapes only (built on the meta device) when training starts."""
+    for who, obj in (("model", model), ("guide", guide)):
+        meta = [n for n, p in obj.named_parameters() if p.device.type == "meta"]
+        if meta:
+            raise InputError(f"the {who}'s {', '.join(meta[:3])} are shapes only (built on the meta device): "
+                             f"give them values first, rows.memory_map(guide, optim, folder) for a per-datapoint "
+                             f"guide's rows (a resumed run maps the row files its checkpoint names).")
+
+
 def check_setup(model, guide, data, epochs, batch_size, local_steps=1) -> None:
     """Clear errors before any step: a Dataset that fits the model, model and guide agree on N, sane sizes."""
     from .data import Dataset
@@ -80,12 +95,6 @@ def check_setup(model, guide, data, epochs, batch_size, local_steps=1) -> None:
     if data.validation is not None:
         model.check_data(data.validation, "data.validation")
     check_sizes_agree(model, guide)
-    for who, obj in (("model", model), ("guide", guide)):
-        meta = [n for n, p in obj.named_parameters() if p.device.type == "meta"]
-        if meta:
-            raise InputError(f"the {who}'s {', '.join(meta[:3])} are shapes only (built on the meta device): "
-                             f"give them values first, rows.memory_map(guide, optim, folder) for a per-datapoint "
-                             f"guide's rows.")
     n = len(data.train)
     for who, obj in (("model", model), ("guide", guide)):
         if getattr(obj, "num_data", None) != n:

@@ -34,7 +34,6 @@ from pyro.optim import PyroOptim
 from pyro.optim.optim import _load_state_dict
 
 from .errors import InputTypeError
-from .rows import mapped_zeros
 
 
 def _fused_supported(param: torch.Tensor) -> bool:
@@ -66,17 +65,25 @@ class LazyAdam(PyroOptim):
         self.sparse_args = sparse_args
         #: the one torch Adam that steps every dense parameter seen so far (None before the first step)
         self.dense = None
-        #: per-datapoint parameter -> file prefix: its SparseAdam moments live in memory-mapped files
-        #: (:meth:`keep_moments_in`, which :func:`pyro_vae.rows.memory_map` calls)
-        self.moment_files = {}
+        #: per-datapoint parameter -> its SparseAdam moments, tensors memory-mapped from files
+        #: (:meth:`keep_moments_in`, which :mod:`pyro_vae.rows` calls)
+        self.mapped_moments = {}
         #: parameter -> name for parameters outside Pyro's param store (``module_local_params=True``, as in
         #: data-parallel training); the others are named by the param store
         self.names = {}
 
-    def keep_moments_in(self, param: torch.Tensor, prefix) -> None:
-        """Keep the SparseAdam moments of the per-datapoint ``param`` in memory-mapped files ``PREFIX.exp_avg.f32`` and
-        ``PREFIX.exp_avg_sq.f32`` (created at its first step), not in RAM."""
-        self.moment_files[param] = prefix
+    def keep_moments_in(self, param: torch.Tensor, moments: dict) -> None:
+        """Keep the SparseAdam moments of the per-datapoint ``param`` in ``moments`` (``{"exp_avg": t, "exp_avg_sq":
+        t}``, tensors of ``param``'s shape memory-mapped from files), not in RAM: from its first step on, or from now
+        on when it has stepped (the values are then the caller's: :class:`pyro_vae.rows.Slots` copies them)."""
+        self.mapped_moments[param] = dict(moments)
+        optimizer = self.optim_objs.get(param)
+        if optimizer is not None and param in optimizer.state:
+            optimizer.state[param].update(moments)
+
+    def moments_of(self, param: torch.Tensor) -> dict:
+        """The memory-mapped moments of ``param`` (:meth:`keep_moments_in`)."""
+        return self.mapped_moments[param]
 
     def param_name(self, p: torch.Tensor) -> str:
         """The name ``get_state`` / ``set_state`` use for ``p``: from :attr:`names`, else from Pyro's param store."""
@@ -151,12 +158,11 @@ class LazyAdam(PyroOptim):
         if state is not None:
             _load_state_dict(optimizer, state)
         loaded = optimizer.state.get(p, {})
-        if p in self.moment_files:  # the moments in files too, with any state just loaded copied in
-            moments = {}
-            for k in ("exp_avg", "exp_avg_sq"):
-                moments[k] = mapped_zeros(f"{self.moment_files[p]}.{k}.f32", tuple(p.shape))
+        if p in self.mapped_moments:  # the moments in files, with any state just loaded copied in
+            moments = self.mapped_moments[p]
+            for k, t in moments.items():
                 if k in loaded:
-                    moments[k].copy_(loaded[k])
+                    t.copy_(loaded[k])
             optimizer.state[p] = {"step": loaded.get("step", 0), **moments}
         elif loaded:  # own copies: the loaded ones may be memory-mapped from a checkpoint file
             optimizer.state[p] = {k: v.clone() if torch.is_tensor(v) else v for k, v in loaded.items()}

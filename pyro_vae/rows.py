@@ -22,11 +22,20 @@ updates only the rows of the sparse gradient. The operating system's page cache 
 whatever pages were touched lately and writes them back when it likes; RAM is no longer the
 limit, the disk is.
 
-The checkpoint of a run stores every row (``torch.save`` streams them from the files), so resume
-and ``load_run`` work as for rows in memory. The files are the live state, changed by every step,
-and cannot be the checkpoint themselves: resume must find the rows of the checkpoint's epoch.
-Resume reads the checkpoint memory-mapped (``load_checkpoint(path, mmap=True)``), so it copies the rows
-from one file into the other without holding them in RAM (``load_run`` reads the whole checkpoint).
+**Checkpoints do not copy the rows.** A run that checkpoints (``fit(..., checkpoint_dir=...)``) keeps
+:data:`SLOTS` copies of every row file (``loc.0.f32``, ``loc.1.f32``, ``loc.2.f32``, and the same for each Adam
+moment): epoch ``e`` trains in copy ``e % 3`` (:class:`Slots`). Before a step, the batch's rows that this epoch has
+not yet visited are copied from the copy the last epoch ended in (a visited-row mask, a file of one byte per row);
+at the epoch's end the rows it never visited are copied too, the copy is fsynced, and the checkpoint records which
+copy holds its epoch. The copy ``checkpoint.pt`` names and the one ``checkpoint.prev.pt`` names are never written
+while the next epoch trains, so a kill at any moment resumes to the same result, and the checkpoint itself writes
+no row. Disk: three copies, what the rows, ``checkpoint.pt`` and ``checkpoint.prev.pt`` took before.
+``fit(resume=True)`` maps the copy the checkpoint names (:func:`attach`): do not call :func:`memory_map` before a
+resume (it refuses a folder that holds a checkpointed run's rows).
+
+**Shards.** In a data-parallel run each process holds only the rows of its own shard of the training set
+(:class:`Shard`, :func:`keep_shard`), in memory or in its own folder of files; the guide maps a dataset index to
+its row (:meth:`guides.base.Guide.local_rows`).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 from .errors import InputError
@@ -54,15 +64,17 @@ def _write_new(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def _map(path: Path, shape) -> torch.Tensor:
-    return torch.from_file(str(path), shared=True, size=math.prod(shape), dtype=torch.float32).view(*shape)
+def _map(path: Path, shape, dtype=torch.float32, shared: bool = True) -> torch.Tensor:
+    """The file ``path`` as a tensor; ``shared=False``: a private (copy-on-write) mapping that never writes it."""
+    return torch.from_file(str(path), shared=shared, size=math.prod(shape), dtype=dtype).view(*shape)
 
 
-def mapped_zeros(path, shape) -> torch.Tensor:
-    """A float32 tensor of ``shape``, zeros, whose storage is the file ``path`` (a new file, replacing any)."""
+def mapped_zeros(path, shape, dtype=torch.float32) -> torch.Tensor:
+    """A tensor of ``shape``, zeros, whose storage is the file ``path`` (a new file, replacing any)."""
     path = Path(path)
-    _write_new(path, lambda f: f.truncate(math.prod(shape) * 4))  # sparse: no disk is used until a page is written
-    return _map(path, shape)
+    size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    _write_new(path, lambda f: f.truncate(size))  # sparse: no disk is used until a page is written
+    return _map(path, shape, dtype)
 
 
 def mapped_rows(path, num_rows: int, row: torch.Tensor) -> torch.Tensor:
@@ -123,10 +135,14 @@ def memory_map(guide, optim, folder) -> dict:
                          f"that start from one constant row, not {', '.join(meta)}: build the guide in memory and "
                          f"memory_map copies its rows.")
     folder = Path(folder)
+    if (folder / MARKER).exists():
+        raise InputError(f"{folder} holds the rows of a checkpointed run ({MARKER}): to continue it, call "
+                         f"fit(..., resume=True) without memory_map (it maps the rows its checkpoint names); to start "
+                         f"afresh, give an empty folder.")
     files = {}
     for name in names:
         old = params[name]
-        path = folder / f"{name}{SUFFIX}"
+        path = slot_file(folder, name, 0)
         if old.device.type == "meta":
             with torch.device("cpu"):  # the starting row has values, also inside a torch.device("meta") block
                 mapped = mapped_rows(path, old.shape[0], guide.initial_row(name))
@@ -134,9 +150,239 @@ def memory_map(guide, optim, folder) -> dict:
             mapped = mapped_zeros(path, tuple(old.shape))
             with torch.no_grad():
                 mapped.copy_(old)
-        new = torch.nn.Parameter(mapped, requires_grad=old.requires_grad)
-        owner, _, attr = name.rpartition(".")
-        setattr(guide.get_submodule(owner) if owner else guide, attr, new)
-        optim.keep_moments_in(new, folder / f"{name}.adam")
+        new = _replace(guide, name, mapped)
+        optim.keep_moments_in(new, {k: mapped_zeros(slot_file(folder, key, 0), tuple(old.shape))
+                                    for k, key in zip(MOMENTS, _keys(name)[1:])})
         files[name] = path
     return files
+
+
+def _replace(guide, name: str, tensor: torch.Tensor) -> torch.nn.Parameter:
+    """Make ``tensor`` the guide's parameter ``name`` (a new Parameter: call before the first step)."""
+    old = dict(guide.named_parameters())[name]
+    new = torch.nn.Parameter(tensor, requires_grad=old.requires_grad)
+    owner, _, attr = name.rpartition(".")
+    setattr(guide.get_submodule(owner) if owner else guide, attr, new)
+    return new
+
+
+#: the Adam moments SparseAdam keeps for each row tensor
+MOMENTS = ("exp_avg", "exp_avg_sq")
+#: copies of every row file: epoch ``e`` trains in copy ``e % SLOTS``, so that the copies of the last two
+#: checkpoints (``checkpoint.pt``'s and ``checkpoint.prev.pt``'s) are never written while an epoch trains
+SLOTS = 3
+#: the file that marks a folder of rows as a checkpointed run's (:class:`Slots` writes it)
+MARKER = "slots.json"
+#: the visited-row mask of the epoch that trains: one byte per row
+VISITED = "visited.u8"
+
+
+def _keys(name: str) -> list:
+    """The files' stems of a row tensor ``name``: its rows, then each Adam moment."""
+    return [name, *(f"{name}.adam.{k}" for k in MOMENTS)]
+
+
+def slot_file(folder, key: str, slot: int) -> Path:
+    """The file of copy ``slot`` of the row tensor (or moment) ``key``: ``FOLDER/KEY.SLOT.f32``."""
+    return Path(folder) / f"{key}.{slot}{SUFFIX}"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # Linux writes back the pages dirtied through a shared mapping of the file with it
+    finally:
+        os.close(fd)
+
+
+class Slots:
+    """The row files of a run that checkpoints: epoch ``e`` trains in copy ``e % SLOTS`` (module docstring).
+
+    Usage, in a training loop (what both of ``fit``'s loops do)::
+
+        slots = Slots.of(guide, optim)            # after memory_map; or attach(...) on resume
+        for epoch in range(start, epochs):
+            slots.begin(epoch + 1)                # the rows and moments now live in copy (epoch + 1) % 3
+            for x, idx in batches:
+                slots.visit(guide.local_rows(idx))    # before the step reads the batch's rows
+                svi.step(x, idx)
+            record = slots.finish()               # {"folder", "slot", "shapes"}: what the checkpoint names
+
+    :param folder: the folder of the files; ``slot``: the copy the guide's rows and ``optim``'s moments map now.
+    """
+
+    def __init__(self, guide, optim, folder, slot: int):
+        names = guide.row_parameter_names()
+        self.params = {n: p for n, p in guide.named_parameters() if n in names}
+        self.optim, self.folder, self.slot = optim, Path(folder), slot
+        self.source, self.visited = None, None
+
+    @classmethod
+    def of(cls, guide, optim) -> Optional["Slots"]:
+        """The slots of a guide whose rows :func:`memory_map` (or :func:`attach`) mapped; None for rows in memory."""
+        names = guide.row_parameter_names()
+        params = dict(guide.named_parameters())
+        if not names or not is_mapped(params[names[0]]):
+            return None
+        path = Path(params[names[0]].untyped_storage().filename)
+        return cls(guide, optim, path.parent, int(path.name[: -len(SUFFIX)].rsplit(".", 1)[1]))
+
+    def _tensors(self, name: str) -> dict:
+        """File stem -> the tensor in use now: the rows ``name`` and their moments."""
+        p = self.params[name]
+        moments = self.optim.moments_of(p)
+        return dict(zip(_keys(name), [p, *(moments[k] for k in MOMENTS)]))
+
+    def begin(self, epoch: int) -> None:
+        """Point the rows and their moments at copy ``epoch % SLOTS`` (the copy the last epoch ended in, which
+        a checkpoint may name, is from now on only read); the next :meth:`visit` of a row copies it over."""
+        target = epoch % SLOTS
+        if target == self.slot:
+            raise InputError(f"epoch {epoch} would train in copy {target} of the rows, the copy it starts from: "
+                             f"the checkpoint and the rows in {self.folder} disagree; train the run again.")
+        marker = self.folder / MARKER
+        if not marker.exists():
+            _write_new(marker, lambda f: f.write(b'{"slots": %d}\n' % SLOTS))
+        self.source = {}
+        for name, p in self.params.items():
+            current = {key: t.detach() for key, t in self._tensors(name).items()}  # the old storage, kept
+            self.source.update(current)
+            target_maps = {key: self._target(key, target, tuple(t.shape)) for key, t in current.items()}
+            keys = _keys(name)
+            p.data = target_maps[keys[0]]
+            self.optim.keep_moments_in(p, {k: target_maps[key] for k, key in zip(MOMENTS, keys[1:])})
+        num_rows = next(iter(self.params.values())).shape[0]
+        self.visited = mapped_zeros(self.folder / VISITED, (num_rows,), torch.bool)
+        self.slot = target
+
+    def _target(self, key: str, slot: int, shape) -> torch.Tensor:
+        path = slot_file(self.folder, key, slot)
+        if path.exists() and path.stat().st_size == math.prod(shape) * 4:
+            return _map(path, shape)  # overwritten row by row as the epoch visits them
+        return mapped_zeros(path, shape)
+
+    @torch.no_grad()
+    def visit(self, idx: torch.Tensor) -> None:
+        """Copy the rows ``idx`` (this process's rows: ``guide.local_rows(idx)``) that this epoch has not visited
+        yet from the copy it started from, before a step reads and moves them."""
+        fresh = idx[~self.visited[idx]]
+        if len(fresh):
+            self._copy(fresh.unique())
+
+    def _copy(self, rows: torch.Tensor) -> None:
+        for name in self.params:
+            for key, t in self._tensors(name).items():
+                t.index_copy_(0, rows, self.source[key].index_select(0, rows))
+        self.visited[rows] = True
+
+    @torch.no_grad()
+    def finish(self) -> dict:
+        """End the epoch: copy the rows it never visited, fsync every file of its copy; returns the record a
+        checkpoint keeps, ``{"folder": str, "slot": int, "shapes": {name: shape}}``."""
+        num_rows, block = len(self.visited), max(1, BLOCK_BYTES // 4)
+        for start in range(0, num_rows, block):
+            left = (~self.visited[start:start + block]).nonzero().flatten()
+            if len(left):
+                self._copy(left + start)
+        for name in self.params:
+            for key in _keys(name):
+                _fsync(slot_file(self.folder, key, self.slot))
+        self.source = None  # the old copy's mappings are let go
+        return {"folder": str(self.folder), "slot": self.slot,
+                "shapes": {n: list(p.shape) for n, p in self.params.items()}}
+
+
+def read_slot(folder, slot: int, shapes: dict) -> dict:
+    """Copy ``slot`` of the row tensors ``shapes`` (name -> shape) in ``folder``, mapped privately (nothing is ever
+    written to the files): name -> tensor."""
+    return {name: _map_saved(slot_file(folder, name, slot), tuple(shape), shared=False)
+            for name, shape in shapes.items()}
+
+
+def _map_saved(path: Path, shape, shared: bool) -> torch.Tensor:
+    """A checkpoint's row file mapped, after a check that it is there with ``shape``'s size."""
+    if not path.is_file() or path.stat().st_size != math.prod(shape) * 4:
+        raise InputError(f"the checkpoint's rows {path} are missing or not {shape}: the run's rows folder "
+                         f"was moved or damaged; put it back, or train the run again.")
+    return _map(path, shape, shared=shared)
+
+
+def attach(guide, optim, folder, slot: int, writable: bool = True) -> Slots:
+    """Map copy ``slot`` of the row files in ``folder`` (a checkpoint's record) as ``guide``'s rows and, with
+    ``optim``, their Adam moments; the guide may be built in memory or on the meta device. ``writable=False``
+    maps them privately (copy-on-write: nothing is ever written to the files), for a reader.
+
+    :raises InputError: when a file is missing or of the wrong size (the run's rows were moved or damaged).
+    """
+    folder = Path(folder)
+    params = dict(guide.named_parameters())
+    for name in guide.row_parameter_names():
+        shape = tuple(params[name].shape)
+        maps = {key: _map_saved(slot_file(folder, key, slot), shape, writable)
+                for key in _keys(name)[: 3 if optim is not None else 1]}
+        new = _replace(guide, name, maps[name])
+        if optim is not None:
+            optim.keep_moments_in(new, {k: maps[key] for k, key in zip(MOMENTS, _keys(name)[1:])})
+    return Slots(guide, optim, folder, slot)
+
+
+class Shard:
+    """The rows one process holds of ``num_data`` rows cut into ``shards`` shards (row ``i`` in shard
+    ``i % shards``, the :class:`pyro_vae.distributed.ShardSampler` layout): shards ``first .. first + count - 1``,
+    held one after another, each in dataset order.
+
+    :meth:`local` maps dataset indices to rows of this process's ``(len(shard), ...)`` tensors.
+    """
+
+    def __init__(self, num_data: int, shards: int, first: int, count: int):
+        self.num_data, self.shards, self.first, self.count = num_data, shards, first, count
+        sizes = torch.tensor([len(range(s, num_data, shards)) for s in range(first, first + count)])
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Shard) and self.to_dict() == other.to_dict()
+
+    def to_dict(self) -> dict:
+        return {"num_data": self.num_data, "shards": self.shards, "first": self.first, "count": self.count}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Shard":
+        return cls(int(d["num_data"]), int(d["shards"]), int(d["first"]), int(d["count"]))
+
+    def dataset_rows(self) -> torch.Tensor:
+        """The dataset indices of this process's rows, in the order it holds them: ``(len(self),)``."""
+        return torch.cat([torch.arange(s, self.num_data, self.shards)
+                          for s in range(self.first, self.first + self.count)])
+
+    def local(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows of this process for dataset indices ``idx`` (each must lie in this shard)."""
+        k = idx % self.shards - self.first
+        if len(idx) and not torch.jit.is_tracing() and bool(((k < 0) | (k >= self.count)).any()):
+            bad = idx[(k < 0) | (k >= self.count)][:3].tolist()
+            raise InputError(f"dataset rows {bad} are not in this process's shards {self.first}..."
+                             f"{self.first + self.count - 1} of {self.shards}: a process reads only its own rows.")
+        return self.offsets.to(idx.device)[k] + torch.div(idx, self.shards, rounding_mode="floor")
+
+
+@torch.no_grad()
+def keep_shard(guide, shard: Shard) -> None:
+    """Keep only ``shard``'s rows of each per-datapoint parameter of ``guide`` (built in memory: those rows are
+    copied; on the meta device: shapes only), and have the guide map dataset indices to them. Call it before
+    :func:`memory_map` and before the first step."""
+    params = dict(guide.named_parameters())
+    names = guide.row_parameter_names()
+    for name in names:
+        p = params[name]
+        if p.shape[0] != shard.num_data:
+            raise InputError(f"{type(guide).__name__}.{name} has {p.shape[0]} rows, and the shard cuts "
+                             f"{shard.num_data}: keep a shard of the full guide, once.")
+        if p.device.type == "meta":
+            kept = torch.empty(len(shard), *p.shape[1:], device="meta")
+        else:
+            kept = p.detach().index_select(0, shard.dataset_rows().to(p.device))
+        _replace(guide, name, kept)
+    guide.shard = shard
+    guide.num_rows = len(shard)

@@ -216,11 +216,14 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> Run:
         model, guide = build(cfg, ds, guide_device="meta" if on_meta else None)
         loss = objectives.for_training(cfg["elbo"], model, guide, jit=not cfg["no_jit"], particles=cfg["particles"])
         optim = LazyAdam({"lr": cfg["lr"]}, sparse_args={"lr": cfg["local_lr"]})
+        if cfg["distributed"]:  # each process keeps only its shard of the rows, before they are mapped to files
+            distributed.prepare(guide, optim, len(ds.train), cfg["batch_size"], None, cfg["seed"])
         if main and resume:
             checkpoint.check_matches(state, model, guide)  # before config.json changes
             state = None  # memory-mapped from the file: fit reads it again
-        if rows_dir is not None:  # one folder per process in a data-parallel run
-            rows.memory_map(guide, optim, rows_dir / (f"rank{distributed.rank()}" if cfg["distributed"] else ""))
+        own_rows = None if rows_dir is None else rows_dir / (f"rank{distributed.rank()}" if cfg["distributed"] else "")
+        if own_rows is not None and not (resume and (own_rows / rows.MARKER).exists()):
+            rows.memory_map(guide, optim, own_rows)  # (a resumed run's files are mapped by fit, from its checkpoint)
         if main:
             folders.write_text(out / CONFIG, json.dumps(cfg, indent=2))
         history = fit(model, guide, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"], optim=optim, loss=loss,
@@ -358,10 +361,17 @@ def load_run(path, device: str = "cpu") -> Run:
         ds = load_data(cfg, download=False, folder=path)  # a reader creates and downloads nothing
     except (OSError, ValueError) as e:
         raise RunError(f"load_run: the data {path.name} was trained on cannot be loaded ({e})") from None
-    model, guide = build(cfg, ds)
+    state = checkpoint.every_row(state, path)  # a data-parallel run's shards put together
+    row_files = checkpoint.rows_folder(state, path)
+    if row_files is not None:
+        folders.inside(path, row_files, "the checkpoint's rows")
+    on_meta = row_files is not None and getattr(guides.get(cfg["guide"]), "constant_init", False)
+    model, guide = build(cfg, ds, guide_device="meta" if on_meta else None)
+    if row_files is not None:  # the copy of the row files the checkpoint names, mapped read-only
+        rows.attach(guide, None, row_files, state["rows_on_disk"]["slot"], writable=False)
     try:
         model.load_state_dict(state["model"])
-        guide.load_state_dict(state["guide"])
+        guide.load_state_dict(state["guide"], strict=row_files is None)
     except RuntimeError as e:  # shapes or names that the settings and the checkpoint's weights disagree on
         first = str(e).splitlines()[0]
         raise RunError(f"load_run: the checkpoint in {path} does not fit the model its {CONFIG} describes "

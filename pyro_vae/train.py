@@ -34,9 +34,10 @@ from .checkpoint import (CHECKPOINT, CHECKPOINT_VERSION, PREVIOUS_CHECKPOINT, Ch
                          CheckpointVersionError, CheckpointWarning)  # (the names users know from here)
 from .checkpoint import load as load_checkpoint  # noqa: F401
 from .checkpoint import read_run as read_run_checkpoint  # noqa: F401
-from .loop import COLUMNS, check_setup, preflight, test_elbo_loss
+from .loop import COLUMNS, check_setup, check_values, preflight, test_elbo_loss
 from .nets import frozen
 from .progress import progress_bar
+from . import rows as rows_files
 from .rows import is_mapped
 from .threads import intra_op_threads, training_threads
 
@@ -114,28 +115,39 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         raise InputError("shards splits the training set among data-parallel processes: pass distributed=True.")
     if distributed and (local_steps != 1 or not train_model):
         raise InputError("distributed training runs plain SVI steps: local_steps=1 and train_model=True.")
+    optim = optim if optim is not None else LazyAdam({"lr": 1e-3}, sparse_args={"lr": 1e-2})
+    path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
+    sampler, state, world, r = None, None, None, 0
+    if distributed:
+        from . import distributed as ddp
+
+        sampler = ddp.prepare(guide, optim, len(data.train), batch_size, shards, seed)  # this rank's rows only
+        world, r = ddp.world_size(), ddp.rank()
+    if resume:
+        state = checkpoint.read_to_continue(path, epochs, world, r)
+    slots = None
+    if path is not None:  # rows in files keep a copy per epoch (pyro_vae.rows.Slots): a checkpoint copies none
+        folder = checkpoint.rows_folder(state, path.parent) if state is not None else None
+        slots = rows_files.attach(guide, optim, folder, state["rows_on_disk"]["slot"]) if folder is not None \
+            else rows_files.Slots.of(guide, optim)
+    check_values(model, guide)
     if torch.device(device).type != "cpu" and any(is_mapped(p) for p in guide.parameters()):
         raise InputError(f"the guide's rows are memory-mapped files (pyro_vae.rows.memory_map), which live on the "
                          f"CPU: train on the CPU, or keep the rows in memory for device={device!r}.")
     model.to(device)
     guide.to(device)
     data = data.to(device)  # batches are then cut on the device
-    optim = optim if optim is not None else LazyAdam({"lr": 1e-3}, sparse_args={"lr": 1e-2})
     if loss is None:
         loss = objectives.make("trace", jit=objectives.jit_safe(model, guide) if jit is None else jit)
     if distributed:
-        from . import distributed as ddp
-
-        return ddp.fit(model, guide, data, epochs=epochs, batch_size=batch_size, optim=optim, loss=loss,
-                       device=torch.device(device), shards=shards, checkpoint_dir=checkpoint_dir, resume=resume,
+        return ddp.fit(model, guide, data, sampler, epochs=epochs, optim=optim, loss=loss,
+                       device=torch.device(device), path=path, state=state, slots=slots,
                        progress=progress, seed=seed, config=config, on_epoch=on_epoch)
     # one SVI for every step: a guide-only step (local_steps, train_model=False) is svi.step with the model frozen
     svi = SVI(model.model, guide, optim, loss)
-    path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
 
-    rows, start, state = [], 0, None
-    if resume:
-        state = checkpoint.read_to_continue(path, epochs)
+    rows, start = [], 0
+    if state is not None:
         rows, start = checkpoint.restore(state, model, guide, optim)
     preflight(svi.model, svi.guide, loss, model, guide, data, batch_size)
     if state is not None:
@@ -152,7 +164,11 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
             (contextlib.nullcontext() if train_model else frozen(model)):
         for epoch in bar:
             t0, total = time.perf_counter(), 0.0
+            if slots is not None:
+                slots.begin(epoch + 1)
             for x, idx in data.loader("train", batch_size, shuffle=True):
+                if slots is not None:
+                    slots.visit(idx)
                 step_loss = visit(svi, model, x, idx, local_steps)
                 if not math.isfinite(step_loss):
                     raise FloatingPointError(
@@ -161,6 +177,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
                     )
                 total += step_loss * len(x) / n_train  # each step estimates the full-data loss
             seconds = time.perf_counter() - t0
+            on_disk = slots.finish() if slots is not None else None  # every row of this epoch in its copy, fsynced
             train_loss = total / n_train
             test_loss = test_elbo_loss(model, guide, data.test)
             rows.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss, "seconds": seconds})
@@ -174,7 +191,9 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
                 shown["test"] = f"{test_loss:.2f}"
             bar.set_postfix(shown, refresh=False)
             if path is not None:
-                checkpoint.save(path, model, guide, optim, rows, config)
+                extra = {"rows_part": checkpoint.rows_part(model, guide, optim, path.parent, on_disk)} if on_disk \
+                    else None
+                checkpoint.save(path, model, guide, optim, rows, config, extra=extra, rows_apart=bool(on_disk))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

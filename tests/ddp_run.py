@@ -3,8 +3,8 @@
     torchrun --standalone --nproc_per_node=2 tests/ddp_run.py OUT --guide delta --epochs 3
     python tests/ddp_run.py OUT --guide delta --epochs 3 --shards 2      # the one-process reference
 
-Writes OUT/history.csv (rank 0), OUT/rows{RANK}.pt (the per-datapoint rows and the model each rank ends with) and,
-with --checkpoint, OUT/checkpoint.pt. The ``delta`` guide is a point estimate, q(z) = Delta:
+Writes OUT/history.csv (rank 0), OUT/rows{RANK}.pt (the per-datapoint rows each rank ends with, its shard's, with
+their dataset indices, and the model) and, with --checkpoint, OUT/checkpoint.pt. The ``delta`` guide is a point estimate, q(z) = Delta:
 the loss is then a deterministic function of the batches, so P processes must equal one
 process up to the all-reduce's floating-point order.
 """
@@ -33,6 +33,8 @@ class DeltaWithRows(Guide):
     For new points (``idx=None``) the offset is 0, so the test -ELBO is defined.
     """
 
+    shardable = True  # reads its rows through local_rows: a process can hold its shard alone
+
     def __init__(self, x_dim, z_dim, num_data):
         super().__init__(z_dim, num_data, "delta_with_rows")
         self.encoder = mlp(x_dim, (16,), z_dim)
@@ -44,7 +46,7 @@ class DeltaWithRows(Guide):
     def distribution(self, x, idx=None):
         loc = self.encoder(x)
         if idx is not None:
-            loc = loc + F.embedding(idx, self.offset, sparse=True)
+            loc = loc + F.embedding(self.local_rows(idx), self.offset, sparse=True)
         return dist.Delta(loc, event_dim=1)
 
 
@@ -84,7 +86,8 @@ def main(argv=None):
                   progress=False, seed=0)
     out.mkdir(parents=True, exist_ok=True)
     rows = {name: p.detach().clone() for name, p in guide.named_parameters() if name in guide.row_parameter_names()}
-    torch.save({"rows": rows, "model": model.state_dict()}, out / f"rows{distributed.rank()}.pt")
+    held = guide.shard.dataset_rows() if guide.shard is not None else torch.arange(n)
+    torch.save({"rows": rows, "dataset_rows": held, "model": model.state_dict()}, out / f"rows{distributed.rank()}.pt")
     if distributed.is_main():
         history.to_csv(out / "history.csv", index=False)
     if torch.distributed.is_initialized():

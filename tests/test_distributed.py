@@ -15,7 +15,7 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae import data, distributed, folders, models
+from pyro_vae import checkpoint, data, distributed, folders, models
 from pyro_vae.distributed import DistributedError, ShardSampler
 from pyro_vae.train import fit
 
@@ -60,9 +60,13 @@ def test_two_processes_equal_one_process_with_the_same_global_batches(tmp_path):
     pd.testing.assert_series_equal(h1.test_loss, h2.test_loss, rtol=1e-6, atol=0)
     s1, s2a, s2b = _state(one), _state(two, 0), _state(two, 1)
     assert _max_diff(s1["model"], s2a["model"]) < 1e-6  # decoder (and encoder, which moves the rows' loss)
-    assert _max_diff(s1["rows"], s2a["rows"]) < 1e-6
-    assert _max_diff(s2a["rows"], s2b["rows"]) == 0  # every rank ends with every row (rank 1's from rank 1)
     assert _max_diff(s2a["model"], s2b["model"]) == 0
+    # each rank holds only its shard's rows (half of them), and they are the one process's rows of that shard
+    held = [s2a["dataset_rows"], s2b["dataset_rows"]]
+    assert [len(h) for h in held] == [48, 48] and torch.equal(torch.cat(held).sort().values, torch.arange(96))
+    assert all(len(s["rows"]["offset"]) == 48 for s in (s2a, s2b))
+    for s in (s2a, s2b):
+        assert _max_diff({"offset": s1["rows"]["offset"][s["dataset_rows"]]}, s["rows"]) < 1e-6
 
 
 @pytest.mark.parametrize("guide", ["normal", "meanfield"])
@@ -74,12 +78,16 @@ def test_distributed_resume_continues_exactly(tmp_path, guide):
     _run([str(SCRIPT), str(resumed), "--guide", guide, "--epochs", "4", "--resume"], processes=2)
     h1, h2 = pd.read_csv(straight / "history.csv"), pd.read_csv(resumed / "history.csv")
     pd.testing.assert_frame_equal(h1.drop(columns="seconds"), h2.drop(columns="seconds"), check_exact=True)
-    a = torch.load(straight / "checkpoint.pt", weights_only=True)
-    b = torch.load(resumed / "checkpoint.pt", weights_only=True)
+    a, b = (checkpoint.every_row(checkpoint.load(d / "checkpoint.pt"), d) for d in (straight, resumed))
     assert _max_diff(a["guide"], b["guide"]) == 0 and _max_diff(a["model"], b["model"]) == 0
     assert a["distributed"]["world_size"] == 2 and len(a["distributed"]["rng"]) == 2
     assert sorted(p.name for p in resumed.iterdir() if "checkpoint" in p.name) == ["checkpoint.prev.pt",
                                                                                   "checkpoint.pt"]
+    if guide == "meanfield":  # a shard file per rank for this checkpoint and the one before, no older one
+        assert a["shards"]["files"] == ["shards/epoch4.rank0.pt", "shards/epoch4.rank1.pt"]
+        assert "loc" not in checkpoint.load(straight / "checkpoint.pt")["guide"]  # the rows are in the shards
+        assert sorted(p.name for p in (resumed / "shards").iterdir()) == [
+            "epoch3.rank0.pt", "epoch3.rank1.pt", "epoch4.rank0.pt", "epoch4.rank1.pt"]
 
 
 def test_cli_distributed_train_writes_from_rank_0_and_refuses_a_single_process(tmp_path):
@@ -90,7 +98,7 @@ def test_cli_distributed_train_writes_from_rank_0_and_refuses_a_single_process(t
     done = _run([*cli, *flags], processes=2)
     assert done.stdout.count("meanfield on digits: epoch 2") == 1  # rank 0 alone reports
     assert set(folders.contents(out)) == {"config.json", "history.csv", "checkpoint.pt", "checkpoint.prev.pt",
-                                              "learning_curves.png"}
+                                          "learning_curves.png", "shards"}
     assert len(pd.read_csv(out / "history.csv")) == 2
     # rows on disk, one folder per rank: the same run to the bit
     on_disk = tmp_path / "on_disk"
@@ -98,7 +106,7 @@ def test_cli_distributed_train_writes_from_rank_0_and_refuses_a_single_process(t
     assert sorted(p.name for p in (on_disk / "rows").iterdir()) == ["rank0", "rank1"]
     pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv").drop(columns="seconds"),
                                   pd.read_csv(on_disk / "history.csv").drop(columns="seconds"), check_exact=True)
-    a, b = (torch.load(d / "checkpoint.pt", weights_only=True)["guide"] for d in (out, on_disk))
+    a, b = (checkpoint.every_row(checkpoint.load(d / "checkpoint.pt"), d)["guide"] for d in (out, on_disk))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the run is an ordinary run for every other command
     from pyro_vae import runs
@@ -112,6 +120,76 @@ def test_cli_distributed_train_writes_from_rank_0_and_refuses_a_single_process(t
                               timeout=TIMEOUT_S)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "new").exists()
+
+
+def _cli():
+    exe = shutil.which("pyro-vae") or str(Path(sys.executable).with_name("pyro-vae"))
+    return ["--no-python", exe] if Path(exe).exists() else ["-m", "pyro_vae.cli"]
+
+
+def test_a_rank_killed_while_its_shard_is_written_resumes_to_the_same_run(tmp_path):
+    """Rows on disk, 2 processes: rank 1 is killed in the middle of writing its shard of epoch 3 (rank 0's may be
+    written). checkpoint.pt, the commit, still names epoch 2's shards and row files; the resumed run equals the
+    uninterrupted one with its rows in memory, row for row."""
+    flags = ["train", "--distributed", "--guide", "meanfield", "--z-dim", "2", "--hidden", "8", "--epochs", "4",
+             "--no-progress"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _run([*_cli(), *flags, "--out", str(straight)], processes=2)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+              str(Path(__file__).with_name("fault_run.py")), "kill-shard", "3", *flags[:-1], "--no-progress",
+              "--out", str(killed), "--rows-on-disk", str(killed / "rows")]
+    done = subprocess.run(launch, capture_output=True, text=True, timeout=TIMEOUT_S, env={**os.environ, **ENV})
+    assert done.returncode != 0 and "epoch 4" not in done.stdout, done.stderr[-2000:]
+    state = checkpoint.load(killed / "checkpoint.pt")
+    assert state["epoch"] == 2 and state["shards"]["files"] == ["shards/epoch2.rank0.pt", "shards/epoch2.rank1.pt"]
+    assert any(f.name.endswith(".tmp") for f in (killed / "shards").iterdir())  # rank 1's cut write
+    _run([*_cli(), "train", "--resume", "--distributed", "--epochs", "4", "--out", str(killed)], processes=2)
+    pd.testing.assert_frame_equal(pd.read_csv(straight / "history.csv").drop(columns="seconds"),
+                                  pd.read_csv(killed / "history.csv").drop(columns="seconds"), check_exact=True)
+    a, b = (checkpoint.every_row(checkpoint.load(d / "checkpoint.pt"), d)["guide"] for d in (straight, killed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(f.name.endswith(".tmp") for f in (killed / "shards").iterdir())  # cleared at the next commit
+    # each rank's files hold its half of the rows, and the checkpoint and its shards hold none of them
+    n, z = 1150, 2  # digits' training rows (after the validation split), z_dim
+    sizes = sorted(p.stat().st_size for p in (killed / "rows").glob("rank*/loc.0.f32"))
+    assert sizes == [(n // 2) * z * 4, (n - n // 2) * z * 4]
+    part = torch.load(killed / "shards" / "epoch4.rank1.pt", weights_only=True)
+    assert part["rows"] == {} and part["on_disk"]["slot"] == 4 % 3
+    # another number of processes is refused in one line that says how many
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                           *_cli(), "train", "--resume", "--distributed", "--epochs", "5", "--out", str(killed)],
+                          capture_output=True, text=True, timeout=TIMEOUT_S, env={**os.environ, **ENV})
+    assert done.returncode != 0 and "written by 2 processes and this run has 1: resume with as many" in done.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_rendezvous_on_the_loopback_interface_and_equal_one_process(tmp_path):
+    """Two separate torchrun launches, one process each, as two machines would run them (c10d rendezvous at one
+    endpoint, here 127.0.0.1): the same run as one process over 2 shards, to float order."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([str(SCRIPT), str(one), "--guide", "delta", "--epochs", "3", "--shards", "2"])
+    port = _free_port()
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=pyro-vae-test",
+                               f"--node-rank={node}", str(SCRIPT), str(two), "--guide", "delta", "--epochs", "3"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV})
+             for node in (0, 1)]
+    outs = [node.communicate(timeout=TIMEOUT_S) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), "\n".join(err[-2000:] for _, err in outs)
+    h1, h2 = pd.read_csv(one / "history.csv"), pd.read_csv(two / "history.csv")
+    pd.testing.assert_series_equal(h1.train_loss, h2.train_loss, rtol=1e-6, atol=0)
+    s1 = _state(one)
+    for r in (0, 1):
+        s = _state(two, r)
+        assert _max_diff(s1["model"], s["model"]) < 1e-6 and len(s["dataset_rows"]) == 48
+        assert _max_diff({"offset": s1["rows"]["offset"][s["dataset_rows"]]}, s["rows"]) < 1e-6
 
 
 # ---------------------------------------------------------------- in one process

@@ -33,7 +33,7 @@ def _train(tmp_path, mapped, epochs, resume=False, name="meanfield", folder="run
     """``mapped``: False (rows in memory), "memory" (built in memory, then mapped) or "meta" (built as shapes,
     the files written from the starting row)."""
     ds, model, guide, optim = _setup(name, device="meta" if mapped == "meta" else "cpu")
-    if mapped:
+    if mapped and not resume:  # a resume maps the copy of the files its checkpoint names
         rows.memory_map(guide, optim, tmp_path / folder / "rows")
     history = fit(model, guide, ds, epochs=epochs, batch_size=16, optim=optim, progress=False, seed=1,
                   checkpoint_dir=str(tmp_path / folder), resume=resume)
@@ -48,11 +48,15 @@ def test_memory_mapped_rows_train_exactly_as_rows_in_memory(tmp_path, name, buil
     pd.testing.assert_frame_equal(h_mem.drop(columns="seconds"), h_map.drop(columns="seconds"), check_exact=True)
     for (k, a), b in zip(sorted(g_mem.state_dict().items()), [v for _, v in sorted(g_map.state_dict().items())]):
         assert torch.equal(a, b), k
-    # the rows, and their Adam moments, really are the files: read back from disk they are the trained values
+    # the rows, and their Adam moments, really are the files: read back from disk they are the trained values,
+    # in copy 4 % 3 = 1 of the files, which the checkpoint names (and holds no row of)
+    state = torch.load(tmp_path / "map" / "checkpoint.pt", weights_only=True)
+    assert state["rows_part"]["on_disk"]["slot"] == 1 and state["rows_part"]["on_disk"]["folder"] == "rows"
+    assert not set(g_map.row_parameter_names()) & set(state["guide"])
     for n in g_map.row_parameter_names():
         p = dict(g_map.named_parameters())[n]
         assert rows.is_mapped(p)
-        on_disk = torch.from_file(str(tmp_path / "map" / "rows" / f"{n}.f32"), size=p.numel()).view(p.shape)
+        on_disk = torch.from_file(str(rows.slot_file(tmp_path / "map" / "rows", n, 1)), size=p.numel()).view(p.shape)
         assert torch.equal(on_disk, p.detach())
         state = optim.optim_objs[p].state[p]
         assert rows.is_mapped(state["exp_avg"]) and rows.is_mapped(state["exp_avg_sq"])
@@ -64,7 +68,7 @@ def test_memory_mapped_rows_resume_exactly(tmp_path):
     _train(tmp_path, "meta", 2, folder="resumed")
     resumed, _, guide, _ = _train(tmp_path, "meta", 4, resume=True, folder="resumed")
     pd.testing.assert_frame_equal(straight.drop(columns="seconds"), resumed.drop(columns="seconds"), check_exact=True)
-    assert all(rows.is_mapped(p) for p in guide.parameters())  # resume copied the checkpoint into the files
+    assert all(rows.is_mapped(p) for p in guide.parameters())  # resume mapped the checkpoint's copy of the files
 
 
 def _mapped_files():
@@ -84,7 +88,7 @@ def test_resume_keeps_no_checkpoint_mapped(tmp_path, name, mapped, optim):
         else:
             ds, model, guide, lazy = _setup(name, device="meta" if mapped else "cpu")
         opt = lazy if optim == "lazy" else pyro.optim.Adam({"lr": 1e-2})
-        if mapped:
+        if mapped and not kw.get("resume"):
             rows.memory_map(guide, opt, tmp_path / "rows")
         fit(model, guide, ds, epochs=epochs, batch_size=16, optim=opt, progress=False, seed=1,
             checkpoint_dir=str(tmp_path), **kw)
@@ -152,12 +156,11 @@ def test_train_rows_on_disk_from_the_command_line_continues_as_rows_in_memory(tm
     folder = mapped / "rows"  # inside the run, and kept in config.json relative to it
 
     def files_hold_the_checkpoint():
+        """The checkpoint holds no row: it names the copy of the files that holds its epoch's, e % 3."""
         assert json.loads((mapped / "config.json").read_text())["rows_on_disk"] == "rows"
         state = load_checkpoint(mapped / CHECKPOINT)
-        for name in ("loc", "scale_raw"):
-            saved = state["guide"][name]
-            on_disk = torch.from_file(str(folder / f"{name}{rows.SUFFIX}"), size=saved.numel()).view(saved.shape)
-            assert torch.equal(on_disk, saved), name
+        assert "loc" not in state["guide"] and state["rows_part"]["on_disk"]["slot"] == state["epoch"] % 3
+        assert {f"loc.{i}{rows.SUFFIX}" for i in range(3)} <= {p.name for p in folder.iterdir()}
 
     assert cli.main(["train", "--epochs", "4", "--out", str(tmp_path / "memory"), *small]) == 0
     assert cli.main(["train", "--epochs", "2", "--out", str(mapped), "--rows-on-disk", str(folder), *small]) == 0
@@ -177,3 +180,14 @@ def test_train_rows_on_disk_from_the_command_line_continues_as_rows_in_memory(tm
     assert (mapped / "config.json").read_text() == before
     a, b = (pd.read_csv(tmp_path / run / "history.csv") for run in ("memory", "mapped"))
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"), check_exact=True)
+    # the rows in the copy the last checkpoint names are the in-memory run's, bit for bit, and so are load_run's
+    from pyro_vae import runs
+
+    memory = load_checkpoint(tmp_path / "memory" / CHECKPOINT)["guide"]
+    loaded = runs.load_run(mapped).guide
+    for name in ("loc", "scale_raw"):
+        saved = memory[name]
+        on_disk = torch.from_file(str(rows.slot_file(folder, name, 4 % 3)), size=saved.numel()).view(saved.shape)
+        assert torch.equal(on_disk, saved) and torch.equal(getattr(loaded, name).detach(), saved), name
+        # read through a private mapping of that file: load_run copies no row, and writes none
+        assert str(rows.slot_file(folder, name, 4 % 3)) in Path("/proc/self/maps").read_text()

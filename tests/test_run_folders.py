@@ -97,9 +97,10 @@ def test_a_run_folder_is_self_contained_and_can_be_moved(tmp_path, monkeypatch):
     assert outside.read_text() == "not the run's" and not (tmp_path / "moved" / "history.csv").is_symlink()
     assert not (tmp_path / "a" / "run").exists()
     state = load_checkpoint(tmp_path / "moved" / CHECKPOINT)
-    loc = state["guide"]["loc"]
-    on_disk = torch.from_file(str(tmp_path / "moved" / "rows" / f"loc{rows.SUFFIX}"), size=loc.numel())
-    assert state["epoch"] == 3 and torch.equal(on_disk.view_as(loc), loc)
+    assert state["epoch"] == 3 and state["rows_part"]["on_disk"]["folder"] == "rows"  # relative: moved with it
+    loc = runs.load_run(tmp_path / "moved").guide.loc.detach()
+    on_disk = torch.from_file(str(rows.slot_file(tmp_path / "moved" / "rows", "loc", 3 % 3)), size=loc.numel())
+    assert torch.equal(on_disk.view_as(loc), loc)
 
 
 def _reference(tmp_path, epochs, *flags):
@@ -113,9 +114,11 @@ def _same_run(a, b):
     pd.testing.assert_frame_equal(history(a), history(b), check_exact=True)
     sa, sb = (load_checkpoint(Path(d) / CHECKPOINT) for d in (a, b))
     assert all(torch.equal(sa["guide"][k], sb["guide"][k]) for k in sa["guide"])
-    for name in ("loc", "scale_raw"):  # the live rows in their files, too
-        a_rows, b_rows = ((Path(d) / "rows" / f"{name}{rows.SUFFIX}").read_bytes() for d in (a, b))
-        assert a_rows == b_rows, name
+    slot = sa["rows_part"]["on_disk"]["slot"]
+    assert slot == sb["rows_part"]["on_disk"]["slot"] == sa["epoch"] % rows.SLOTS
+    for key in ("loc", "scale_raw", "loc.adam.exp_avg", "scale_raw.adam.exp_avg_sq"):  # rows and moments, to the bit
+        a_rows, b_rows = (rows.slot_file(Path(d) / "rows", key, slot).read_bytes() for d in (a, b))
+        assert a_rows == b_rows, key
 
 
 def test_a_kill_while_a_checkpoint_of_rows_on_disk_is_written_resumes_to_the_same_run(tmp_path):
@@ -129,6 +132,38 @@ def test_a_kill_while_a_checkpoint_of_rows_on_disk_is_written_resumes_to_the_sam
     assert folders.holder(run) is None
     done = pyro_vae("train", "--resume", "--epochs", 5, "--out", run)
     assert done.returncode == 0, done.stderr
+    _same_run(run, ref)
+
+
+@pytest.mark.parametrize("step", [1, 3])
+def test_a_kill_in_the_middle_of_an_epoch_of_rows_on_disk_resumes_to_the_same_run(tmp_path, step):
+    """The checkpoint copies no row: the files of its epoch's copy are never written by the epoch that follows, so a
+    SIGKILL after some of that epoch's steps (its copy half written) resumes to the uninterrupted run."""
+    ref = _reference(tmp_path, 5)
+    run = tmp_path / "killed"
+    done = pyro_vae("kill-step", 3, "train", *ROWS, "--epochs", 5, "--rows-on-disk", run / "rows", "--out", run,
+                    step, script="fault_run.py")
+    assert done.returncode == -9, done.stderr  # SIGKILL after `step` steps of the third epoch
+    state = load_checkpoint(run / CHECKPOINT)
+    assert state["epoch"] == 2 and state["rows_part"]["on_disk"]["slot"] == 2
+    part = state["rows_part"]  # no row inside: the rows and their moments are in the files, the step count here
+    assert part["rows"] == {} and "loc" not in state["guide"]
+    assert [set(s["state"][0]) for s in part["optim"].values()] == [{"step"}, {"step"}]
+    done = pyro_vae("train", "--resume", "--epochs", 5, "--out", run)
+    assert done.returncode == 0, done.stderr
+    _same_run(run, ref)
+
+
+def test_a_damaged_checkpoint_of_rows_on_disk_falls_back_on_the_previous_one_and_its_rows(tmp_path, capsys):
+    """checkpoint.prev.pt's copy of the files (epoch - 1) is kept while an epoch trains: falling back on it (the
+    latest checkpoint damaged) resumes to the uninterrupted run."""
+    ref = _reference(tmp_path, 5)
+    run = tmp_path / "damaged"
+    assert cli.main(["train", *ROWS, "--epochs", "3", "--rows-on-disk", str(run / "rows"), "--out", str(run)]) == 0
+    (run / CHECKPOINT).write_bytes(b"damaged")
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--epochs", "5", "--out", str(run)]) == 0
+    assert "resuming from checkpoint.prev.pt (epoch 2)" in capsys.readouterr().err
     _same_run(run, ref)
 
 

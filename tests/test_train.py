@@ -116,9 +116,11 @@ def test_two_corrupted_checkpoints_are_one_clear_error(digits, tmp_path):
 def test_a_checkpoint_of_another_format_version_is_refused(digits, tmp_path):
     _train(digits, "normal", 1, checkpoint_dir=str(tmp_path))
     state = load_checkpoint(tmp_path / CHECKPOINT)
-    assert state["version"] == CHECKPOINT_VERSION == 2
+    assert state["version"] == CHECKPOINT_VERSION == 3
+    torch.save({**state, "version": 2}, tmp_path / CHECKPOINT)  # format 2 (every row inside) is read
+    assert load_checkpoint(tmp_path / CHECKPOINT)["epoch"] == 1
     torch.save({**state, "version": 99}, tmp_path / CHECKPOINT)
-    with pytest.raises(CheckpointError, match="format 99.*reads format 2"):
+    with pytest.raises(CheckpointError, match="format 99.*reads formats 2, 3"):
         load_checkpoint(tmp_path / CHECKPOINT)
     torch.save({**state, "version": 1}, tmp_path / CHECKPOINT)  # trained before the validation split: say so
     with pytest.raises(CheckpointError, match="format 1 .*validation set.*train the run again"):
