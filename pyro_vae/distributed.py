@@ -27,15 +27,24 @@ rank's loss is ``(N / b) sum_i loss_i`` over its ``b = B / P`` rows, so the aver
 ``B``.
 
 **Per-datapoint rows.** The training set is cut into fixed shards (:class:`ShardSampler`), one
-per rank, reshuffled within the shard every epoch. A row of a per-datapoint guide
-(``guide.row_parameter_names()``) is read and written only by the rank that holds its
-datapoint, so DDP is told to ignore those tensors: they are never all-reduced. Their sparse
-gradient is divided by ``P``, which makes it the gradient of the same averaged objective (for
-Adam the scale matters only through ``eps``). Before each checkpoint, and at the end, the
-ranks exchange their rows (:func:`gather_rows`), so that rank 0's checkpoint holds every
-row and its Adam moments: one file that ``pyro-vae evaluate``, ``load_run`` and ``--resume``
-read as they read a one-process run. (At N where the rows no longer fit in one process,
-that gather is what must go; every rank holds all N rows today.)
+per rank, reshuffled within the shard every epoch. Rank r holds only the rows of its shards
+(:func:`prepare` calls :func:`pyro_vae.rows.keep_shard`: ``N / P`` rows, in memory or in its own
+folder of row files), and the guide maps a dataset index to its row there
+(:meth:`guides.base.Guide.local_rows`). DDP is told to ignore those tensors: no collective ever
+touches a row. Their sparse gradient is divided by ``P``, which makes it the gradient of the same
+averaged objective (for Adam the scale matters only through ``eps``).
+
+**Checkpoints** (:func:`save`): each rank writes its rows and their Adam moments to
+``shards/epoch{E}.rank{r}.pt`` (with rows in files, only the name of the files' copy that holds
+epoch E), then rank 0 writes ``checkpoint.pt``, the shared part and a manifest naming the shards:
+the commit. A rank killed while writing leaves the previous ``checkpoint.pt`` and its shards in
+place. ``--resume`` needs the same number of processes (each continues its own shard and random
+stream); ``load_run`` and ``pyro-vae evaluate`` put the shards together.
+
+Across machines, the same command under torchrun's rendezvous, on every node::
+
+    torchrun --nnodes=2 --nproc_per_node=1 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 --rdzv-id=RUN \\
+        --no-python pyro-vae train --guide meanfield --distributed --out runs/ddp
 """
 
 from __future__ import annotations

@@ -81,6 +81,12 @@ class LazyAdam(PyroOptim):
         if optimizer is not None and param in optimizer.state:
             optimizer.state[param].update(moments)
 
+    def settle(self, param: torch.Tensor) -> None:
+        """Put the per-datapoint ``param``'s state waiting since :meth:`set_state` in place now (its moments into
+        :meth:`keep_moments_in`'s tensors), not at its first step."""
+        if param not in self.optim_objs and self.param_name(param) in self._state_waiting_to_be_consumed:
+            self._add_sparse(param)
+
     def moments_of(self, param: torch.Tensor) -> dict:
         """The memory-mapped moments of ``param`` (:meth:`keep_moments_in`)."""
         return self.mapped_moments[param]

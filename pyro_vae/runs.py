@@ -211,8 +211,10 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> Run:
                 folders.claim(out, "train", overwrite, rows=old_rows(out))
         if cfg["distributed"]:
             torch.distributed.barrier()  # no rank maps its rows before rank 0 has claimed the folder
-        # rows on disk that start from one constant row are written straight into their files, never built in RAM
-        on_meta = rows_dir is not None and getattr(guides.get(cfg["guide"]), "constant_init", False)
+        # rows that start from one constant row are built as shapes only, when they go into files (written straight
+        # into them, never built in RAM) or into a data-parallel process (which then fills only its shard's)
+        on_meta = (rows_dir is not None or cfg["distributed"]) and getattr(guides.get(cfg["guide"]), "constant_init",
+                                                                           False)
         model, guide = build(cfg, ds, guide_device="meta" if on_meta else None)
         loss = objectives.for_training(cfg["elbo"], model, guide, jit=not cfg["no_jit"], particles=cfg["particles"])
         optim = LazyAdam({"lr": cfg["lr"]}, sparse_args={"lr": cfg["local_lr"]})
@@ -224,6 +226,8 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> Run:
         own_rows = None if rows_dir is None else rows_dir / (f"rank{distributed.rank()}" if cfg["distributed"] else "")
         if own_rows is not None and not (resume and (own_rows / rows.MARKER).exists()):
             rows.memory_map(guide, optim, own_rows)  # (a resumed run's files are mapped by fit, from its checkpoint)
+        elif own_rows is None:
+            rows.in_memory(guide)
         if main:
             folders.write_text(out / CONFIG, json.dumps(cfg, indent=2))
         history = fit(model, guide, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"], optim=optim, loss=loss,

@@ -113,6 +113,16 @@ def test_cli_distributed_train_writes_from_rank_0_and_refuses_a_single_process(t
 
     run = runs.load_run(out)
     assert run.epochs == 2 and run.config["distributed"]
+    assert run.guide.loc.shape[0] == len(run.data.train) and run.guide.shard is None  # the shards put together
+    # evaluate reads both sharded runs (rows in memory, rows in files) as one run: the same L[q] on the train split
+    quick = ["--split", "train", "--n-eval", "20", "--ll-samples", "50", "--elbo-samples", "10", "--qstar-steps",
+             "20", "--families", "normal", "--no-progress"]
+    tables = []
+    for run_dir in (out, on_disk):  # (one run: its evaluation is written into its folder)
+        assert subprocess.run([sys.executable, "-m", "pyro_vae.cli", "evaluate", str(run_dir), *quick],
+                              capture_output=True, timeout=TIMEOUT_S).returncode == 0
+        tables.append(pd.read_csv(run_dir / "evaluation.csv").drop(columns="run"))
+    pd.testing.assert_frame_equal(*tables, check_exact=True)
     # one process cannot continue it, and --distributed outside torchrun stops before any work
     for argv, message in ((["train", "--resume", "--epochs", "3", "--out", str(out)], "written by 2 processes"),
                           (flags[:-1] + [str(tmp_path / "new")], "launch with `torchrun")):
@@ -215,6 +225,34 @@ def test_shard_sampler_keeps_rows_on_their_rank_and_reshuffles_them(n):
     single = ShardSampler(n, batch, 1, shards=2, seed=3)
     for t, b in enumerate(single.batches(0, 0)):
         assert torch.equal(b, torch.cat([s.batches(0, 0)[t], s.batches(0, 1)[t]]))
+
+
+@pytest.mark.parametrize("n, world, shards", [(96, 2, 2), (97, 3, 3), (99, 2, 4)])
+def test_a_rank_holds_its_shards_rows_and_finds_each_by_its_dataset_index(n, world, shards):
+    import guides
+    from pyro_vae import rows
+
+    sampler = ShardSampler(n, 4 * shards, world, shards, seed=0)
+    full = guides.make("meanfield", z_dim=2, num_data=n)
+    with torch.no_grad():
+        full.loc.copy_(torch.arange(2 * n, dtype=torch.float32).view(n, 2))  # every row its own values
+    held = []
+    for r in range(world):
+        shard = sampler.shard_of(r)
+        mine = shard.dataset_rows()
+        held.append(mine)
+        assert torch.equal(mine, sampler.owned(r)) and len(shard) == len(mine)
+        assert torch.equal(shard.local(mine), torch.arange(len(mine)))
+        guide = guides.make("meanfield", z_dim=2, num_data=n)
+        guide.load_state_dict(full.state_dict())
+        rows.keep_shard(guide, shard)
+        assert guide.loc.shape == (len(mine), 2) and guide.row_parameter_names() == ["loc", "scale_raw"]
+        batch = mine[torch.randperm(len(mine))[:7]]  # dataset indices, in any order: the rows the full guide has
+        assert torch.equal(guide.distribution(torch.zeros(7, 1), batch).mean, full.loc[batch])
+        others = torch.tensor(sorted(set(range(n)) - set(mine.tolist()))[:2])
+        with pytest.raises(ValueError, match="not in this process's shards"):
+            guide.distribution(torch.zeros(2, 1), others)
+    assert torch.equal(torch.cat(held).sort().values, torch.arange(n))  # every row on exactly one rank
 
 
 def _small():

@@ -104,7 +104,7 @@ def _commands():
     out = []
     for page in PAGES:
         text = page.read_text(encoding="utf-8")
-        lines = [l for b in _blocks(page, "bash") for l in b.splitlines()]
+        lines = [l for b in _blocks(page, "bash") for l in b.replace("\\\n", " ").splitlines()]  # continued lines
         lines += [l.strip() for l in text.splitlines() if l.startswith("    pyro-vae ")]
         for line in lines:
             line = line.split("#")[0].strip()
@@ -190,3 +190,19 @@ def test_the_tuned_arms_page_shows_its_committed_tables():
               "paired table": report.paired_table(results), "gap table": report.gap_table(results)}
     for name, table in tables.items():
         assert table in page, f"docs/tuned.md does not show the {name} of docs/tuned/"
+
+
+def test_the_scaling_page_shows_the_committed_measurements():
+    """docs/scaling.md's before/after tables are benchmarks/scale.py's rendering of its committed CSVs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scale", ROOT / "benchmarks" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    page = (ROOT / "docs" / "scaling.md").read_text(encoding="utf-8")
+    shards = pd.read_csv(ROOT / "benchmarks" / "scale_shards.csv")
+    assert set(shards.n) == {10**6, 10**7} and set(shards.processes) == {1, 2} and shards["round"].nunique() == 2
+    assert scale.shards_table(shards) in page, "docs/scaling.md does not show benchmarks/scale_shards.csv"
+    checkpoints = pd.read_csv(ROOT / "benchmarks" / "scale_checkpoint.csv")
+    assert set(checkpoints.n) == {10**7, 10**8}
+    assert scale.checkpoint_table(checkpoints) in page, "docs/scaling.md does not show benchmarks/scale_checkpoint.csv"

@@ -71,6 +71,21 @@ def test_memory_mapped_rows_resume_exactly(tmp_path):
     assert all(rows.is_mapped(p) for p in guide.parameters())  # resume mapped the checkpoint's copy of the files
 
 
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_a_checkpoint_holding_its_rows_resumes_into_row_files(tmp_path, epochs):
+    """A checkpoint with the rows inside it (rows in memory, or format 2 of rows on disk) resumed with the rows
+    memory-mapped: the rows and their Adam moments go into the files, and the run equals the uninterrupted one
+    (after 2 epochs the next, 3, trains in copy 0, the one the rows were copied into: they move first)."""
+    straight, *_ = _train(tmp_path, False, 4, folder="straight")
+    _train(tmp_path, False, epochs, folder="resumed")
+    ds, model, guide, optim = _setup()
+    rows.memory_map(guide, optim, tmp_path / "resumed" / "rows")
+    resumed = fit(model, guide, ds, epochs=4, batch_size=16, optim=optim, progress=False, seed=1,
+                  checkpoint_dir=str(tmp_path / "resumed"), resume=True)
+    pd.testing.assert_frame_equal(straight.drop(columns="seconds"), resumed.drop(columns="seconds"), check_exact=True)
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["rows_part"]["on_disk"]["slot"] == 1
+
+
 def _mapped_files():
     return Path("/proc/self/maps").read_text()
 
