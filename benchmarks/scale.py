@@ -334,7 +334,6 @@ def shards_rows(args) -> pd.DataFrame:
 
 def checkpoint_case(n: int, z: int, steps: int = 200) -> dict:
     """A checkpoint of rows on disk after ``steps`` steps, in whichever package (module docstring)."""
-    import pyro
     import torch
     from pyro.infer import SVI, Trace_ELBO
 
