@@ -65,7 +65,9 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         file renamed over the old one), keeping the one before as ``checkpoint.prev.pt``.
     :param resume: continue from ``checkpoint_dir/checkpoint.pt`` (or, with a
         :class:`CheckpointWarning`, from ``checkpoint.prev.pt`` when the latest cannot be
-        read); the run then reproduces the uninterrupted run's losses exactly.
+        read); the run then reproduces the uninterrupted run's losses exactly. Rows on disk
+        (:mod:`pyro_vae.rows`) are mapped from the copy of the files the checkpoint names: the guide
+        may be built on the meta device, and ``memory_map`` is not called first.
     :param seed: seeds Pyro, torch, numpy and random at the start of a fresh run.
     :param config: JSON-able settings stored in the checkpoint.
     :param validate_every_step: keep Pyro's validation on for every step (default: only the
@@ -90,7 +92,9 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         each rank takes ``batch_size / P`` rows of its fixed shard of the training set, and the step is Pyro's
         ELBO as a module inside ``DistributedDataParallel`` (see :mod:`pyro_vae.distributed`): no ``svi.step``,
         no JIT, ``local_steps=1`` and ``train_model=True`` only; ``optim`` must be a LazyAdam. Every rank returns
-        the same history; rank 0 alone writes the checkpoint. Resume needs the same number of processes.
+        the same history. A per-datapoint guide keeps only the rank's shard of its rows (``guide.shard``; it still
+        takes dataset indices); each rank writes its shard of the checkpoint and rank 0 ``checkpoint.pt``, which
+        names them. Resume needs the same number of processes.
     :param shards: with ``distributed``, the number of fixed shards of the training set (default: one per
         process). One process with ``shards=P`` takes the same global batches as ``P`` processes.
     :param threads: intra-op threads of the training steps (``on_epoch`` runs with the process's own count,
