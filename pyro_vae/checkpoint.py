@@ -279,7 +279,7 @@ def rows_part(model, guide, optim, checkpoint_dir, on_disk: Optional[dict] = Non
 
     ``rows`` (name -> tensor; none when the rows are in files), ``optim`` (their SparseAdam states by local name;
     with rows in files the step counts alone, the moments being in the same copy of the files), ``on_disk``
-    (``{"folder", "slot"}`` from :meth:`pyro_vae.rows.Slots.finish`, the folder made relative to
+    (``{"folder", "slot", "shapes"}`` from :meth:`pyro_vae.rows.Slots.finish`, the folder made relative to
     ``checkpoint_dir`` when it lies inside it) and ``shard`` (:meth:`pyro_vae.rows.Shard.to_dict`, or None).
     """
     names = guide.row_parameter_names()
@@ -317,9 +317,8 @@ def save_shard(checkpoint_dir, epoch: int, rank: int, part: dict) -> str:
 def drop_old_shards(checkpoint_dir, epoch: int) -> None:
     """Remove the shard files that neither the checkpoint of ``epoch`` nor the one before it names, and the temp
     files of shard writes cut short (every rank's write of this epoch is done when it is called)."""
-    folder = Path(checkpoint_dir) / SHARDS
-    keep = {Path(shard_file(e, 0)).name.split(".")[0] for e in (epoch, epoch - 1)}
-    for f in folder.iterdir():
+    keep = {f"epoch{e}" for e in (epoch, epoch - 1)}  # shard_file's names: epoch{E}.rank{r}.pt
+    for f in (Path(checkpoint_dir) / SHARDS).iterdir():
         if f.name.endswith(".tmp") or f.name.split(".")[0] not in keep:
             f.unlink(missing_ok=True)
 

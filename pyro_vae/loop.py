@@ -11,9 +11,9 @@ Shared by the one-process loop (:func:`pyro_vae.train.fit`) and the data-paralle
 
 from __future__ import annotations
 
-import pyro
 from typing import Optional
 
+import pyro
 import torch
 from pyro.infer import Trace_ELBO
 

@@ -138,6 +138,12 @@ def build(cfg: dict, ds: data.Dataset, guide_device: Optional[str] = None
         return model, guide_for(cfg, ds, model)
 
 
+def starts_constant(cfg: dict) -> bool:
+    """Whether the run's guide starts every datapoint from one constant row, so that it can be built on the meta
+    device and its rows filled (or mapped) afterwards."""
+    return getattr(guides.get(cfg["guide"]), "constant_init", False)
+
+
 def model_for(cfg: dict, ds: data.Dataset):
     """The model ``cfg`` (defaults filled in) describes, as it is built now (no seeding)."""
     return build_model(ds, cfg["z_dim"], cfg["hidden"], cfg["likelihood"], cfg["seed"], cfg["activation"])
@@ -213,8 +219,7 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> Run:
             torch.distributed.barrier()  # no rank maps its rows before rank 0 has claimed the folder
         # rows that start from one constant row are built as shapes only, when they go into files (written straight
         # into them, never built in RAM) or into a data-parallel process (which then fills only its shard's)
-        on_meta = (rows_dir is not None or cfg["distributed"]) and getattr(guides.get(cfg["guide"]), "constant_init",
-                                                                           False)
+        on_meta = (rows_dir is not None or cfg["distributed"]) and starts_constant(cfg)
         model, guide = build(cfg, ds, guide_device="meta" if on_meta else None)
         loss = objectives.for_training(cfg["elbo"], model, guide, jit=not cfg["no_jit"], particles=cfg["particles"])
         optim = LazyAdam({"lr": cfg["lr"]}, sparse_args={"lr": cfg["local_lr"]})
@@ -369,8 +374,7 @@ def load_run(path, device: str = "cpu") -> Run:
     row_files = checkpoint.rows_folder(state, path)
     if row_files is not None:
         folders.inside(path, row_files, "the checkpoint's rows")
-    on_meta = row_files is not None and getattr(guides.get(cfg["guide"]), "constant_init", False)
-    model, guide = build(cfg, ds, guide_device="meta" if on_meta else None)
+    model, guide = build(cfg, ds, guide_device="meta" if row_files is not None and starts_constant(cfg) else None)
     if row_files is not None:  # the copy of the row files the checkpoint names, mapped read-only
         rows.attach(guide, None, row_files, state["rows_on_disk"]["slot"], writable=False)
     try:
