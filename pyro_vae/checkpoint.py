@@ -465,3 +465,31 @@ def restore(state: dict, model, guide, optim):
                               f"{str(e).splitlines()[0][:80] if str(e) else ''}): it is damaged; {FIX}.") from None
     rows = [{**row, "epoch": int(row["epoch"])} for row in state["history"]]
     return rows, int(state["epoch"])
+
+
+def save_weights(path: Path, model, guide, epoch: int, seconds: float) -> None:
+    """The weights alone of a measured checkpoint (a study's ``kept/epoch-E.pt`` and ``selected.pt``), with its
+    ``epoch`` and training ``seconds``; atomic, and read back with ``torch.load(..., weights_only=True)``."""
+    state = {"epoch": int(epoch), "seconds": float(seconds), "model": model.state_dict(),
+             "guide": guide.state_dict()}
+    _write_atomically(Path(path), state)
+
+
+def load_weights(path, model, guide) -> dict:
+    """Put the weights :func:`save_weights` wrote into ``model`` and ``guide`` (no pickled code runs); returns
+    the saved state (``epoch``, ``seconds``, ...).
+
+    :raises CheckpointError: when the file is missing, damaged, or holds weights of other shapes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"there are no saved weights at {path}.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        guide.load_state_dict(state["guide"])
+    except Exception as e:  # truncated, foreign, or of other shapes: torch raises several types
+        raise CheckpointError(f"{path} is damaged or not the weights of this run ({type(e).__name__}): train the "
+                              f"run again.") from None
+    return state
+

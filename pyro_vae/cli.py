@@ -149,8 +149,12 @@ def parser() -> argparse.ArgumentParser:
                         f"--config set: {', '.join(f'{k}={v}' for k, v in settings.QUICK.items())}")
     _config_flag(c, "JSON such as the config.json a study wrote, or YAML")
     c.add_argument("--overwrite", action="store_true",
-                   help="replace the study (or other pyro-vae output) in --out; without it a folder that holds "
-                        "anything is refused")
+                   help="replace the study (or other pyro-vae output) in --out; without it, or --resume, a folder "
+                        "that holds anything is refused")
+    c.add_argument("--resume", action="store_true",
+                   help="continue the study in --out with its saved settings (finished runs are kept, unfinished ones "
+                        "continue from their checkpoints), or join it from another process or machine sharing the "
+                        "folder: each process takes the next run no other holds")
 
     e = sub.add_parser("evaluate", help="the gap decomposition of trained runs, side by side")
     e.add_argument("runs", nargs="+", metavar="RUN", help="folders written by pyro-vae train")
@@ -228,70 +232,70 @@ def _train(cfg: dict) -> None:
           f"learning_curves.png}}")
 
 
-def cmd_compare(s: settings.CompareSettings, overwrite: bool = False) -> None:
-    cfg = s.to_dict()
-    ds = runs.load_data(cfg)
+def cmd_compare(s: settings.CompareSettings, overwrite: bool = False, resume: bool = False,
+                given: Optional[dict] = None) -> None:
+    """``pyro-vae compare``: a new study in ``--out``, or with ``resume`` the one there continued (or joined by
+    another process) with its saved settings, but for those :data:`pyro_vae.compare.RESUMABLE` that ``given``
+    sets."""
+    out = Path(s.out)
+    if resume:
+        saved = compare_saved(out)
+        s = settings.CompareSettings.from_dict(
+            {**saved, **{k: v for k, v in (given or {}).items() if k in compare.RESUMABLE}, "out": str(out)},
+            str(out / "config.json"))
+    ds = runs.load_data(s.to_dict(), download=not resume)
     compare.check(s, ds)  # every setting, before the folder is touched
-    with folders.writer(s.out, "compare") as out:  # one writer, and the folder claimed, before any work
-        folders.claim(out, "compare", overwrite)
-        _compare(s, cfg, ds, out)
+    result = compare.compare(ds, s, out, resume=resume, overwrite=overwrite)
+    report_study(result, s, out)
 
 
-def _compare(s: settings.CompareSettings, cfg: dict, ds, out: Path) -> None:
-    from . import plots
+def compare_saved(out: Path) -> dict:
+    """The settings of the study in ``out`` (``compare --resume``); one line when there is none."""
+    path = out / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        saved = None
+    if not isinstance(saved, dict) or "guides" not in saved:
+        raise InputError(f"compare --resume: {out} holds no study to continue (no config.json of `pyro-vae "
+                         f"compare`); start one without --resume.")
+    return saved
 
-    folders.write_text(out / "config.json", json.dumps(cfg, indent=2))
-    result = compare.compare(ds, s)
-    tables = {"results.csv": result.table, "cost.csv": result.cost, "per_point.csv": result.per_point,
-              "history.csv": result.histories}
-    figures = {
-        "learning_curves.png": plots.learning_curves(result.histories, title=f"Learning curves on {ds.name}"),
-        "gaps.png": plots.gap_bars(result.per_point, title=f"Approximation and amortization gaps on {ds.name}"),
-        "latents.png": plots.latent_scatter(compare.latent_frame(result, ds)),
-    }
-    if len(result.budget):
-        comparisons = compare.budget_comparisons(result.budget)
-        tables.update({"budget.csv": result.budget, "budget_comparisons.csv": comparisons})
-        figures["budget.png"] = plots.budget_curves(result.budget, title=f"Test log p(x) during training on {ds.name}")
-        figures["gaps_during_training.png"] = plots.gap_curves(result.budget, title=f"The gaps during training on "
-                                                                                     f"{ds.name} (test points)")
-    if len(result.encoder_widths):
-        tables["encoder_widths.csv"] = result.encoder_widths
-        figures["encoder_widths.png"] = plots.encoder_widths(
-            result.encoder_widths, title=f"Amortization gap against the encoder's width on {ds.name}")
-    if ds.image_shape:
-        figures["images.png"] = plots.image_grid(compare.image_rows(result, ds), ds.image_shape)
-    for fname, table in tables.items():
-        folders.write_csv(table, out / fname)
-    for fname, fig in figures.items():
-        plots.save(fig, out / fname)
+
+def report_study(result, s: settings.CompareSettings, out: Path) -> None:
+    """What ``compare`` prints: the gaps at the selected checkpoints, the cost, and the paired test differences
+    at the pre-registered budgets."""
     if s.seeds > 1:
-        summary = compare.across_seeds(result.table)
-        print(f"means over {s.seeds} seeds")
+        summary = compare.across_seeds(result.table.drop(columns=["epoch", "seconds"]))
+        print(f"at the selected checkpoints, means over {s.seeds} seeds")
         print(format_table(summary))
         spread = summary[["guide", "split", *[c for c in summary if c.endswith("_seed_sd")]]]
         print(f"\nstandard deviations across the {s.seeds} seeds")
         print(format_table(spread.rename(columns=lambda c: c.removesuffix("_seed_sd")), with_se=False))
     else:
+        print("at the selected checkpoints (best validation log p(x))")
         print(format_table(result.table))
     print()
-    print(result.cost.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    if len(result.budget):
-        print(f"\nbudget curves (test log p(x) on {s.budget_points} test points), means over seeds:")
-        print(format_comparisons(comparisons))
+    print(result.cost.drop(columns="run").to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    test = result.differences[result.differences["split"] == "test"]
+    if len(test):
+        print(f"\ntest log p(x) minus the normal encoder's decoder, paired over {s.seeds} seed"
+              f"{'s' if s.seeds > 1 else ''} (95% interval), at each pre-registered budget:")
+        print(format_differences(test))
     if len(result.encoder_widths):
         widths = result.encoder_widths.groupby(["split", "width", "retrained"], sort=False).mean(numeric_only=True)
         print("\nencoder widths on the normal guide's decoder (means over seeds):")
         print(widths[["encoder_params", "elbo_q", "amortization_gap"]].to_string(float_format=lambda v: f"{v:.3f}"))
-    print(f"\nwrote {out}/{{{', '.join(list(tables) + list(figures))}}}")
+    print(f"\nwrote {out}/{{config.json, {', '.join(compare.STUDY_TABLES[:-1])}, *.png}} and a run folder per "
+          f"training in {out}/runs")
 
 
-def format_comparisons(comparisons: pd.DataFrame) -> str:
-    """:func:`pyro_vae.compare.budget_comparisons` as means over seeds (nats per datapoint)."""
-    columns = ["log_px_equal_epochs", "equal_seconds", "log_px_equal_seconds", "log_px_best", "best_epoch",
-               "rise_last_third", "flattened"]
-    means = comparisons.groupby("guide", sort=False)[columns].mean()
-    return means.to_string(float_format=lambda v: f"{v:.3f}")
+def format_differences(test: pd.DataFrame) -> str:
+    """Test differences (:func:`pyro_vae.budgets.differences`' test rows) as one line per arm and budget."""
+    view = test.assign(at=[("selected checkpoint" if b == "selected" else f"{b} = {v:g}")
+                           for b, v in zip(test["budget"], test["value"])])
+    return view[["guide", "at", "mean", "low", "high", "seeds", "resolved"]].to_string(
+        index=False, float_format=lambda v: f"{v:+.3f}")
 
 
 def format_table(table: pd.DataFrame, labels=("guide", "split"), with_se: bool = True) -> str:
@@ -512,7 +516,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:
                 chosen = settings.resolve(cls, given, config, preset, config_source=cfg["config"] or "")
                 if args.command == "compare":
-                    cmd_compare(chosen, overwrite=cfg["overwrite"])
+                    cmd_compare(chosen, overwrite=cfg["overwrite"], resume=cfg["resume"], given=given)
                 else:
                     cmd_evaluate(cfg["runs"], chosen)
     except (InputError, OSError, FloatingPointError) as e:  # about the input: one line; anything else is our bug

@@ -1,24 +1,37 @@
-"""The comparison behind ``pyro-vae compare``: decoders trained with each guide, judged alike.
+"""The study behind ``pyro-vae compare``: decoders trained with each guide, chosen on validation, tested once.
 
 Usage::
 
     ds = data.load("digits", binarize="static")
-    result = compare(ds, Settings(epochs=300))
-    result.table                     # one row per (guide, split): log p(x), L[q*], L[q], gaps (nats)
-    result.cost                      # one row per guide: parameters, inference time per new point
+    s = Settings(epochs=300, seeds=3, test_epochs=[100, 300], budget_seconds=[3, 10])
+    result = compare(ds, s, out="runs/study")     # every training a run folder: runs/study/runs/normal/seed-0/
+    result.table                     # one row per (guide, seed, split) at the selected checkpoint (nats)
+    result.tests                     # test at every pre-registered budget and at the selected checkpoint
+    result.differences               # each arm minus the normal encoder's decoder, paired over seeds, 95% interval
+    compare(ds, s, out="runs/study", resume=True)  # after a kill: finished runs reused, the others resumed
 
-Each guide in ``settings.guides`` trains its own decoder (same architecture,
-same epochs, same optimizer) by ``fit``; then, for ``n_eval`` train and test
-points, :func:`pyro_vae.gaps.decompose` splits log p(x) - L[q] into the
-approximation and the amortization gap.
+The protocol (:mod:`pyro_vae.budgets`): the budgets are declared in the settings before anything trains. Each
+training (one per label of :func:`trainings` and seed) is a run folder that :func:`pyro_vae.runs.load_run`,
+``pyro-vae evaluate`` and ``pyro-vae sample`` read like any ``pyro-vae train`` output. While it trains, its
+decoder is measured on the **validation** split at the declared epochs (:func:`budget_row`: log p(x)
+importance-weighted from q* fitted with the decoder frozen, the full-covariance family among them); every
+measurement that improves on the best so far keeps its weights (``kept/epoch-E.pt``). When training ends (at
+``epochs``, or by ``patience``), the checkpoints are chosen from the validation curve alone
+(:func:`pyro_vae.budgets.choose`) and only then is the test split read: once, whole, at each chosen checkpoint
+(:func:`evaluate`). A run's finished rows are small files in its folder (:data:`RUN_FILES`), so a study
+continues on any machine that has them; several processes share a study by each taking the next run whose
+folder lock is free.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -28,42 +41,56 @@ import torch
 
 import guides
 
+from .checkpoint import load_weights, save_weights
 from .errors import InputError
-from . import data, estimators, gaps, objectives
+from . import budgets, data, estimators, folders, gaps, objectives
 from .optim import LazyAdam
 from .progress import progress_bar
-from .runs import build_guide, build_model, guide_options  # the one place models and guides are built from settings
-from .settings import CompareSettings
+from .runs import KEPT, SELECTED, build, build_guide, build_model, guide_options  # noqa: F401  (from settings)
+from .settings import CompareSettings, TrainSettings
 from .train import fit
 
 #: everything a comparison run depends on (saved as its config.json): the one definition is
 #: :class:`pyro_vae.settings.CompareSettings`, with each field's meaning
 Settings = CompareSettings
 
+#: the settings a resumed study may take anew; every other one must be the study's own
+RESUMABLE = ("workers", "progress", "device", "out")
+#: a run's result files, written when its training and its test reads are done (``cost.csv`` last: the mark that
+#: the run is finished); they are small, and a study continued elsewhere takes a run that has them as done
+RUN_FILES = {"budget": "budget.csv", "results": "results.csv", "points": "per_point.csv",
+             "tests": "test_at_budgets.csv", "widths": "encoder_widths.csv", "history": "history.csv",
+             "cost": "cost.csv"}
+
 
 @dataclass
 class Result:
     """What :func:`compare` returns; every table is in nats per datapoint.
 
-    ``histories``: fit's rows plus ``guide`` and ``seed``; ``table``: one row per (guide, seed, split)
-    with the means of :func:`pyro_vae.gaps.decompose` and their ``_se``; ``cost``:
-    one row per (guide, seed) (parameters, inference time per new point, seconds of training, of the budget
-    measurements, of the evaluation and of the encoder-width sweep); ``per_point``: decompose's rows with
-    ``guide``, ``seed`` and ``split``;
-    ``models`` and ``guides``: the trained modules of the first seed, by guide label
-    (:func:`across_seeds` summarizes ``table`` over seeds); ``budget``: one row per (guide, seed,
-    measurement during training), see :func:`budget_row` (empty when ``budget_every`` is 0);
-    ``encoder_widths``: :func:`encoder_width_sweep`'s rows (empty without ``encoder_widths``).
+    ``histories``: fit's rows plus ``guide`` and ``seed``; ``table``: one row per (guide, seed, split) at the
+    selected checkpoint with the means of :func:`pyro_vae.gaps.decompose` and their ``_se``, its ``epoch`` and
+    training ``seconds``; ``tests``: one row per (guide, seed, budget) of the test split's means at each
+    pre-registered budget's checkpoint and at the selected one (:data:`pyro_vae.budgets.CHOSEN_COLUMNS` first);
+    ``cost``: one row per (guide, seed) (parameters, inference time per new point, seconds of training, of the
+    validation measurements, of the test reads and of the encoder-width sweep); ``per_point``: decompose's rows at
+    the selected checkpoint with ``guide``, ``seed`` and ``split``; ``budget``: the validation curves
+    (:data:`pyro_vae.budgets.CURVE_COLUMNS`); ``differences``: :func:`pyro_vae.budgets.differences`;
+    ``models`` and ``guides``: the first seed's modules at their selected checkpoints, by label;
+    ``encoder_widths``: :func:`encoder_width_sweep`'s rows (empty without ``encoder_widths``); ``runs``: the run
+    folder of each (label, seed).
     """
 
     histories: pd.DataFrame
     table: pd.DataFrame
+    tests: pd.DataFrame
     cost: pd.DataFrame
     per_point: pd.DataFrame
     models: Dict
     guides: Dict
     budget: pd.DataFrame
+    differences: pd.DataFrame
     encoder_widths: pd.DataFrame
+    runs: Dict
 
 
 def inference_seconds(model, guide, x1: torch.Tensor, qstar_steps: int, qstar_lr: float) -> float:
@@ -93,7 +120,8 @@ def trainings(settings: Settings):
 
 def check(settings: Settings, ds: Optional[data.Dataset] = None) -> None:
     """Settings that :func:`compare` cannot honour, refused before any work with a one-line ``ValueError``: each
-    guide's family among the q* families, and (given the data set ``ds``) models and guides that fit in memory."""
+    guide's family among the q* families, the budgets (:func:`pyro_vae.budgets.check`), and (given the data set
+    ``ds``) a validation split and models and guides that fit in memory."""
     s = settings
     for name in s.guides:
         family = guides.get(name).family
@@ -107,61 +135,46 @@ def check(settings: Settings, ds: Optional[data.Dataset] = None) -> None:
         raise InputError(f"compare: workers={s.workers} runs trainings in parallel CPU processes; on {s.device} "
                          f"use workers=1.")
     if ds is not None:
+        if ds.name != s.data:
+            raise InputError(f"compare: the settings name the {s.data} data set and the data given are {ds.name}: "
+                             f"give Settings(data={ds.name!r}, ...), so that every run folder rebuilds its data.")
+        if ds.validation is None or len(ds.validation) == 0:
+            raise InputError(f"compare chooses every checkpoint on the validation split, and the {ds.name} data set "
+                             f"has none: give one to data.from_tensors(..., validation=...).")
+        budgets.check(s, len(ds.validation))
         from .runs import check_fits
 
         for name in s.guides:
             check_fits({**s.to_dict(), "guide": name, "rows_on_disk": None}, ds)
-
-
-def compare(ds: data.Dataset, settings: Settings = Settings()) -> Result:
-    """Train a decoder with each guide in ``settings.guides`` and decompose its gaps on train and test points.
-
-    The ``guide`` column of every table holds the training's label (see :func:`trainings`). Each training
-    (one per label and seed) is one call of :func:`train_and_measure`, seeded by its own seed alone, so
-    ``settings.workers`` processes give the same tables as one (they differ in ``seconds`` only).
-    """
-    s = settings
-    check(s, ds)
-    jobs = [(*training, seed) for training in trainings(s) for seed in range(s.seed, s.seed + s.seeds)]
-    if s.workers > 1:
-        outputs = _in_processes(ds, s, jobs)
     else:
-        phases = progress_bar(jobs, "compare", s.progress)
-        outputs = []
-        for job in phases:
-            phases.set_postfix(guide=job[0], seed=job[3], refresh=False)
-            out = train_and_measure(ds, s, *job)
-            if job[3] != s.seed:  # only the first seed's modules are returned: let the others go
-                out["model"] = out["guide"] = None
-            outputs.append(out)
-    trained_models, trained_guides = {}, {}
-    for (label, name, local_steps, seed), out in zip(jobs, outputs):
-        if seed == s.seed:
-            trained_models[label], trained_guides[label] = out["model"], out["guide"]
-    tables = [out["summary"] for out in outputs]
-    return Result(
-        histories=pd.concat([out["history"] for out in outputs], ignore_index=True),
-        table=pd.concat(tables, ignore_index=True)[["guide", "seed", *tables[0].columns.drop(["guide", "seed"])]],
-        cost=pd.DataFrame([out["cost"] for out in outputs]),
-        per_point=pd.concat([out["points"] for out in outputs]).reset_index(),
-        models=trained_models,
-        guides=trained_guides,
-        budget=pd.DataFrame([row for out in outputs for row in out["budget"]],
-                            columns=["guide", "seed", "epoch", "seconds", *BUDGET_COLUMNS]),
-        encoder_widths=pd.DataFrame([row for out in outputs for row in out["encoder_widths"]],
-                                    columns=ENCODER_WIDTH_COLUMNS),
-    )
+        budgets.check(s, math.inf)
+
+
+def run_folder(out, label: str, seed: int) -> Path:
+    """Where the training ``label`` (``"meanfield T=5"``) with ``seed`` lives in the study ``out``:
+    ``out/runs/meanfield-T5-seed0``. One flat folder of runs whose names are unique in the study, because
+    ``pyro-vae evaluate`` and the tables label a run by its folder's name."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", label.replace(" T=", "-T")).strip("-")
+    return Path(out) / "runs" / f"{slug}-seed{seed}"
+
+
+def train_config(s: Settings, name: str, local_steps: int, seed: int, folder) -> dict:
+    """The run's ``config.json``: the :class:`~pyro_vae.settings.TrainSettings` that rebuild its model, guide
+    and data (``pyro-vae train --config`` of it trains the same run)."""
+    shared = {f.name for f in TrainSettings.options()} & set(s.to_dict())
+    values = {k: v for k, v in s.to_dict().items() if k in shared}
+    values.update(guide=name, local_steps=local_steps, seed=seed, out=str(folder), no_jit=not s.jit,
+                  no_progress=True)
+    return TrainSettings.from_dict(values).to_dict()
 
 
 def build_training(ds: data.Dataset, s: Settings, name: str, seed: int, hidden=None):
-    """The model and the guide ``name`` of one training, initialized from ``seed``."""
-    pyro.set_rng_seed(seed)  # for one seed every decoder starts from the same weights
-    model = build_model(ds, s.z_dim, s.hidden, s.likelihood, seed, s.activation)
-    guide = build_guide(name, ds, s.z_dim, s.hidden if hidden is None else hidden, model=model,
-                        activation=s.activation,
-                        **guide_options(name, {"num_flows": s.num_flows, "refine_steps": s.refine_steps,
-                                               "refine_lr": s.refine_lr}))
-    return model, guide
+    """The model and the guide ``name`` of one training, initialized from ``seed`` (for one seed every decoder
+    starts from the same weights)."""
+    cfg = train_config(s, name, 1, seed, s.out)
+    if hidden is not None:
+        cfg["hidden"] = list(hidden)
+    return build(cfg, ds)
 
 
 def optimizer_and_loss(s: Settings, model, guide):
@@ -171,61 +184,128 @@ def optimizer_and_loss(s: Settings, model, guide):
             objectives.for_training(s.elbo, model, guide, jit=s.jit, particles=s.particles))
 
 
-def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: str, local_steps: int,
-                      seed: int) -> dict:
-    """One training of :func:`compare`: the decoder and guide ``name`` (T = ``local_steps``) trained from
-    ``seed``, measured during training (budget curves) and after (gap decomposition, cost, and the
-    encoder-width sweep for the ``normal`` guide).
+def finished(folder) -> bool:
+    """Whether the run in ``folder`` has all its result files (:data:`RUN_FILES`)."""
+    return all((Path(folder) / name).is_file() for name in RUN_FILES.values())
 
-    Returns a dict of ``model`` and ``guide`` (trained modules), ``history``, ``summary``, ``points``
-    (DataFrames labelled by ``guide`` and ``seed``), ``cost`` (one row; where the time
-    went: ``train_seconds``, ``budget_seconds`` of the budget measurements, ``evaluate_seconds`` of the gap
-    decomposition, ``sweep_seconds`` of the encoder-width sweep), ``budget`` and ``encoder_widths`` (lists of rows).
+
+def kept_path(folder, epoch: int) -> Path:
+    """The kept weights of the measurement at ``epoch``."""
+    return Path(folder) / KEPT / f"epoch-{epoch}.pt"
+
+
+def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: str, local_steps: int, seed: int,
+                      folder) -> None:
+    """One training of :func:`compare` into its run ``folder``, which the caller holds locked: the decoder and
+    guide ``name`` (T = ``local_steps``) trained from ``seed``, measured on validation during training, then
+    read on test at the checkpoints the validation curve chose; writes :data:`RUN_FILES`.
+
+    A folder with a checkpoint is continued (``fit(resume=True)``): the measurements up to the checkpoint's epoch
+    are kept, the later ones measured again (the same random stream, so the same values).
     """
-    s = settings
-    model, guide = build_training(ds, s, name, seed)
+    s, folder = settings, Path(folder)
+    cfg = train_config(s, name, local_steps, seed, folder)
+    model, guide = build(cfg, ds)
     optim, loss = optimizer_and_loss(s, model, guide)
-    x_budget = ds.test[:s.budget_points].to(s.device)
-    budget, seconds, spent = [], [0.0], {"budget": 0.0}
+    x_val = ds.validation[:s.budget_points].to(s.device)
+    measured = set(budgets.measured_epochs(s.budget_epochs, s.epochs))
+    batches = math.ceil(len(ds.train) / s.batch_size)
+    resume = (folder / "checkpoint.pt").exists() or (folder / "checkpoint.prev.pt").exists()
+    curve, done, seconds = [], 0, 0.0
+    if resume:
+        from .checkpoint import read_run
+
+        state = read_run(folder / "checkpoint.pt")
+        done, seconds = state["epoch"], sum(row["seconds"] for row in state["history"])
+        if (folder / RUN_FILES["budget"]).exists():
+            kept = pd.read_csv(folder / RUN_FILES["budget"])
+            curve = kept[kept["epoch"] <= done].to_dict("records")
+        del state
+    else:
+        folders.write_text(folder / "config.json", json.dumps(cfg, indent=2))
+    spent = {"measure": 0.0, "seconds": seconds}
 
     def measure(epoch, row):
-        seconds.append(row["seconds"])
-        if s.budget_every and (epoch % s.budget_every == 0 or epoch == s.epochs):
-            t0 = time.perf_counter()
-            budget.append({"guide": label, "seed": seed, "epoch": epoch, "seconds": sum(seconds),
-                           **budget_row(model, guide, x_budget, s)})
-            spent["budget"] += time.perf_counter() - t0
+        spent["seconds"] += row["seconds"]
+        if epoch not in measured:
+            return False
+        t0 = time.perf_counter()
+        values = budget_row(model, guide, x_val, s)
+        best = max((r["log_px"] for r in curve), default=-math.inf)
+        point = {"guide": label, "seed": seed, "epoch": epoch, "seconds": spent["seconds"],
+                 "decoder_gradients": epoch * batches, "steps": epoch * batches * local_steps, **values}
+        if values["log_px"] > best:  # a checkpoint that a budget or the selection may choose
+            save_weights(kept_path(folder, epoch), model, guide, epoch, spent["seconds"])
+        curve.append(point)
+        folders.write_csv(pd.DataFrame(curve, columns=budgets.CURVE_COLUMNS), folder / RUN_FILES["budget"])
+        spent["measure"] += time.perf_counter() - t0
+        return budgets.stopped(pd.DataFrame(curve), s.patience)
 
-    if s.budget_every:
+    if not curve:
         with torch.random.fork_rng(devices=[]):  # the untrained decoder: where every curve starts
             measure(0, {"seconds": 0.0})
-    history = fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, optim=optim, loss=loss,
-                  progress=s.progress, seed=seed, device=s.device, local_steps=local_steps, on_epoch=measure,
-                  validate_every_step=s.validate_every_step)
+    trained = done >= s.epochs or budgets.stopped(pd.DataFrame(curve), s.patience)
+    history = fit(model, guide, ds, epochs=s.epochs if not trained else max(done, 1), batch_size=s.batch_size,
+                  optim=optim, loss=loss, progress=s.progress, seed=seed, device=s.device, local_steps=local_steps,
+                  on_epoch=measure, validate_every_step=s.validate_every_step, checkpoint_dir=str(folder),
+                  resume=resume, config=cfg)
+    folders.write_csv(history, folder / RUN_FILES["history"])
+    curve = pd.DataFrame(curve, columns=budgets.CURVE_COLUMNS)
+    chosen = budgets.choose(curve, s.test_epochs or [s.epochs], s.budget_seconds)
+    for path in (folder / KEPT).glob("epoch-*.pt"):  # keep exactly the checkpoints that were chosen
+        if int(path.stem.removeprefix("epoch-")) not in set(chosen["epoch"]):
+            path.unlink()
+    selected = chosen[chosen["budget"] == "selected"].iloc[0]
+    folders.write_file(folder / SELECTED, lambda f: f.write(kept_path(folder, selected["epoch"]).read_bytes()))
+
     t0 = time.perf_counter()
-    summary, points = evaluate(model, guide, ds, s)
-    evaluate_seconds = time.perf_counter() - t0
+    tests, results, points = read_test(model, guide, ds, s, chosen, folder, seed)
+    test_seconds = time.perf_counter() - t0
+    load_weights(folder / SELECTED, model, guide)
+    t0 = time.perf_counter()
+    widths = encoder_width_sweep(model, guide, ds, points, s, seed) if label == "normal" and s.encoder_widths else []
+    sweep_seconds = time.perf_counter() - t0
     n_params = sum(p.numel() for p in guide.parameters())
+    labels = {"guide": label, "seed": seed}
     cost = {
-        "guide": label,
-        "seed": seed,
-        "local_steps": local_steps,
-        "amortized": guide.amortized,
-        "guide_params": n_params,
+        **labels, "local_steps": local_steps, "amortized": guide.amortized, "guide_params": n_params,
         "guide_params_at_60000": n_params if guide.amortized else n_params * 60000 // len(ds.train),
         "decoder_params": sum(p.numel() for p in model.parameters()),
         "infer_ms_per_new_point": 1e3 * inference_seconds(model, guide, ds.test[:1].to(s.device), s.qstar_steps,
                                                            s.qstar_lr),
-        "train_seconds": float(history["seconds"].sum()),
-        "budget_seconds": spent["budget"],
-        "evaluate_seconds": evaluate_seconds,
+        "epochs_trained": int(history["epoch"].iloc[-1]) if len(history) else 0,
+        "selected_epoch": int(selected["epoch"]), "selected_seconds": float(selected["seconds"]),
+        "train_seconds": float(history["seconds"].sum()), "budget_seconds": spent["measure"],
+        "evaluate_seconds": test_seconds, "sweep_seconds": sweep_seconds,
+        "budget_points": len(x_val), "run": str(folder),
     }
-    t0 = time.perf_counter()
-    widths = encoder_width_sweep(model, guide, ds, points, s, seed) if label == "normal" and s.encoder_widths else []
-    cost["sweep_seconds"] = time.perf_counter() - t0
-    return {"model": model, "guide": guide, "history": history.assign(guide=label, seed=seed),
-            "summary": summary.assign(guide=label, seed=seed), "points": points.assign(guide=label, seed=seed),
-            "cost": cost, "budget": budget, "encoder_widths": widths}
+    folders.write_csv(tests.assign(**labels), folder / RUN_FILES["tests"])
+    folders.write_csv(results.assign(**labels), folder / RUN_FILES["results"])
+    folders.write_csv(points.assign(**labels), folder / RUN_FILES["points"], index=True)
+    folders.write_csv(pd.DataFrame(widths, columns=ENCODER_WIDTH_COLUMNS), folder / RUN_FILES["widths"])
+    folders.write_csv(pd.DataFrame([cost]), folder / RUN_FILES["cost"])  # last: the run is finished
+
+
+def read_test(model, guide, ds: data.Dataset, s: Settings, chosen: pd.DataFrame, folder: Path, seed: int):
+    """The test split read once per chosen checkpoint (``chosen``: :func:`pyro_vae.budgets.choose`'s rows), whole,
+    and the first ``n_eval`` training points at the selected one; each read seeded by ``seed`` alone.
+
+    Returns ``(tests, results, per_point)``: ``chosen`` with the test means (:func:`summary_row`), the selected
+    checkpoint's summary per split with its ``epoch`` and ``seconds``, and its decompose rows.
+    """
+    selected = int(chosen.loc[chosen["budget"] == "selected", "epoch"].iloc[0])
+    by_epoch = {}
+    for epoch in sorted(set(chosen["epoch"])):
+        load_weights(kept_path(folder, epoch), model, guide)
+        pyro.set_rng_seed(seed)
+        splits = ("train", "test") if epoch == selected else ("test",)
+        by_epoch[epoch] = evaluate(model, guide, ds, s, splits, sizes={"train": s.n_eval, "test": None})
+    test_means = {e: summary[summary["split"] == "test"].drop(columns="split").iloc[0].to_dict()
+                  for e, (summary, _) in by_epoch.items()}
+    tests = pd.DataFrame([{**row, **test_means[row["epoch"]]} for row in chosen.to_dict("records")])
+    summary, points = by_epoch[selected]
+    row = chosen[chosen["budget"] == "selected"].iloc[0]
+    return tests, summary.assign(epoch=selected, seconds=row["seconds"]), points
 
 
 def _expected_cost(job) -> float:
@@ -233,6 +313,24 @@ def _expected_cost(job) -> float:
     steps multiply the work of a step, and a flow's q* fits cost about four Gaussian ones."""
     label, name, local_steps, seed = job
     return local_steps * (6 if name == "semi_amortized" else 1) * (2 if guides.get(name).family == "flow" else 1)
+
+
+def take(ds: data.Dataset, s: Settings, out, job) -> str:
+    """Train the run of ``job`` if it is free and unfinished: ``"done"`` (finished now or before) or ``"held"``
+    (another process holds its folder)."""
+    label, name, local_steps, seed = job
+    folder = run_folder(out, label, seed)
+    if finished(folder):
+        return "done"
+    try:
+        with folders.writer(folder, "compare"):
+            if not finished(folder):  # read again, holding the lock
+                train_and_measure(ds, s, label, name, local_steps, seed, folder)
+    except folders.FolderError:
+        if folders.holder(folder) is None:
+            raise
+        return "held"
+    return "done"
 
 
 _WORKER = {}
@@ -243,43 +341,192 @@ def _start_worker(ds: data.Dataset, threads: int) -> None:
     _WORKER["ds"] = ds
 
 
-def _train_in_worker(settings: Settings, job) -> dict:
-    """:func:`train_and_measure` in a worker process; the modules travel back as state dicts."""
-    out = train_and_measure(_WORKER["ds"], settings, *job)
-    out["model"], out["guide"] = out["model"].state_dict(), out["guide"].state_dict()
-    return out
+def _take_in_worker(settings: Settings, out, job) -> str:
+    return take(_WORKER["ds"], settings, out, job)
 
 
-def _in_processes(ds: data.Dataset, s: Settings, jobs) -> list:
-    """Every job of :func:`compare` in ``s.workers`` processes (spawned, each with an equal share of the
-    cores, longest job first); the outputs in the order of ``jobs``, with modules rebuilt here."""
+def _run_jobs(ds: data.Dataset, s: Settings, out: Path, jobs) -> list:
+    """Every job that is free, in this process or in ``s.workers`` processes (spawned, each with an equal share of
+    the cores, longest job first); returns the jobs that other processes hold."""
     import concurrent.futures
     import multiprocessing
     import os
 
+    order = sorted(jobs, key=lambda j: -_expected_cost(j))
+    if s.workers == 1:
+        bar = progress_bar(order, "compare", s.progress)
+        held = []
+        for job in bar:
+            bar.set_postfix(guide=job[0], seed=job[3], refresh=False)
+            if take(ds, s, out, job) == "held":
+                held.append(job)
+        return held
     quiet = dataclasses.replace(s, progress=False)
     threads = max(1, (os.cpu_count() or 1) // s.workers)
     pool = concurrent.futures.ProcessPoolExecutor(s.workers, mp_context=multiprocessing.get_context("spawn"),
                                                   initializer=_start_worker, initargs=(ds, threads))
+    held = []
     with pool:
-        order = sorted(range(len(jobs)), key=lambda i: -_expected_cost(jobs[i]))
-        futures = {pool.submit(_train_in_worker, quiet, jobs[i]): i for i in order}
-        outputs = [None] * len(jobs)
+        futures = {pool.submit(_take_in_worker, quiet, out, job): job for job in order}
         bar = progress_bar(concurrent.futures.as_completed(futures), f"compare ({s.workers} workers)", s.progress,
                            total=len(jobs))
         for future in bar:
-            i = futures[future]
-            outputs[i] = future.result()
-            bar.set_postfix(done=jobs[i][0], seed=jobs[i][3], refresh=False)
-    for (label, name, local_steps, seed), out in zip(jobs, outputs):
-        if seed != s.seed:  # only the first seed's modules are returned
-            out["model"] = out["guide"] = None
-            continue
-        model, guide = build_training(ds, s, name, seed)
-        model.load_state_dict(out["model"])
-        guide.load_state_dict(out["guide"])
-        out["model"], out["guide"] = model.to(s.device), guide.to(s.device)
-    return outputs
+            job = futures[future]
+            if future.result() == "held":
+                held.append(job)
+            bar.set_postfix(done=job[0], seed=job[3], refresh=False)
+    return held
+
+
+def check_resumable(out: Path, s: Settings) -> None:
+    """``resume``: ``out`` holds a study whose ``config.json`` has these settings (but :data:`RESUMABLE`)."""
+    path = out / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        saved = None
+    if not isinstance(saved, dict) or "guides" not in saved:
+        raise InputError(f"compare --resume: {out} holds no study to continue (no config.json of `pyro-vae compare`); "
+                         f"start one without --resume.")
+    mine = s.to_dict()
+    differ = [k for k in sorted(set(saved) | set(mine)) if k not in RESUMABLE and saved.get(k) != mine.get(k)]
+    if differ:
+        shown = "; ".join(f"{k} {saved.get(k)!r} there, {mine.get(k)!r} here" for k in differ[:3])
+        raise InputError(f"compare --resume: the study in {out} has other settings ({shown}): give its settings "
+                         f"(--config {path}), or start another study in another --out.")
+
+
+def compare(ds: data.Dataset, settings: Settings = Settings(), out=None, resume: bool = False,
+            overwrite: bool = False) -> Result:
+    """Run the study ``settings`` describe into the folder ``out`` (default ``settings.out``), or with ``resume``
+    continue the one there; returns its tables, read back from the run folders.
+
+    A new study claims ``out`` (refused when it holds anything, unless ``overwrite``) and writes its
+    ``config.json``. Each training (one per label of :func:`trainings` and seed) runs in its run folder under
+    that folder's lock, seeded by its own seed alone, so ``settings.workers`` processes, or several commands
+    sharing the study, give the same tables as one (they differ in ``seconds`` only). A run that another process
+    holds is waited for; one whose holder died is continued here. The study's own files (:func:`write_study`) are
+    written last.
+    """
+    s = settings
+    out = Path(out if out is not None else s.out)
+    check(s, ds)
+    with folders.writer(out, "compare"):
+        if resume:
+            check_resumable(out, s)
+        else:
+            folders.claim(out, "compare", overwrite)
+            folders.write_text(out / "config.json", json.dumps(s.to_dict(), indent=2))
+    jobs = [(*training, seed) for training in trainings(s) for seed in range(s.seed, s.seed + s.seeds)]
+    pending = jobs
+    while pending:
+        pending = _run_jobs(ds, s, out, pending)
+        if pending:
+            time.sleep(1.0)  # held by another process: wait for it to finish (or die, and continue its run here)
+    result = read_study(ds, s, out, jobs)
+    with folders.writer(out, "compare", wait=True):
+        write_study(result, ds, s, out)
+    return result
+
+
+def read_study(ds: data.Dataset, s: Settings, out: Path, jobs) -> Result:
+    """The study's tables from its finished run folders (the first seed's modules at their selected checkpoint)."""
+    frames = {key: [] for key in RUN_FILES}
+    models, trained, folders_of = {}, {}, {}
+    for label, name, local_steps, seed in jobs:
+        folder = run_folder(out, label, seed)
+        folders_of[(label, seed)] = folder
+        for key, fname in RUN_FILES.items():
+            frame = pd.read_csv(folder / fname, index_col="row" if key == "points" else None)
+            frames[key].append(frame.assign(guide=label, seed=seed) if key == "history" else frame)
+        if seed == s.seed:
+            model, guide = build_training(ds, s, name, seed)
+            if (folder / SELECTED).exists():
+                load_weights(folder / SELECTED, model, guide)
+            models[label], trained[label] = model.to(s.device), guide.to(s.device)
+    table = pd.concat(frames["results"], ignore_index=True)
+    table = table[["guide", "seed", *table.columns.drop(["guide", "seed"])]]
+    tests = pd.concat(frames["tests"], ignore_index=True)
+    tests = tests[["guide", "seed", *tests.columns.drop(["guide", "seed"])]]
+    curves = pd.concat(frames["budget"], ignore_index=True)
+    return Result(
+        histories=pd.concat(frames["history"], ignore_index=True), table=table, tests=tests,
+        cost=pd.concat(frames["cost"], ignore_index=True), per_point=pd.concat(frames["points"]).reset_index(),
+        models=models, guides=trained, budget=curves,
+        differences=budgets.differences(curves, tests, s.budget_seconds),
+        encoder_widths=pd.concat(frames["widths"], ignore_index=True), runs=folders_of,
+    )
+
+
+#: the study's own files, at its top (beside config.json and the runs folder)
+STUDY_TABLES = ("results.csv", "test_at_budgets.csv", "cost.csv", "per_point.csv", "history.csv", "budget.csv",
+                "differences.csv", "selection.csv", "encoder_widths.csv")
+
+
+def selection(result: Result) -> pd.DataFrame:
+    """One row per (guide, seed): the selected checkpoint's epoch and seconds, its validation log p(x), whether
+    the validation curve flattened (:func:`pyro_vae.budgets.flattened`), the epochs trained, and the run folder."""
+    rows = []
+    for (guide, seed), curve in result.budget.groupby(["guide", "seed"], sort=False):
+        sel = result.tests[(result.tests["guide"] == guide) & (result.tests["seed"] == seed)
+                           & (result.tests["budget"] == "selected")].iloc[0]
+        rows.append({"guide": guide, "seed": seed, "selected_epoch": int(sel["epoch"]),
+                     "selected_seconds": sel["seconds"], "validation_log_px": sel["validation_log_px"],
+                     "epochs_trained": int(curve["epoch"].max()), **budgets.flattened(curve),
+                     "run": str(result.runs[(guide, seed)])})
+    return pd.DataFrame(rows)
+
+
+def seconds_note(result: Result, s: Settings) -> str:
+    """How a study's training seconds were timed, for its figures: intra-op threads per training and processes."""
+    import os
+
+    from .threads import training_threads
+
+    counts = {training_threads(result.models[label], result.guides[label], s.batch_size) for label in result.models}
+    cores = max(1, (os.cpu_count() or 1) // s.workers)
+    shown = "/".join(sorted(str(c or cores) for c in counts))
+    return (f"{shown} intra-op thread{'s' if shown != '1' else ''} per training, {s.workers} worker "
+            f"process{'es' if s.workers > 1 else ''} on {os.cpu_count()} cores")
+
+
+def write_study(result: Result, ds: data.Dataset, s: Settings, out: Path) -> list:
+    """The study's tables and figures at the top of ``out``; returns their names. Every row names its run."""
+    from . import plots
+
+    runs_column = {key: str(path) for key, path in result.runs.items()}
+    tables = {"results.csv": result.table, "test_at_budgets.csv": result.tests, "cost.csv": result.cost,
+              "per_point.csv": result.per_point, "history.csv": result.histories, "budget.csv": result.budget,
+              "differences.csv": result.differences, "selection.csv": selection(result)}
+    for name in ("results.csv", "test_at_budgets.csv", "budget.csv"):
+        frame = tables[name]
+        tables[name] = frame.assign(run=[runs_column[(g, k)] for g, k in zip(frame["guide"], frame["seed"])])
+    timing = seconds_note(result, s)
+    figures = {
+        "learning_curves.png": plots.learning_curves(result.histories, title=f"Learning curves on {ds.name}"),
+        "gaps.png": plots.gap_bars(result.per_point, title=f"Approximation and amortization gaps on {ds.name} "
+                                                           f"(selected checkpoints)"),
+        "latents.png": plots.latent_scatter(latent_frame(result, ds)),
+        "budget.png": plots.budget_curves(result.budget, title=f"Validation log p(x) during training on {ds.name}",
+                                          split="validation", seconds_note=timing),
+        "gaps_during_training.png": plots.gap_curves(result.budget, title=f"The gaps during training on {ds.name} "
+                                                                          f"(validation points)"),
+    }
+    if len(result.differences):
+        figures["differences.png"] = plots.differences(result.differences, seconds_note=timing,
+                                                       title=f"Each decoder against the normal encoder's on "
+                                                             f"{ds.name}, paired over seeds")
+    if len(result.encoder_widths):
+        tables["encoder_widths.csv"] = result.encoder_widths
+        figures["encoder_widths.png"] = plots.encoder_widths(
+            result.encoder_widths, title=f"Amortization gap against the encoder's width on {ds.name}")
+    if ds.image_shape:
+        figures["images.png"] = plots.image_grid(image_rows(result, ds), ds.image_shape)
+    for fname, table in tables.items():
+        folders.write_csv(table, out / fname)
+    for fname, fig in figures.items():
+        plots.save(fig, out / fname)
+    return list(tables) + list(figures)
 
 
 #: the columns of :attr:`Result.encoder_widths`
@@ -324,22 +571,29 @@ def encoder_width_sweep(model, guide, ds: data.Dataset, points: pd.DataFrame, se
     return rows
 
 
-#: what :func:`budget_row` measures, in nats per datapoint (means over the budget's test points)
+#: what :func:`budget_row` measures, in nats per datapoint (means over the validation points)
 BUDGET_COLUMNS = ["log_px", "log_px_mc_se", "elbo_qstar", "elbo_q", "approximation_gap", "amortization_gap"]
 
 
-def budget_row(model, guide, x: torch.Tensor, settings: Settings) -> dict:
-    """The decoder in training, measured on test points ``x: (n, D)``: one point of a budget curve.
+def measurement_families(guide) -> tuple:
+    """The q* families a budget measurement fits: the guide's own (its gaps) and the full-covariance one (the
+    proposal of log p(x): the diagonal q* falls 0.26-0.9 nats short of it on the digits decoders)."""
+    return tuple(dict.fromkeys((guide.family, "mvn")))
 
-    ``log_px`` (importance-weighted, ``budget_ll_samples`` draws, proposal the best q found) and
-    ``log_px_mc_se`` (its Monte Carlo standard error), ``elbo_qstar`` (L[q*] of the guide's own
-    family, fitted with the decoder frozen, so that a decoder trained without an encoder is
-    measured the same way), ``elbo_q`` (L[q], NaN for a per-datapoint guide, which has no q for
-    test points) and the gaps; means over the points.
+
+def budget_row(model, guide, x: torch.Tensor, settings: Settings) -> dict:
+    """The decoder in training, measured on validation points ``x: (n, D)``: one point of a budget curve.
+
+    ``log_px`` (importance-weighted, ``budget_ll_samples`` draws, proposal the best q found among the guide's q
+    and q* of :func:`measurement_families`) and ``log_px_mc_se`` (its Monte Carlo standard error),
+    ``elbo_qstar`` (L[q*] of the guide's own family, fitted with the decoder frozen, so that a decoder trained
+    without an encoder is measured the same way), ``elbo_q`` (L[q], NaN for a per-datapoint guide, which has no q
+    for these points) and the gaps; means over the points.
     """
     s = settings
-    table = gaps.decompose(model.model, guide, x, families=(guide.family,), ll_samples=s.budget_ll_samples,
-                           elbo_samples=min(s.elbo_samples, 100), steps=s.qstar_steps, lr=s.qstar_lr)
+    table = gaps.decompose(model.model, guide, x, families=measurement_families(guide),
+                           ll_samples=s.budget_ll_samples, elbo_samples=min(s.elbo_samples, 100),
+                           steps=s.qstar_steps, lr=s.qstar_lr)
     means = table.mean()
     mc_se = float((table["log_px_se"] ** 2).sum() ** 0.5 / len(table))
     return {"log_px": means["log_px"], "log_px_mc_se": mc_se, "elbo_qstar": means[f"elbo_qstar_{guide.family}"],
@@ -347,13 +601,13 @@ def budget_row(model, guide, x: torch.Tensor, settings: Settings) -> dict:
             "amortization_gap": means["amortization_gap"]}
 
 
-#: how little a budget curve may still rise over the last third of its epochs to count as flattened (nats)
-FLAT_RISE = 0.05
+FLAT_RISE = budgets.FLAT_RISE
 
 
 def budget_comparisons(budget: pd.DataFrame) -> pd.DataFrame:
-    """The three comparisons of the budget curves (:attr:`Result.budget`): one row per (guide, seed), nats per
-    datapoint on the budget's test points.
+    """The comparisons of the studies written before the validation protocol (``docs/q3``, whose curves were
+    measured on test points every 30 epochs): one row per (guide, seed), nats per datapoint. Kept to read those
+    files until they are re-run; a study of this version reads its budgets with :mod:`pyro_vae.budgets`.
 
     - ``log_px_equal_epochs``: at the last epoch, which every training of a run reaches;
     - ``equal_seconds`` and ``log_px_equal_seconds``: at the training time of that seed's quickest
@@ -389,8 +643,9 @@ def across_seeds(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluate(model, guide, ds: data.Dataset, settings: Settings = Settings(),
-             splits: Sequence[str] = ("train", "test")):
-    """The gap decomposition of a trained ``model`` and ``guide`` on the first ``n_eval`` points of each split.
+             splits: Sequence[str] = ("train", "test"), sizes: Optional[dict] = None):
+    """The gap decomposition of a trained ``model`` and ``guide`` on the first ``n_eval`` points of each split
+    (``sizes``: split -> how many instead, None for all of it).
 
     Training points are given with their ``idx`` (every guide has a q for them); test points
     without (a per-datapoint guide has none there, and only q* is fitted). The exact log p(x)
@@ -401,7 +656,8 @@ def evaluate(model, guide, ds: data.Dataset, settings: Settings = Settings(),
     exact = getattr(model, "log_marginal", None)
     summaries, points = [], []
     for split in splits:
-        n = min(s.n_eval, len(ds.split(split)))
+        n = (sizes or {}).get(split, s.n_eval)
+        n = len(ds.split(split)) if n is None else min(n, len(ds.split(split)))
         x = ds.split(split)[:n].to(s.device)
         idx = torch.arange(n, device=s.device) if split == "train" else None
         table = gaps.decompose(model.model, guide, x, idx, families=s.families, ll_samples=s.ll_samples,

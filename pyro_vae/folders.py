@@ -39,15 +39,18 @@ OUTPUTS = frozenset({
     "gaps.png", "latents.png", "images.png", "budget.png", "gaps_during_training.png", "encoder_widths.png", LOCK,
     "optuna.db", "optuna.db-journal", "trials.csv", "best.json", "trials.png",
     "shards",  # a data-parallel run's folder of shard checkpoints
+    "runs", "test_at_budgets.csv", "differences.csv", "differences.png", "selection.csv",  # a study's
+    "kept", "selected.pt",  # a study's run: the weights its budgets and its selection chose
 })
 #: what a folder holding these files is, for messages (first match wins)
 KINDS = (("checkpoint.pt", "a run of `pyro-vae train`"), ("checkpoint.prev.pt", "a run of `pyro-vae train`"),
-         ("results.csv", "the output of `pyro-vae compare`"), ("evaluation.csv", "the output of `pyro-vae evaluate`"),
+         ("results.csv", "the output of `pyro-vae compare`"), ("runs", "the output of `pyro-vae compare`"), ("evaluation.csv", "the output of `pyro-vae evaluate`"),
          ("optuna.db", "a study of `pyro-vae tune`"), ("best.json", "a study of `pyro-vae tune`"))
 
 
 #: (command, what the folder holds) that the command can continue with --resume
-CONTINUED_BY_RESUME = {("train", "a run of `pyro-vae train`"), ("tune", "a study of `pyro-vae tune`")}
+CONTINUED_BY_RESUME = {("train", "a run of `pyro-vae train`"), ("tune", "a study of `pyro-vae tune`"),
+                       ("compare", "the output of `pyro-vae compare`")}
 
 
 class FolderError(InputError):
@@ -65,8 +68,9 @@ def owned(name: str) -> bool:
 
 
 @contextmanager
-def writer(folder, command: str) -> Iterator[Path]:
-    """Hold ``folder``'s writer lock for the block (the folder is created); another holder is refused at once.
+def writer(folder, command: str, wait: bool = False) -> Iterator[Path]:
+    """Hold ``folder``'s writer lock for the block (the folder is created); another holder is refused at once, or
+    with ``wait`` waited for (for the moments a study's processes write its shared files).
 
     :raises FolderError: when another process holds it; the message names its PID and command.
     :raises OSError: when the folder cannot be created or written (read-only, not a folder).
@@ -79,7 +83,7 @@ def writer(folder, command: str) -> Iterator[Path]:
         raise FolderError(f"{folder} is not writable: make it writable, or give another --out.")
     fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except OSError as e:
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             os.close(fd)

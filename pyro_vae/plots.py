@@ -108,42 +108,91 @@ def gap_bars(per_point: pd.DataFrame, title: str = "Where the ELBO loses to log 
     return grid.figure
 
 
-def budget_curves(budget: pd.DataFrame, title: str = "Test log p(x) during training"):
-    """Test log p(x) against epochs and against training seconds, one line per training method (``guide``).
+def budget_curves(budget: pd.DataFrame, title: str = "Validation log p(x) during training", split: str = "validation",
+                  seconds_note: str = "seconds of training"):
+    """log p(x) of the ``split`` points against epochs and against training seconds, one line per training method
+    (``guide``), both on log axes (the untrained decoder, epoch 0, is left off).
 
-    ``budget``: :attr:`pyro_vae.compare.Result.budget` (columns guide, seed, epoch, seconds,
-    log_px, ...); with several seeds, lines are means over seeds with a band of one standard deviation
-    (against seconds, each seed's measurements are drawn at their mean time over seeds).
+    ``budget``: :attr:`pyro_vae.compare.Result.budget` (columns guide, seed, epoch, seconds, log_px, ...); with
+    several seeds, lines are means over seeds with a band of one standard deviation (against seconds, each seed's
+    measurements are drawn at their mean time over seeds). ``seconds_note`` says how the seconds were timed.
     """
-    df = budget.copy()
+    df = budget[budget["epoch"] > 0].copy()
     df["seconds"] = df.groupby(["guide", "epoch"])["seconds"].transform("mean")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     with _quiet():
-        for ax, x, label in ((axes[0], "epoch", "epochs of training"), (axes[1], "seconds", "seconds of training")):
+        for ax, x, label in ((axes[0], "epoch", "epochs of training (log scale)"),
+                             (axes[1], "seconds", f"seconds of training (log scale): {seconds_note}")):
             sns.lineplot(data=df, x=x, y="log_px", hue="guide", errorbar="sd", marker="o", ax=ax,
                          legend=ax is axes[1])
-            ax.set(xlabel=label, ylabel="test log p(x) (nats per datapoint)")
-    trained = df.loc[df["epoch"] > 0, "log_px"]  # the untrained decoder (epoch 0) is far below: off the axes
-    if len(trained):
-        lo, hi = trained.min(), df["log_px"].max()
+            ax.set(xlabel=label, ylabel=f"{split} log p(x) (nats per datapoint)", xscale="log")
+    if len(df):
+        lo, hi = df["log_px"].quantile(0.1), df["log_px"].max()
         axes[0].set_ylim(lo - 0.1 * (hi - lo), hi + 0.05 * (hi - lo))
-    axes[1].set_xscale("symlog", linthresh=1.0)  # seconds span three decades; 0 s (untrained) stays on the axis
-    axes[1].set_xlim(left=0.0)
-    axes[1].set_xlabel("seconds of training (log scale above 1 s)")
-    quickest = budget.groupby(["seed", "guide"])["seconds"].max().groupby(level="seed").min().mean()
-    axes[1].axvline(quickest, color="black", linestyle="--", linewidth=1,
-                    label=f"equal-seconds budget: the quickest training ({quickest:.1f} s)")
     axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), title="trained with")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
+def _midpoint(table: pd.DataFrame, budget: str) -> float:
+    """The geometric middle of the positive budget values of kind ``budget`` in a differences table."""
+    values = table.loc[(table["budget"] == budget) & (table["value"] > 0), "value"]
+    return float((values.min() * values.max()) ** 0.5) if len(values) else 0.0
+
+
+def differences(table: pd.DataFrame, title: str = "Each decoder against the normal encoder's, paired over seeds",
+                seconds_note: str = "seconds of training"):
+    """Paired differences from the baseline decoder (:func:`pyro_vae.budgets.differences`), nats per datapoint:
+    against epochs and against seconds (log axes), the validation curves as lines with their 95% band over seeds
+    and the test reads at the pre-registered budgets as points with their 95% interval; a third panel gives the
+    test difference at each run's selected checkpoint."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5), gridspec_kw={"width_ratios": [3, 3, 1.4]}, sharey=True)
+    arms = list(dict.fromkeys(table["guide"]))
+    colours = dict(zip(arms, sns.color_palette(n_colors=max(len(arms), 1))))
+    for ax, budget, label in ((axes[0], "epochs", "epochs of training (log scale)"),
+                              (axes[1], "seconds", f"seconds of training (log scale):\n{seconds_note}")):
+        for arm in arms:
+            curve = table[(table["guide"] == arm) & (table["split"] == "validation") & (table["budget"] == budget)
+                          & (table["value"] > 0)]
+            # best-so-far values: a step at each measurement, nothing drawn between two as a slope
+            ax.plot(curve["value"], curve["mean"], color=colours[arm], label=f"{arm}: validation", drawstyle="steps-post")
+            ax.fill_between(curve["value"], curve["low"], curve["high"], color=colours[arm], alpha=0.2, step="post")
+            test = table[(table["guide"] == arm) & (table["split"] == "test") & (table["budget"] == budget)]
+            if len(test):
+                ax.errorbar(test["value"], test["mean"], yerr=[test["mean"] - test["low"], test["high"] - test["mean"]],
+                            fmt="s", color=colours[arm], capsize=4, markeredgecolor="black",
+                            label=f"{arm}: test, pre-registered")
+        ax.axhline(0, color="black", linewidth=1)
+        ax.set(xscale="log", xlabel=label)
+    axes[0].set_ylabel("log p(x) minus the normal encoder's decoder's\n(nats per datapoint)")
+    # the axes show the trained decoders: the first measurements, far apart, stay off the top and bottom
+    # (limits from the means: with few seeds a Student-t band can be wider than every difference)
+    shown = [table.loc[(table["budget"] == b) & (table["value"] >= _midpoint(table, b)), "mean"]
+             for b in ("epochs", "seconds")] + [table.loc[table["split"] == "test", "mean"], pd.Series([0.0])]
+    values = pd.concat(shown).dropna()
+    lo, hi = values.min(), values.max()
+    axes[0].set_ylim(lo - 0.5 * (hi - lo + 1e-3), hi + 0.5 * (hi - lo + 1e-3))
+    selected = table[(table["split"] == "test") & (table["budget"] == "selected")]
+    for i, (_, row) in enumerate(selected.iterrows()):
+        axes[2].errorbar([i], [row["mean"]], yerr=[[row["mean"] - row["low"]], [row["high"] - row["mean"]]],
+                         fmt="s", color=colours[row["guide"]], capsize=4, markeredgecolor="black")
+    axes[2].axhline(0, color="black", linewidth=1)
+    axes[2].set_xticks(range(len(selected)), selected["guide"], rotation=30, ha="right")
+    axes[2].set(xlabel="at each run's selected checkpoint (test)", xlim=(-0.7, max(len(selected), 1) - 0.3))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=min(4, max(len(labels), 1)),
+               title="bands and bars: 95% Student-t intervals over seeds; above 0: better than the normal encoder's")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def gap_curves(budget: pd.DataFrame, title: str = "The gaps during training"):
-    """The approximation and the amortization gap on the budget's test points against epochs, one panel each,
+    """The approximation and the amortization gap on the budget's points against epochs, one panel each,
     one line per training method (``guide``); with several seeds, means with a band of one standard deviation.
 
-    ``budget``: :attr:`pyro_vae.compare.Result.budget`. A per-datapoint guide has no q for test points, so it
+    ``budget``: :attr:`pyro_vae.compare.Result.budget`. A per-datapoint guide has no q for new points, so it
     has an approximation gap only.
     """
     gaps = ["approximation_gap", "amortization_gap"]

@@ -352,10 +352,18 @@ def saved_config(path, what: str = "load_run") -> dict:
     return cfg
 
 
-def load_run(path, device: str = "cpu") -> Run:
+#: the weights a study keeps in a run folder besides its checkpoints (see :mod:`pyro_vae.compare`)
+SELECTED, KEPT = "selected.pt", "kept"
+
+
+def load_run(path, device: str = "cpu", at=None) -> Run:
     """The run in folder ``path``, rebuilt from ``config.json`` and its checkpoint, on ``device``.
 
     The checkpoint is read with ``torch.load(..., weights_only=True)``: no pickled code runs.
+
+    :param at: for a run of a study (``pyro-vae compare``), which of its kept weights to load instead of the
+        last epoch's: ``"selected"`` (the checkpoint chosen on validation, ``selected.pt``) or an epoch that a
+        budget chose (``kept/epoch-E.pt``). ``history`` stays the whole run's.
 
     :raises RunError: when ``path`` is not a run or the data it was trained on cannot be loaded.
     :raises CheckpointError: when the checkpoint cannot be read or has another format version.
@@ -384,6 +392,13 @@ def load_run(path, device: str = "cpu") -> Run:
         first = str(e).splitlines()[0]
         raise RunError(f"load_run: the checkpoint in {path} does not fit the model its {CONFIG} describes "
                        f"({first}): the checkpoint is damaged; train the run again.") from None
+    if at is not None:
+        weights = path / SELECTED if at == "selected" else path / KEPT / f"epoch-{at}.pt"
+        if not weights.is_file():
+            kept = sorted(p.stem for p in (path / KEPT).glob("epoch-*.pt"))
+            raise RunError(f"load_run: {path} keeps no weights at {at!r} ({weights.name} is not there; it keeps "
+                           f"{', '.join(kept) or 'none'}): give at='selected' or one of those epochs.")
+        checkpoint.load_weights(weights, model, guide)
     model.to(device)
     guide.to(device)
     history = pd.DataFrame(state["history"], columns=COLUMNS).astype({"epoch": int})

@@ -25,6 +25,7 @@ from typing import Callable, ClassVar, Optional, Sequence
 
 import torch
 
+from .budgets import SCHEDULE
 from .errors import InputError
 
 #: kinds of value a setting may hold, with the check each gets (also what the command line converts flags to)
@@ -287,9 +288,12 @@ class CompareSettings(DataModelSettings):
     weights, batch order, Monte Carlo draws of training and evaluation).
     ``ais_steps``: when > 0, the evaluation also estimates log p(x) by AIS with that many steps and uses
     the larger estimate per datapoint (:func:`pyro_vae.gaps.decompose`).
-    ``budget_every``: every so many epochs (and at the last), the decoder in training is measured on the
-    first ``budget_points`` test points (:func:`pyro_vae.compare.budget_row`), and once before training
-    (epoch 0); 0 turns the budget curves off.
+    ``budget_epochs``, ``test_epochs``, ``budget_seconds``: the budgets, declared before the run
+    (:mod:`pyro_vae.budgets`): each decoder in training is measured on the validation split (its first
+    ``budget_points``; all by default) at epoch 0 and at each of ``budget_epochs`` up to ``epochs``; the
+    selected checkpoint is the best measurement (``patience``: stop after that many without a new best), and
+    test is read once, on the whole test split, at it and at the best measurement at or below each
+    ``test_epochs`` and ``budget_seconds`` budget.
     ``encoder_widths``: after training, new ``normal`` encoders of these widths train on the decoder of the
     ``normal`` guide, held fixed (:func:`pyro_vae.compare.encoder_width_sweep`); empty: no sweep.
     ``workers``: trainings run in that many processes at once, each with an equal share of the cores
@@ -313,13 +317,26 @@ class CompareSettings(DataModelSettings):
                             "be among them)", choices=_families, many=True)
     qstar_lr: Optional[float] = option(None, QSTAR_LR_HELP, "float>0", optional=True)
     qstar_steps: Optional[int] = option(None, QSTAR_STEPS_HELP, "int>=1", optional=True)
-    n_eval: int = option(200, "train and test points evaluated", "int>=1")
+    n_eval: int = option(200, "training points evaluated at each run's selected checkpoint (test: all of it)",
+                         "int>=1")
     ll_samples: int = option(5000, "importance samples for log p(x)", "int>=1")
     ais_steps: int = option(0, AIS_HELP, "int>=0")
     elbo_samples: int = option(500, "samples for each ELBO estimate", "int>=1")
-    budget_every: int = option(30, "measure each decoder in training every E epochs on --budget-points test points "
-                               "(budget.csv, budget.png); 0: off", "int>=0", metavar="E")
-    budget_points: int = option(50, "test points of the budget curves", "int>=1")
+    budget_epochs: list = option(list(SCHEDULE), "the epochs at which each decoder in training is measured on the "
+                                 "validation split (budget.csv, budget.png), declared before the run: those up to "
+                                 "--epochs, --epochs itself and the untrained decoder (epoch 0)", "int>=1", many=True,
+                                 metavar="E")
+    test_epochs: Optional[list] = option(None, "pre-registered equal-epochs budgets, among --budget-epochs: test is "
+                                         "read at each run's best validation checkpoint at or below each "
+                                         "(default: --epochs)", "int>=1", many=True, optional=True, metavar="E")
+    budget_seconds: list = option([], "pre-registered equal-seconds budgets (seconds of training, measurements "
+                                  "excluded): test is read at each run's best validation checkpoint at or below each",
+                                  "float>0", many=True, metavar="S")
+    patience: Optional[int] = option(None, "stop a training after this many validation measurements without a new "
+                                     "best (default: train every run to --epochs)", "int>=1", optional=True,
+                                     metavar="P")
+    budget_points: Optional[int] = option(None, "the first N validation points measure the budget curves (default: "
+                                          "all of them)", "int>=1", optional=True, metavar="N")
     budget_ll_samples: int = option(1000, "importance samples for log p(x) at each budget-curve point", "int>=1")
     encoder_widths: list = option([], "the encoder-width sweep: on the decoder trained with the normal guide, held "
                                   "fixed, train new normal encoders W units wide for --epochs each and measure their "
@@ -384,8 +401,8 @@ class TuneSettings(DataModelSettings):
 
 
 #: ``pyro-vae compare --quick``: a small budget for smoke tests; it fills only what was not given otherwise
-QUICK = {"epochs": 15, "n_eval": 20, "ll_samples": 300, "elbo_samples": 50, "qstar_steps": 20, "budget_every": 5,
-         "budget_points": 10, "budget_ll_samples": 100}
+QUICK = {"epochs": 15, "n_eval": 20, "ll_samples": 300, "elbo_samples": 50, "qstar_steps": 20,
+         "budget_epochs": [1, 5, 10, 15], "test_epochs": [5, 15], "budget_points": 20, "budget_ll_samples": 100}
 
 
 def load_config(path) -> dict:

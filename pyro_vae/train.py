@@ -83,7 +83,8 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         the same ``optim`` (the rows' Adam moments carry over).
     :param on_epoch: called as ``on_epoch(epoch, row)`` after each epoch (``row``: that epoch's history
         row), e.g. to measure the model during training. It runs outside the timed loop, and the
-        random state is put back after it, so it does not change the run's losses.
+        random state is put back after it, so it does not change the run's losses. When it returns
+        True the run stops after that epoch's checkpoint (early stopping; one process only).
     :param train_model: False holds the model's parameters fixed for the whole run (every ``svi.step`` runs
         with the model frozen, as a guide-only step does): only the guide trains, e.g. a new encoder for a
         trained decoder (:func:`pyro_vae.compare.encoder_width_sweep`).
@@ -185,10 +186,11 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
             train_loss = total / n_train
             test_loss = test_elbo_loss(model, guide, data.test)
             rows.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss, "seconds": seconds})
+            stop = False
             if on_epoch is not None:
                 rng = checkpoint.rng_state()
                 with intra_op_threads(own_threads):
-                    on_epoch(epoch + 1, dict(rows[-1]))
+                    stop = bool(on_epoch(epoch + 1, dict(rows[-1])))
                 checkpoint.set_rng_state(rng)
             shown = {"train": f"{train_loss:.2f}"}
             if math.isfinite(test_loss):
@@ -198,6 +200,8 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
                 extra = {"rows_part": checkpoint.rows_part(model, guide, optim, path.parent, on_disk)} if on_disk \
                     else None
                 checkpoint.save(path, model, guide, optim, rows, config, extra=extra, rows_apart=bool(on_disk))
+            if stop:  # early stopping: this epoch is checkpointed, and the run ends here
+                break
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

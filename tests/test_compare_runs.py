@@ -1,132 +1,250 @@
-"""compare across seeds, processes and during training: one row per seed, the same numbers in parallel, budget
-curves that leave training as it was, and the encoder-width sweep."""
+"""The study of compare: one run folder per training, budgets measured on validation, test read once at the
+checkpoints validation chose (a scrambled test split changes no choice), seeds, processes, resume and sharing."""
 
+import json
 import math
+import threading
+import time
 
 import pandas as pd
 import pytest
 import torch
 
-from pyro_vae import compare, data
+from pyro_vae import budgets, compare, data, folders, load_run
 
-TINY = dict(guides=("normal", "meanfield"), local_steps=(1,), families=("normal",), z_dim=2, hidden=(16,), epochs=3, n_eval=10,
-            ll_samples=50, elbo_samples=10, qstar_steps=20, progress=False)
-
-
-def test_each_seed_of_a_multi_seed_run_is_the_run_with_that_seed():
-    ds = data.load("linear-gaussian")
-    both = compare.compare(ds, compare.Settings(**TINY, seed=4, seeds=2)).table
-    alone = compare.compare(ds, compare.Settings(**TINY, seed=5)).table
-    assert both["seed"].tolist() == [4, 4, 5, 5, 4, 4, 5, 5]
-    pd.testing.assert_frame_equal(both[both["seed"] == 5].reset_index(drop=True), alone)
-    assert not both[both["seed"] == 4]["log_px"].equals(both[both["seed"] == 5]["log_px"])  # the seeds differ
-
-    summary = compare.across_seeds(both)
-    assert summary[["guide", "split"]].values.tolist() == [["normal", "train"], ["normal", "test"],
-                                                          ["meanfield", "train"], ["meanfield", "test"]]
-    pair = both[(both["guide"] == "normal") & (both["split"] == "test")]["log_px"]
-    row = summary.iloc[1]
-    assert row["log_px"] == pair.mean() and row["log_px_seed_sd"] == pair.std(ddof=1)
+TINY = dict(data="linear-gaussian", guides=("normal", "meanfield"), local_steps=(1,), families=("normal",), z_dim=2, hidden=(16,), epochs=4,
+            n_eval=10, ll_samples=50, elbo_samples=10, qstar_steps=20, progress=False, budget_epochs=[1, 2, 3],
+            test_epochs=[2, 4], budget_seconds=[1e-9, 1e9], budget_points=20, budget_ll_samples=50)
+#: the columns that hold wall-clock time (they differ between any two runs)
+CLOCK = {"seconds", "selected_seconds", "train_seconds", "budget_seconds", "evaluate_seconds", "sweep_seconds",
+         "infer_ms_per_new_point", "run"}
 
 
-def test_budget_curves_measure_the_decoder_in_training():
-    ds = data.load("linear-gaussian")
-    settings = compare.Settings(**{**TINY, "guides": ("normal",), "epochs": 4, "ll_samples": 500}, budget_every=2,
-                                budget_points=10, budget_ll_samples=500)
-    result = compare.compare(ds, settings)
-    budget = result.budget
-    assert budget[["epoch"]].values.ravel().tolist() == [0, 2, 4]  # epoch 0: the untrained decoder
-    history = result.histories.set_index("epoch")["seconds"].cumsum()
-    # bookkeeping, not timing: each point's seconds are the running sum of fit's own recorded epoch seconds
-    assert budget["seconds"].tolist() == [0.0, *history.loc[[2, 4]].tolist()]
-    # the last measurement is of the trained decoder: it agrees with its exact log p(x) on those points
-    exact = result.per_point.query("split == 'test'")["log_px_exact"].mean()
-    last = budget.iloc[-1]
-    assert abs(last["log_px"] - exact) < 4 * last["log_px_mc_se"] + 0.01
-    # and the measurements do not change training: the same losses as a run without them
-    unmeasured = compare.compare(ds, compare.Settings(**{**TINY, "guides": ("normal",), "epochs": 4}, budget_every=0))
-    pd.testing.assert_frame_equal(result.histories.drop(columns="seconds"),
-                                  unmeasured.histories.drop(columns="seconds"))
-    assert unmeasured.budget.empty
+def _no_clock(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=[c for c in frame if c in CLOCK]).reset_index(drop=True)
 
 
-def test_workers_give_the_same_numbers_as_one_process():
-    """Each training is seeded by its own seed alone: two processes reproduce one process's tables exactly."""
-    ds = data.load("linear-gaussian")
-    settings = compare.Settings(**TINY, seeds=2, budget_every=3, budget_points=5, budget_ll_samples=20)
-    one = compare.compare(ds, settings)
-    two = compare.compare(ds, compare.Settings(**{**vars(settings), "workers": 2}))
-    pd.testing.assert_frame_equal(one.table, two.table)
-    pd.testing.assert_frame_equal(one.budget.drop(columns="seconds"), two.budget.drop(columns="seconds"))
-    assert list(two.models) == ["normal", "meanfield"]
-    for label in one.models:  # the first seed's modules come back with their trained weights
-        for a, b in zip(one.models[label].state_dict().values(), two.models[label].state_dict().values()):
-            assert torch.equal(a, b)
+@pytest.fixture(scope="module")
+def lg():
+    return data.load("linear-gaussian")
 
 
-def test_workers_refuse_a_gpu_before_any_work():
-    with pytest.raises(ValueError, match="use workers=1"):
-        compare.compare(data.load("linear-gaussian"), compare.Settings(**TINY, workers=2, device="cuda"))
+@pytest.fixture(scope="module")
+def study(lg, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    return out, compare.compare(lg, compare.Settings(**TINY, seeds=2), out)
 
 
-def test_budget_comparisons_on_curves_with_known_answers():
-    """A: fast, still rising over its last third; B: slow, flat. Equal seconds is A's total time, 2 s.
-    The seconds are made-up inputs (no clock is read): this checks the arithmetic of the comparisons."""
-    rows = [("A", 0, 0, -10.0), ("A", 15, 1, -5.0), ("A", 30, 2, -4.0),
-            ("B", 0, 0, -10.0), ("B", 15, 3, -4.0), ("B", 30, 6, -3.99)]
-    budget = pd.DataFrame([{"guide": g, "seed": 7, "epoch": e, "seconds": t, "log_px": v} for g, e, t, v in rows])
-    out = compare.budget_comparisons(budget).set_index("guide")
-    assert out.loc["A", "log_px_equal_epochs"] == -4.0 and out.loc["B", "log_px_equal_epochs"] == -3.99
-    assert out["equal_seconds"].tolist() == [2, 2]
-    assert out.loc["A", "log_px_equal_seconds"] == -4.0
-    assert math.isclose(out.loc["B", "log_px_equal_seconds"], -10.0 + 6.0 * 2 / 3)  # between (0 s, -10), (3 s, -4)
-    assert out["best_epoch"].tolist() == [30, 30]
-    assert math.isclose(out.loc["A", "rise_last_third"], 1.0) and not out.loc["A", "flattened"]
-    assert math.isclose(out.loc["B", "rise_last_third"], 0.01, abs_tol=1e-9) and out.loc["B", "flattened"]
-
-
-def test_encoder_width_sweep_trains_encoders_on_the_fixed_decoder():
-    """New encoders on the normal guide's decoder: the decoder and every other number stay as without the sweep;
-    log p(x) and L[q*] are the decoder's, each row's gap is L[q*] - L[q], and no encoder beats q* (its family's
-    optimum for each point) by more than the Monte Carlo error."""
-    ds = data.load("linear-gaussian")
-    settings = compare.Settings(**{**TINY, "guides": ("normal",), "epochs": 20, "n_eval": 50, "elbo_samples": 200,
-                                   "qstar_steps": 500}, budget_every=0)
-    plain = compare.compare(ds, settings)
-    swept = compare.compare(ds, compare.Settings(**{**vars(settings), "encoder_widths": (4, 64)}))
-    pd.testing.assert_frame_equal(plain.table, swept.table)
-    for a, b in zip(plain.models["normal"].state_dict().values(), swept.models["normal"].state_dict().values()):
+def test_every_training_is_a_run_folder_that_load_run_reads(study, lg):
+    out, result = study
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["meanfield-seed0", "meanfield-seed1", "normal-seed0",
+                                                                "normal-seed1"]
+    run = load_run(out / "runs" / "normal-seed0", at="selected")
+    assert run.config["guide"] == "normal" and run.epochs == 4 and run.config["seed"] == 0
+    selected = result.table.query("guide == 'normal' and seed == 0")["epoch"].iloc[0]
+    kept = torch.load(out / "runs" / "normal-seed0" / "selected.pt", weights_only=True)
+    assert kept["epoch"] == selected
+    for name, value in run.model.state_dict().items():  # the selected weights, not the last epoch's
+        assert torch.equal(value, kept["model"][name])
+    # the first seed's modules of the result are the selected ones too
+    for a, b in zip(result.models["normal"].state_dict().values(), run.model.state_dict().values()):
         assert torch.equal(a, b)
-    widths = swept.encoder_widths
-    assert widths[["split", "width", "retrained"]].values.tolist() == [
-        ["train", 16, False], ["test", 16, False], ["train", 4, True], ["test", 4, True], ["train", 64, True],
-        ["test", 64, True]]
-    means = plain.per_point.groupby("split")[["log_px", "elbo_qstar_normal"]].mean()
-    for _, row in widths.iterrows():
-        assert math.isclose(row["log_px"], means.loc[row["split"], "log_px"], abs_tol=1e-4)  # float32 sums
-        assert math.isclose(row["elbo_qstar"], means.loc[row["split"], "elbo_qstar_normal"], abs_tol=1e-4)
-        assert math.isclose(row["amortization_gap"], row["elbo_qstar"] - row["elbo_q"], abs_tol=1e-5)
-        assert row["amortization_gap"] > -4 * row["amortization_gap_se"] - 0.01
-    sizes = {w: (ds.x_dim + 1) * w + (w + 1) * 2 * settings.z_dim for w in (16, 4, 64)}  # x -> w -> (loc, scale)
-    assert widths["encoder_params"].tolist() == [sizes[w] for w in widths["width"]]
+    # exactly the chosen checkpoints are kept
+    chosen = set(result.tests.query("guide == 'normal' and seed == 0")["epoch"])
+    assert {int(p.stem.split("-")[1]) for p in (out / "runs" / "normal-seed0" / "kept").iterdir()} == chosen
+    for name in ("config.json", "results.csv", "test_at_budgets.csv", "cost.csv", "budget.csv", "differences.csv",
+                 "selection.csv", "differences.png", "budget.png"):
+        assert (out / name).exists(), name
+    assert set(pd.read_csv(out / "results.csv")["run"]) == {str(p) for p in result.runs.values()}
 
 
-def test_an_aggressive_encoder_arm_is_fit_with_encoder_steps():
-    """encoder_steps=(1, 3): a normal decoder per T, the T = 3 one trained as fit(local_steps=3) trains it."""
-    from pyro_vae import objectives
-    from pyro_vae.optim import LazyAdam
-    from pyro_vae.train import fit
+def test_the_curves_are_measured_on_validation_at_the_declared_epochs(study, lg):
+    out, result = study
+    curve = result.budget.query("guide == 'normal' and seed == 0")
+    assert curve["epoch"].tolist() == [0, 1, 2, 3, 4]  # epoch 0, the schedule up to --epochs, and --epochs
+    history = result.histories.query("guide == 'normal' and seed == 0").set_index("epoch")["seconds"].cumsum()
+    # bookkeeping, not timing: each point's seconds are the running sum of fit's own recorded epoch seconds
+    assert curve["seconds"].tolist() == pytest.approx([0.0, *history.loc[[1, 2, 3, 4]].tolist()])
+    batches = math.ceil(len(lg.train) / 128)
+    assert curve["decoder_gradients"].tolist() == [e * batches for e in range(5)]
+    # the measurement at the selected epoch is of validation points: measured again by hand, it is the same value
+    run = load_run(out / "runs" / "normal-seed0", at=int(result.tests.query(
+        "guide == 'normal' and seed == 0 and budget == 'selected'")["epoch"].iloc[0]))
+    s = compare.Settings(**TINY)
+    torch.manual_seed(0)
+    again = compare.budget_row(run.model, run.guide, lg.validation[:20], s)["log_px"]
+    row = curve[curve["epoch"] == run_epoch(result, "normal", 0)].iloc[0]
+    assert abs(again - row["log_px"]) < 5 * row["log_px_mc_se"] + 0.05
 
-    ds = data.load("linear-gaussian")
-    s = compare.Settings(**{**TINY, "guides": ("normal",)}, encoder_steps=(1, 3), budget_every=0)
-    result = compare.compare(ds, s)
-    assert result.table["guide"].unique().tolist() == ["normal", "normal T=3"]
-    assert result.cost.set_index("guide")["local_steps"].to_dict() == {"normal": 1, "normal T=3": 3}
-    model, guide = compare.build_training(ds, s, "normal", s.seed)
-    by_hand = fit(model, guide, ds, epochs=s.epochs, local_steps=3, progress=False, seed=s.seed,
-                  optim=LazyAdam({"lr": s.lr}, sparse_args={"lr": s.local_lr}),
-                  loss=objectives.for_training(s.elbo, model, guide, jit=s.jit))
-    arm = result.histories[result.histories["guide"] == "normal T=3"].reset_index(drop=True)
-    pd.testing.assert_series_equal(arm["train_loss"], by_hand["train_loss"])
-    plain = result.histories[result.histories["guide"] == "normal"].reset_index(drop=True)
-    assert not plain["train_loss"].equals(arm["train_loss"])
+
+def run_epoch(result, guide, seed, budget="selected"):
+    return int(result.tests.query(f"guide == '{guide}' and seed == {seed} and budget == '{budget}'")["epoch"].iloc[0])
+
+
+def test_budgets_read_best_so_far_and_test_is_read_at_the_chosen_checkpoints(study):
+    out, result = study
+    for (guide, seed), curve in result.budget.groupby(["guide", "seed"]):
+        tests = result.tests.query(f"guide == '{guide}' and seed == {seed}").set_index(["budget", "value"])
+        at2 = curve[curve["epoch"] <= 2]
+        assert tests.loc[("epochs", 2.0), "epoch"] == at2.loc[at2["log_px"].idxmax(), "epoch"]
+        assert tests.loc[("seconds", 1e-9), "epoch"] == 0  # no trained epoch is quicker than a nanosecond
+        best = curve.loc[curve["log_px"].idxmax(), "epoch"]
+        assert tests.loc[("seconds", 1e9), "epoch"] == best and not tests.loc[("seconds", 1e9), "reached"]
+        assert tests.xs("selected", level="budget")["epoch"].iloc[0] == best
+        table = result.table.query(f"guide == '{guide}' and seed == {seed} and split == 'test'").iloc[0]
+        selected = tests.xs("selected", level="budget").iloc[0]
+        assert table["epoch"] == best and table["log_px"] == selected["log_px"]
+    # the test reads are of the whole test split, with the exact log p(x) of the oracle beside them
+    points = result.per_point.query("guide == 'normal' and seed == 0 and split == 'test'")
+    assert len(points) == len(data.load("linear-gaussian").test)
+
+
+def test_differences_are_paired_over_seeds_against_the_normal_encoder(study):
+    _, result = study
+    d = result.differences.query("split == 'test' and budget == 'selected'").iloc[0]
+    tests = result.tests.query("budget == 'selected'").pivot(index="seed", columns="guide", values="log_px")
+    paired = tests["meanfield"] - tests["normal"]
+    assert d["guide"] == "meanfield" and d["seeds"] == 2 and math.isclose(d["mean"], paired.mean())
+    half = 12.706204736174707 * paired.std(ddof=1) / math.sqrt(2)  # Student-t, 1 degree of freedom
+    assert math.isclose(d["high"] - d["mean"], half, rel_tol=1e-6)
+    assert set(result.differences["budget"]) == {"epochs", "seconds", "selected"}
+
+
+def test_a_scrambled_test_split_changes_no_choice_only_test_columns(lg, study, tmp_path):
+    """The protocol's proof: with other values in ds.test (same shape), every validation curve, selected epoch and
+    budget choice is identical; only the columns read from test change."""
+    out, result = study
+    scrambled = data.Dataset(**{**vars(lg), "test": torch.randn_like(lg.test) * 3 + 1})
+    other = compare.compare(scrambled, compare.Settings(**TINY, seeds=2), tmp_path / "s")
+    pd.testing.assert_frame_equal(_no_clock(result.budget), _no_clock(other.budget))
+    choice = ["guide", "seed", "budget", "value", "epoch", "validation_log_px", "reached"]
+    pd.testing.assert_frame_equal(result.tests[choice], other.tests[choice])
+    pd.testing.assert_frame_equal(result.histories.drop(columns=["test_loss", "seconds"]),
+                                  other.histories.drop(columns=["test_loss", "seconds"]))
+    assert not result.tests["log_px"].equals(other.tests["log_px"])  # the test reads did change
+    assert not result.histories["test_loss"].equals(other.histories["test_loss"])
+    train = result.table.query("split == 'train'").drop(columns="seconds").reset_index(drop=True)
+    pd.testing.assert_frame_equal(train, other.table.query("split == 'train'").drop(columns="seconds")
+                                  .reset_index(drop=True))
+
+
+def test_each_seed_is_the_study_with_that_seed_alone_and_workers_change_nothing(lg, study, tmp_path):
+    _, both = study
+    alone = compare.compare(lg, compare.Settings(**TINY, seed=1), tmp_path / "one")
+    pd.testing.assert_frame_equal(_no_clock(both.tests.query("seed == 1")), _no_clock(alone.tests))
+    two = compare.compare(lg, compare.Settings(**TINY, seeds=2, workers=2), tmp_path / "two")
+    pd.testing.assert_frame_equal(_no_clock(both.tests), _no_clock(two.tests))
+    pd.testing.assert_frame_equal(_no_clock(both.budget), _no_clock(two.budget))
+
+
+def test_early_stopping_after_patience_measurements_without_a_new_best(lg, tmp_path):
+    s = compare.Settings(**{**TINY, "guides": ("normal",), "epochs": 30, "budget_epochs": list(range(1, 31)),
+                            "test_epochs": [30], "lr": 0.3}, patience=2)
+    result = compare.compare(lg, s, tmp_path / "p")
+    curve = result.budget
+    best = int(curve["log_px"].values.argmax())
+    assert len(curve) - 1 - best == 2  # stopped two measurements after its best
+    assert int(result.cost["epochs_trained"].iloc[0]) == curve["epoch"].max() < 30
+    epochs30 = result.tests.query("budget == 'epochs'").iloc[0]
+    assert not epochs30["reached"] and epochs30["epoch"] == curve["epoch"].iloc[best]
+
+
+def test_a_killed_study_resumes_to_the_uninterrupted_result(lg, study, tmp_path, monkeypatch):
+    out, whole = study
+    s = compare.Settings(**TINY, seeds=2)
+    calls, real = [], compare.budget_row
+
+    def dies_at_the_ninth(*args, **kw):
+        calls.append(1)
+        if len(calls) == 9:  # the second training's epoch-3 measurement: its checkpoint is of epoch 2
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(compare, "budget_row", dies_at_the_ninth)
+    with pytest.raises(KeyboardInterrupt):
+        compare.compare(lg, s, tmp_path / "k")
+    monkeypatch.setattr(compare, "budget_row", real)
+    runs = tmp_path / "k" / "runs"
+    assert compare.finished(runs / "normal-seed0") and not compare.finished(runs / "normal-seed1")
+    with pytest.raises(folders.FolderError, match="pass --resume to continue it"):
+        compare.compare(lg, s, tmp_path / "k")
+    resumed = compare.compare(lg, s, tmp_path / "k", resume=True)
+    for name in ("tests", "budget", "table", "cost"):
+        pd.testing.assert_frame_equal(_no_clock(getattr(whole, name)), _no_clock(getattr(resumed, name)))
+    pd.testing.assert_frame_equal(whole.histories.drop(columns="seconds"), resumed.histories.drop(columns="seconds"))
+    with pytest.raises(ValueError, match="has other settings"):
+        compare.compare(lg, compare.Settings(**{**TINY, "n_eval": 11}, seeds=2), tmp_path / "k", resume=True)
+
+
+def test_a_run_held_by_another_process_is_waited_for_and_not_trained_twice(lg, study, tmp_path):
+    """Two processes share a study by run-folder locks: a run another holds is skipped, then waited for; when its
+    holder lets go unfinished (it died), it is trained here."""
+    out, whole = study
+    s = compare.Settings(**TINY, seeds=2)
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "config.json").write_text(json.dumps(s.to_dict()))  # the study another process started
+    folder = compare.run_folder(tmp_path / "h", "meanfield", 1)
+    held, release = threading.Event(), threading.Event()
+
+    def other_process():
+        with folders.writer(folder, "compare"):
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=other_process)
+    thread.start()
+    held.wait(10)
+    timer = threading.Timer(2.0, release.set)
+    timer.start()
+    started = time.monotonic()
+    result = compare.compare(lg, s, tmp_path / "h", resume=True)  # joins it
+    thread.join()
+    assert time.monotonic() - started >= 2.0  # it waited for the holder
+    pd.testing.assert_frame_equal(_no_clock(whole.tests), _no_clock(result.tests))
+
+
+def test_the_result_files_alone_let_a_study_continue_elsewhere(lg, study, tmp_path):
+    """What a study commits (each run's small result files, no checkpoint) is taken as done by --resume."""
+    import shutil
+
+    out, whole = study
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(out / "config.json", copy / "config.json")
+    for run in (out / "runs").iterdir():
+        (copy / "runs" / run.name).mkdir(parents=True)
+        for name in compare.RUN_FILES.values():
+            shutil.copy(run / name, copy / "runs" / run.name / name)
+    started = time.monotonic()
+    again = compare.compare(lg, compare.Settings(**TINY, seeds=2), copy, resume=True)
+    pd.testing.assert_frame_equal(whole.tests.drop(columns="run", errors="ignore"),
+                                  again.tests.drop(columns="run", errors="ignore"))
+    assert not any((copy / "runs" / r.name / "checkpoint.pt").exists() for r in (out / "runs").iterdir())
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"budget_epochs": [1, 3, 2]}, "budget_epochs must be increasing"),
+    ({"test_epochs": [3, 5]}, "test_epochs .5. are not measured on validation"),
+    ({"budget_seconds": [10.0, 1.0]}, "budget_seconds must be increasing"),
+    ({"budget_points": 10 ** 6}, "is more than the validation split's"),
+])
+def test_bad_budgets_are_refused_before_any_work(lg, tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        compare.compare(lg, compare.Settings(**{**TINY, **change}), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_selection_and_flattening_read_known_curves():
+    """Made-up validation curves (no clock is read): the arithmetic of best-so-far, reached and flattened."""
+    curve = pd.DataFrame({"epoch": [0, 1, 2, 4, 6], "seconds": [0.0, 1.0, 2.0, 4.0, 6.0],
+                          "log_px": [-10.0, -5.0, -4.5, -4.0, -3.99]})
+    chosen = budgets.choose(curve, test_epochs=[3, 6], budget_seconds=[2.5, 100.0]).set_index(["budget", "value"])
+    assert chosen.loc[("epochs", 3.0), "epoch"] == 2 and chosen.loc[("epochs", 6.0), "epoch"] == 6
+    assert chosen.loc[("seconds", 2.5), "epoch"] == 2 and not chosen.loc[("seconds", 100.0), "reached"]
+    assert chosen.loc[("epochs", 3.0), "reached"] and chosen.xs("selected", level="budget")["epoch"].iloc[0] == 6
+    assert budgets.flattened(curve) == {"rise_last_third": pytest.approx(0.01), "flattened": True}
+    assert not budgets.flattened(curve.iloc[:4])["flattened"]  # from -5 at epoch 1... to -4.0 at epoch 4: rising
+    falling = pd.DataFrame({"epoch": [0, 1, 2, 3], "log_px": [-9.0, -4.0, -4.2, -4.1]})
+    assert budgets.stopped(falling, patience=2) and not budgets.stopped(falling, patience=3)
+    assert not budgets.stopped(falling, patience=None)
