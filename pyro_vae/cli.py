@@ -240,6 +240,12 @@ def cmd_compare(s: settings.CompareSettings, overwrite: bool = False, resume: bo
     out = Path(s.out)
     if resume:
         saved = compare_saved(out)
+        changed = [k for k, v in (given or {}).items() if k not in compare.RESUMABLE and saved.get(k) != v]
+        if changed:
+            shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (declared: {saved.get(k)!r})" for k in changed[:3])
+            raise InputError(f"compare --resume: the study in {out} was declared with other settings, and {shown} "
+                             f"would change it: drop them (it continues with its own), or start another study in "
+                             f"another --out.")
         s = settings.CompareSettings.from_dict(
             {**saved, **{k: v for k, v in (given or {}).items() if k in compare.RESUMABLE}, "out": str(out)},
             str(out / "config.json"))

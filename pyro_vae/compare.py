@@ -4,7 +4,7 @@ Usage::
 
     ds = data.load("digits", binarize="static")
     s = Settings(epochs=300, seeds=3, test_epochs=[100, 300], budget_seconds=[3, 10])
-    result = compare(ds, s, out="runs/study")     # every training a run folder: runs/study/runs/normal/seed-0/
+    result = compare(ds, s, out="runs/study")     # every training a run folder: runs/study/runs/normal-seed0/
     result.table                     # one row per (guide, seed, split) at the selected checkpoint (nats)
     result.tests                     # test at every pre-registered budget and at the selected checkpoint
     result.differences               # each arm minus the normal encoder's decoder, paired over seeds, 95% interval
@@ -287,8 +287,9 @@ def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: st
 
 
 def read_test(model, guide, ds: data.Dataset, s: Settings, chosen: pd.DataFrame, folder: Path, seed: int):
-    """The test split read once per chosen checkpoint (``chosen``: :func:`pyro_vae.budgets.choose`'s rows), whole,
-    and the first ``n_eval`` training points at the selected one; each read seeded by ``seed`` alone.
+    """The test split read once per chosen checkpoint (``chosen``: :func:`pyro_vae.budgets.choose`'s rows), whole
+    (or its first ``test_points``), and the first ``n_eval`` training points at the selected one; each read
+    seeded by ``seed`` alone.
 
     Returns ``(tests, results, per_point)``: ``chosen`` with the test means (:func:`summary_row`), the selected
     checkpoint's summary per split with its ``epoch`` and ``seconds``, and its decompose rows.
@@ -299,7 +300,7 @@ def read_test(model, guide, ds: data.Dataset, s: Settings, chosen: pd.DataFrame,
         load_weights(kept_path(folder, epoch), model, guide)
         pyro.set_rng_seed(seed)
         splits = ("train", "test") if epoch == selected else ("test",)
-        by_epoch[epoch] = evaluate(model, guide, ds, s, splits, sizes={"train": s.n_eval, "test": None})
+        by_epoch[epoch] = evaluate(model, guide, ds, s, splits, sizes={"train": s.n_eval, "test": s.test_points})
     test_means = {e: summary[summary["split"] == "test"].drop(columns="split").iloc[0].to_dict()
                   for e, (summary, _) in by_epoch.items()}
     tests = pd.DataFrame([{**row, **test_means[row["epoch"]]} for row in chosen.to_dict("records")])
@@ -449,12 +450,15 @@ def read_study(ds: data.Dataset, s: Settings, out: Path, jobs) -> Result:
     tests = pd.concat(frames["tests"], ignore_index=True)
     tests = tests[["guide", "seed", *tests.columns.drop(["guide", "seed"])]]
     curves = pd.concat(frames["budget"], ignore_index=True)
+    swept = [frame for frame in frames["widths"] if len(frame)]  # (only the normal encoders' runs sweep)
+    widths = pd.concat(swept, ignore_index=True).astype({"retrained": bool}) if swept else \
+        pd.DataFrame(columns=ENCODER_WIDTH_COLUMNS)
     return Result(
         histories=pd.concat(frames["history"], ignore_index=True), table=table, tests=tests,
         cost=pd.concat(frames["cost"], ignore_index=True), per_point=pd.concat(frames["points"]).reset_index(),
         models=models, guides=trained, budget=curves,
         differences=budgets.differences(curves, tests, s.budget_seconds),
-        encoder_widths=pd.concat(frames["widths"], ignore_index=True), runs=folders_of,
+        encoder_widths=widths, runs=folders_of,
     )
 
 

@@ -319,6 +319,9 @@ class CompareSettings(DataModelSettings):
     qstar_steps: Optional[int] = option(None, QSTAR_STEPS_HELP, "int>=1", optional=True)
     n_eval: int = option(200, "training points evaluated at each run's selected checkpoint (test: all of it)",
                          "int>=1")
+    test_points: Optional[int] = option(None, "read only the first N test points at each chosen checkpoint "
+                                        "(default: the whole test split; fewer only for smoke tests such as "
+                                        "--quick)", "int>=1", optional=True, metavar="N")
     ll_samples: int = option(5000, "importance samples for log p(x)", "int>=1")
     ais_steps: int = option(0, AIS_HELP, "int>=0")
     elbo_samples: int = option(500, "samples for each ELBO estimate", "int>=1")
@@ -402,7 +405,8 @@ class TuneSettings(DataModelSettings):
 
 #: ``pyro-vae compare --quick``: a small budget for smoke tests; it fills only what was not given otherwise
 QUICK = {"epochs": 15, "n_eval": 20, "ll_samples": 300, "elbo_samples": 50, "qstar_steps": 20,
-         "budget_epochs": [1, 5, 10, 15], "test_epochs": [5, 15], "budget_points": 20, "budget_ll_samples": 100}
+         "budget_epochs": [1, 5, 10, 15], "test_epochs": [5, 15], "budget_points": 20, "budget_ll_samples": 100,
+         "test_points": 50}
 
 
 def load_config(path) -> dict:

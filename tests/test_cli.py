@@ -151,8 +151,9 @@ def test_compare_quick(tmp_path, capsys, dataset):
     seeds = 1 if iterated else 2
     assert pd.read_csv(out / "cost.csv")["local_steps"].tolist() == [1] * 5 * seeds + ([3] if iterated else [])
     assert set(table["split"]) == {"train", "test"} and "approximation_gap_flow" in table
-    for name in ("cost.csv", "per_point.csv", "history.csv", "budget.csv", "budget_comparisons.csv",
-                 "learning_curves.png", "gaps.png", "latents.png", "budget.png", "gaps_during_training.png"):
+    for name in ("cost.csv", "per_point.csv", "history.csv", "budget.csv", "test_at_budgets.csv", "differences.csv",
+                 "selection.csv", "learning_curves.png", "gaps.png", "latents.png", "budget.png",
+                 "gaps_during_training.png", "differences.png"):
         assert (out / name).exists(), name
     assert (out / "images.png").exists() == (dataset == "digits")
     for name in ("encoder_widths.csv", "encoder_widths.png"):

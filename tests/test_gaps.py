@@ -80,12 +80,13 @@ def test_decompose_on_the_oracle(oracle):
 
 
 @pytest.fixture(scope="module")
-def quick_digits_run():
+def quick_digits_run(tmp_path_factory):
     pyro.set_rng_seed(0)
     ds = data.load("digits", binarize="static")
     settings = compare.Settings(guides=("normal", "meanfield"), local_steps=(1,), hidden=(64,), epochs=8, n_eval=30,
-                                ll_samples=1000, elbo_samples=200, progress=False)
-    return ds, compare.compare(ds, settings)
+                                test_points=30, ll_samples=1000, elbo_samples=200, progress=False, budget_epochs=[8],
+                                budget_points=30, budget_ll_samples=200)
+    return ds, compare.compare(ds, settings, tmp_path_factory.mktemp("quick-digits"))
 
 
 def test_gaps_are_ordered_within_monte_carlo_error(quick_digits_run):
@@ -111,7 +112,7 @@ def test_per_datapoint_rows_have_an_optimization_gap_not_an_amortization_gap(qui
     assert math.isnan(t.loc[("meanfield", "test"), "optimization_gap"])  # no q for test points
     pp = result.per_point
     mf = pp[(pp.guide == "meanfield") & (pp.split == "train")]
-    assert np.allclose(mf.optimization_gap, mf.elbo_qstar_normal - mf.elbo_q)
+    assert np.allclose(mf.optimization_gap, mf.elbo_qstar_normal - mf.elbo_q, atol=1e-5)  # float32, through a CSV
 
 
 def test_decompose_refuses_to_measure_against_another_family(oracle):
