@@ -32,7 +32,7 @@ import torch
 
 import guides
 
-from . import compare, data, folders, runs, settings
+from . import compare, data, folders, measure, runs, settings
 from .checkpoint import CHECKPOINT, CheckpointWarning
 from .errors import InputError
 
@@ -239,7 +239,7 @@ def cmd_compare(s: settings.CompareSettings, overwrite: bool = False, resume: bo
     sets."""
     out = Path(s.out)
     if resume:
-        saved = compare_saved(out)
+        saved = compare.saved_settings(out)
         changed = [k for k, v in (given or {}).items() if k not in compare.RESUMABLE and saved.get(k) != v]
         if changed:
             shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (declared: {saved.get(k)!r})" for k in changed[:3])
@@ -255,24 +255,11 @@ def cmd_compare(s: settings.CompareSettings, overwrite: bool = False, resume: bo
     report_study(result, s, out)
 
 
-def compare_saved(out: Path) -> dict:
-    """The settings of the study in ``out`` (``compare --resume``); one line when there is none."""
-    path = out / "config.json"
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        saved = None
-    if not isinstance(saved, dict) or "guides" not in saved:
-        raise InputError(f"compare --resume: {out} holds no study to continue (no config.json of `pyro-vae "
-                         f"compare`); start one without --resume.")
-    return saved
-
-
 def report_study(result, s: settings.CompareSettings, out: Path) -> None:
     """What ``compare`` prints: the gaps at the selected checkpoints, the cost, and the paired test differences
     at the pre-registered budgets."""
     if s.seeds > 1:
-        summary = compare.across_seeds(result.table.drop(columns=["epoch", "seconds"]))
+        summary = measure.across_seeds(result.table.drop(columns=["epoch", "seconds"]))
         print(f"at the selected checkpoints, means over {s.seeds} seeds")
         print(format_table(summary))
         spread = summary[["guide", "split", *[c for c in summary if c.endswith("_seed_sd")]]]
@@ -359,7 +346,7 @@ def cmd_evaluate(paths: List[str], s: settings.EvaluateSettings) -> None:
         raise InputError(f"evaluate: two runs share a folder name ({', '.join(names)}); tables label runs by it.")
     flows = ["flow"] if any(run.guide.family == "flow" for run in loaded) else []
     families = cfg["families"] or ["normal", "mvn", *flows]
-    measured = compare.Settings(n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"], ais_steps=cfg["ais_steps"],
+    measured = settings.CompareSettings(n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"], ais_steps=cfg["ais_steps"],
                                 elbo_samples=cfg["elbo_samples"], qstar_steps=cfg["qstar_steps"],
                                 qstar_lr=cfg["qstar_lr"], families=families, device=cfg["device"],
                                 progress=not cfg["no_progress"])
@@ -370,7 +357,7 @@ def cmd_evaluate(paths: List[str], s: settings.EvaluateSettings) -> None:
     tables, points = [], []
     for run in loaded:
         pyro.set_rng_seed(cfg["seed"])
-        summary, per_point = compare.evaluate(run.model, run.guide, run.data, measured, cfg["split"])
+        summary, per_point = measure.evaluate(run.model, run.guide, run.data, measured, cfg["split"])
         label = {"run": run.name, "guide": run.config["guide"]}
         summary, per_point = summary.assign(**label), per_point.assign(**label)
         folders.write_csv(summary[["run", "guide", *summary.columns[:-2]]], run.path / EVALUATION["table"])

@@ -13,12 +13,12 @@ Usage::
 The protocol (:mod:`pyro_vae.budgets`): the budgets are declared in the settings before anything trains. Each
 training (one per label of :func:`trainings` and seed) is a run folder that :func:`pyro_vae.runs.load_run`,
 ``pyro-vae evaluate`` and ``pyro-vae sample`` read like any ``pyro-vae train`` output. While it trains, its
-decoder is measured on the **validation** split at the declared epochs (:func:`budget_row`: log p(x)
-importance-weighted from q* fitted with the decoder frozen, the full-covariance family among them); every
+decoder is measured on the **validation** split at the declared epochs (:func:`pyro_vae.measure.budget_row`:
+log p(x) importance-weighted from q* fitted with the decoder frozen, the full-covariance family among them); every
 measurement that improves on the best so far keeps its weights (``kept/epoch-E.pt``). When training ends (at
 ``epochs``, or by ``patience``), the checkpoints are chosen from the validation curve alone
 (:func:`pyro_vae.budgets.choose`) and only then is the test split read: once, whole, at each chosen checkpoint
-(:func:`evaluate`). A run's finished rows are small files in its folder (:data:`RUN_FILES`), so a study
+(:func:`pyro_vae.measure.evaluate`). A run's finished rows are small files in its folder (:data:`RUN_FILES`), so a study
 continues on any machine that has them; several processes share a study by each taking the next run whose
 folder lock is free.
 """
@@ -32,7 +32,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import numpy as np
 import pandas as pd
@@ -42,8 +42,10 @@ import torch
 import guides
 
 from .checkpoint import load_weights, save_weights
+from .measure import (ENCODER_WIDTH_COLUMNS, budget_row, encoder_width_sweep, evaluate, image_rows, inference_seconds,
+                      latent_frame)
 from .errors import InputError
-from . import budgets, data, estimators, folders, gaps, objectives
+from . import budgets, data, folders, objectives
 from .optim import LazyAdam
 from .progress import progress_bar
 from .runs import KEPT, SELECTED, build, build_guide, build_model, guide_options  # noqa: F401  (from settings)
@@ -76,8 +78,8 @@ class Result:
     the selected checkpoint with ``guide``, ``seed`` and ``split``; ``budget``: the validation curves
     (:data:`pyro_vae.budgets.CURVE_COLUMNS`); ``differences``: :func:`pyro_vae.budgets.differences`;
     ``models`` and ``guides``: the first seed's modules at their selected checkpoints, by label;
-    ``encoder_widths``: :func:`encoder_width_sweep`'s rows (empty without ``encoder_widths``); ``runs``: the run
-    folder of each (label, seed).
+    ``encoder_widths``: :func:`pyro_vae.measure.encoder_width_sweep`'s rows (empty without ``encoder_widths``);
+    ``runs``: the run folder of each (label, seed).
     """
 
     histories: pd.DataFrame
@@ -91,20 +93,6 @@ class Result:
     differences: pd.DataFrame
     encoder_widths: pd.DataFrame
     runs: Dict
-
-
-def inference_seconds(model, guide, x1: torch.Tensor, qstar_steps: int, qstar_lr: float) -> float:
-    """Seconds to infer q(z | x) for one new datapoint ``x1: (1, D)``: an encoder pass, or a q* fit."""
-    t0 = time.perf_counter()
-    if guide.amortized:
-        repeats = 100
-        with torch.no_grad():
-            for _ in range(repeats):
-                guide.distribution(x1)
-    else:
-        repeats = 1
-        gaps.fit_local(model.model, x1, guide.family, steps=qstar_steps, lr=qstar_lr)
-    return (time.perf_counter() - t0) / repeats
 
 
 def trainings(settings: Settings):
@@ -291,8 +279,8 @@ def read_test(model, guide, ds: data.Dataset, s: Settings, chosen: pd.DataFrame,
     (or its first ``test_points``), and the first ``n_eval`` training points at the selected one; each read
     seeded by ``seed`` alone.
 
-    Returns ``(tests, results, per_point)``: ``chosen`` with the test means (:func:`summary_row`), the selected
-    checkpoint's summary per split with its ``epoch`` and ``seconds``, and its decompose rows.
+    Returns ``(tests, results, per_point)``: ``chosen`` with the test means (:func:`pyro_vae.measure.summary_row`),
+    the selected checkpoint's summary per split with its ``epoch`` and ``seconds``, and its decompose rows.
     """
     selected = int(chosen.loc[chosen["budget"] == "selected", "epoch"].iloc[0])
     by_epoch = {}
@@ -379,9 +367,9 @@ def _run_jobs(ds: data.Dataset, s: Settings, out: Path, jobs) -> list:
     return held
 
 
-def check_resumable(out: Path, s: Settings) -> None:
-    """``resume``: ``out`` holds a study whose ``config.json`` has these settings (but :data:`RESUMABLE`)."""
-    path = out / "config.json"
+def saved_settings(out) -> dict:
+    """The settings of the study in ``out`` (its ``config.json``); one line when ``out`` holds no study."""
+    path = Path(out) / "config.json"
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -389,6 +377,13 @@ def check_resumable(out: Path, s: Settings) -> None:
     if not isinstance(saved, dict) or "guides" not in saved:
         raise InputError(f"compare --resume: {out} holds no study to continue (no config.json of `pyro-vae compare`); "
                          f"start one without --resume.")
+    return saved
+
+
+def check_resumable(out: Path, s: Settings) -> None:
+    """``resume``: ``out`` holds a study whose ``config.json`` has these settings (but :data:`RESUMABLE`)."""
+    path = out / "config.json"
+    saved = saved_settings(out)
     mine = s.to_dict()
     differ = [k for k in sorted(set(saved) | set(mine)) if k not in RESUMABLE and saved.get(k) != mine.get(k)]
     if differ:
@@ -533,78 +528,6 @@ def write_study(result: Result, ds: data.Dataset, s: Settings, out: Path) -> lis
     return list(tables) + list(figures)
 
 
-#: the columns of :attr:`Result.encoder_widths`
-ENCODER_WIDTH_COLUMNS = ["guide", "seed", "split", "width", "retrained", "encoder_params", "log_px", "elbo_qstar",
-                         "elbo_q", "elbo_q_se", "approximation_gap", "amortization_gap", "amortization_gap_se"]
-
-
-def encoder_width_sweep(model, guide, ds: data.Dataset, points: pd.DataFrame, settings: Settings, seed: int) -> list:
-    """Cremer, Li & Duvenaud's question: does a larger encoder close the amortization gap?
-
-    With ``model`` (the decoder trained with the ``normal`` guide ``guide``) held fixed, a new ``normal`` encoder
-    of each width in ``settings.encoder_widths`` (every hidden layer that wide) trains for
-    ``settings.epochs`` epochs (``fit(train_model=False)``, from ``seed``); its L[q] is estimated on the
-    evaluation points. log p(x) and L[q*] depend on the decoder alone, so they are taken from ``points``
-    (:func:`evaluate`'s rows for that decoder). Returns rows of :data:`ENCODER_WIDTH_COLUMNS`, nats per
-    datapoint, one per (split, width), plus the jointly trained encoder's (``retrained`` False).
-    """
-    s = settings
-    rows = []
-
-    def add(guide, width, retrained):
-        for split, table in points.groupby("split", sort=False):
-            n = len(table)
-            x = ds.split(split)[:n].to(s.device)
-            q = estimators.elbo(model.model, guide, x, None, s.elbo_samples)
-            gap = table["elbo_qstar_normal"].to_numpy() - q.value.cpu().numpy()
-            rows.append({"guide": "normal", "seed": seed, "split": split, "width": width, "retrained": retrained,
-                         "encoder_params": sum(p.numel() for p in guide.parameters()),
-                         "log_px": table["log_px"].mean(), "elbo_qstar": table["elbo_qstar_normal"].mean(),
-                         "elbo_q": float(q.value.mean()), "elbo_q_se": float(q.stderr.pow(2).sum().sqrt() / n),
-                         "approximation_gap": table["approximation_gap"].mean(), "amortization_gap": gap.mean(),
-                         "amortization_gap_se": gap.std(ddof=1) / math.sqrt(n)})
-
-    with torch.random.fork_rng(devices=[]):
-        add(guide, s.hidden[-1], False)
-        for width in s.encoder_widths:
-            pyro.set_rng_seed(seed)
-            encoder = build_guide("normal", ds, s.z_dim, (width,) * len(s.hidden), activation=s.activation)
-            fit(model, encoder, ds, epochs=s.epochs, batch_size=s.batch_size, optim=LazyAdam({"lr": s.lr}),
-                progress=s.progress, seed=seed, device=s.device, train_model=False)
-            add(encoder, width, True)
-    return rows
-
-
-#: what :func:`budget_row` measures, in nats per datapoint (means over the validation points)
-BUDGET_COLUMNS = ["log_px", "log_px_mc_se", "elbo_qstar", "elbo_q", "approximation_gap", "amortization_gap"]
-
-
-def measurement_families(guide) -> tuple:
-    """The q* families a budget measurement fits: the guide's own (its gaps) and the full-covariance one (the
-    proposal of log p(x): the diagonal q* falls 0.26-0.9 nats short of it on the digits decoders)."""
-    return tuple(dict.fromkeys((guide.family, "mvn")))
-
-
-def budget_row(model, guide, x: torch.Tensor, settings: Settings) -> dict:
-    """The decoder in training, measured on validation points ``x: (n, D)``: one point of a budget curve.
-
-    ``log_px`` (importance-weighted, ``budget_ll_samples`` draws, proposal the best q found among the guide's q
-    and q* of :func:`measurement_families`) and ``log_px_mc_se`` (its Monte Carlo standard error),
-    ``elbo_qstar`` (L[q*] of the guide's own family, fitted with the decoder frozen, so that a decoder trained
-    without an encoder is measured the same way), ``elbo_q`` (L[q], NaN for a per-datapoint guide, which has no q
-    for these points) and the gaps; means over the points.
-    """
-    s = settings
-    table = gaps.decompose(model.model, guide, x, families=measurement_families(guide),
-                           ll_samples=s.budget_ll_samples, elbo_samples=min(s.elbo_samples, 100),
-                           steps=s.qstar_steps, lr=s.qstar_lr)
-    means = table.mean()
-    mc_se = float((table["log_px_se"] ** 2).sum() ** 0.5 / len(table))
-    return {"log_px": means["log_px"], "log_px_mc_se": mc_se, "elbo_qstar": means[f"elbo_qstar_{guide.family}"],
-            "elbo_q": means["elbo_q"], "approximation_gap": means["approximation_gap"],
-            "amortization_gap": means["amortization_gap"]}
-
-
 FLAT_RISE = budgets.FLAT_RISE
 
 
@@ -635,84 +558,3 @@ def budget_comparisons(budget: pd.DataFrame) -> pd.DataFrame:
                      "log_px_best": best["log_px"], "best_epoch": int(best["epoch"]), "rise_last_third": rise,
                      "flattened": bool(rise < FLAT_RISE)})
     return pd.DataFrame(rows)
-
-
-def across_seeds(table: pd.DataFrame) -> pd.DataFrame:
-    """:attr:`Result.table` over seeds: one row per (guide, split) with the mean of every column across seeds
-    and, for each, ``<column>_seed_sd``, the standard deviation across seeds (NaN for one seed)."""
-    values = table.drop(columns="seed")
-    groups = values.groupby(["guide", "split"], sort=False)
-    mean, sd = groups.mean().reset_index(), groups.std(ddof=1).reset_index()
-    return pd.concat([mean, sd.drop(columns=["guide", "split"]).add_suffix("_seed_sd")], axis=1)
-
-
-def evaluate(model, guide, ds: data.Dataset, settings: Settings = Settings(),
-             splits: Sequence[str] = ("train", "test"), sizes: Optional[dict] = None):
-    """The gap decomposition of a trained ``model`` and ``guide`` on the first ``n_eval`` points of each split
-    (``sizes``: split -> how many instead, None for all of it).
-
-    Training points are given with their ``idx`` (every guide has a q for them); test points
-    without (a per-datapoint guide has none there, and only q* is fitted). The exact log p(x)
-    is added where the model has one. Returns ``(summary, per_point)``: one row per split
-    (:func:`summary_row`), and :func:`pyro_vae.gaps.decompose`'s rows with a ``split`` column.
-    """
-    s = settings
-    exact = getattr(model, "log_marginal", None)
-    summaries, points = [], []
-    for split in splits:
-        n = (sizes or {}).get(split, s.n_eval)
-        n = len(ds.split(split)) if n is None else min(n, len(ds.split(split)))
-        x = ds.split(split)[:n].to(s.device)
-        idx = torch.arange(n, device=s.device) if split == "train" else None
-        table = gaps.decompose(model.model, guide, x, idx, families=s.families, ll_samples=s.ll_samples,
-                               ais_steps=s.ais_steps,
-                               elbo_samples=s.elbo_samples, exact=exact, steps=s.qstar_steps, lr=s.qstar_lr,
-                               progress=s.progress)
-        points.append(table.assign(split=split))
-        summaries.append({"split": split, **summary_row(table)})
-    return pd.DataFrame(summaries), pd.concat(points)
-
-
-def summary_row(table: pd.DataFrame) -> dict:
-    """:func:`pyro_vae.gaps.summarize` as one flat row: ``q``, ``q_se`` (across datapoints), ``q_mc_se`` (Monte Carlo)."""
-    row = {}
-    for quantity, (mean, se, mc_se) in gaps.summarize(table)[["mean", "se", "mc_se"]].iterrows():
-        row[quantity], row[f"{quantity}_se"], row[f"{quantity}_mc_se"] = mean, se, mc_se
-    return row
-
-
-@torch.no_grad()
-def latent_frame(result: Result, ds: data.Dataset, n: int = 500) -> pd.DataFrame:
-    """Means of q(z | x) (estimated from draws for a flow) for the first ``n`` training points, per guide,
-    projected on their two principal axes.
-
-    Columns: guide, z1, z2, label. Training points, because every guide (the
-    per-datapoint ones too) has a q for them.
-    """
-    n = min(n, len(ds.train))
-    labels = ds.train_labels[:n] if ds.train_labels is not None else torch.zeros(n, dtype=torch.long)
-    frames = []
-    for name, guide in result.guides.items():
-        device = next(guide.parameters()).device
-        q = guide.distribution(ds.train[:n].to(device), torch.arange(n, device=device))
-        means = gaps.as_gaussian(q).mean.cpu()  # a flow's mean, estimated
-        centred = means - means.mean(0)
-        _, _, V = torch.linalg.svd(centred, full_matrices=False)
-        proj = centred @ V[:2].T if means.shape[1] > 1 else torch.cat([centred, torch.zeros_like(centred)], 1)
-        frames.append(pd.DataFrame({"guide": name, "z1": proj[:, 0].numpy(), "z2": proj[:, 1].numpy(),
-                                    "label": labels.numpy()}))
-    return pd.concat(frames, ignore_index=True)
-
-
-@torch.no_grad()
-def image_rows(result: Result, ds: data.Dataset, n: int = 10) -> dict:
-    """Rows for :func:`pyro_vae.plots.image_grid`: training images, each guide's reconstructions
-    (decoder mean at the mean of q) and samples (decoder mean at z ~ p(z))."""
-    rows = {"data": ds.train[:n]}
-    for name, guide in result.guides.items():
-        model = result.models[name]
-        x, idx = ds.train[:n].to(model.device), torch.arange(n, device=model.device)
-        rows[f"{name}: reconstruction"] = model.mean(gaps.as_gaussian(guide.distribution(x, idx)).mean).cpu()
-    for name, model in result.models.items():
-        rows[f"{name}: sample"] = model.sample_mean(n).cpu()
-    return rows

@@ -156,7 +156,8 @@ def differences(table: pd.DataFrame, title: str = "Each decoder against the norm
             curve = table[(table["guide"] == arm) & (table["split"] == "validation") & (table["budget"] == budget)
                           & (table["value"] > 0)]
             # best-so-far values: a step at each measurement, nothing drawn between two as a slope
-            ax.plot(curve["value"], curve["mean"], color=colours[arm], label=f"{arm}: validation", drawstyle="steps-post")
+            ax.plot(curve["value"], curve["mean"], color=colours[arm], label=f"{arm}: validation",
+                    drawstyle="steps-post")
             ax.fill_between(curve["value"], curve["low"], curve["high"], color=colours[arm], alpha=0.2, step="post")
             test = table[(table["guide"] == arm) & (table["split"] == "test") & (table["budget"] == budget)]
             if len(test):

@@ -179,3 +179,61 @@ def cost_table(cost: pd.DataFrame, num_data: int) -> str:
 
 def _ms(value: float) -> str:
     return f"{value:,.0f}".replace(",", " ") if value >= 100 else f"{value:.2g}" if value < 1 else f"{value:.1f}"
+
+
+def budget_name(budget: str, value: float) -> str:
+    """A budget of :func:`pyro_vae.budgets.differences` as a heading: "100 epochs", "10 s", "selected checkpoint"."""
+    if budget == "selected":
+        return "selected checkpoint"
+    return f"{value:g} epochs" if budget == "epochs" else f"{value:g} s"
+
+
+def difference_table(differences: pd.DataFrame, split: str = "test", digits: int = 2) -> str:
+    """A study's paired differences (``differences.csv``) on ``split``: one row per arm, one column per
+    pre-registered budget and the selected checkpoint, each cell the mean difference from the ``normal`` encoder's
+    decoder with its 95% interval over seeds (nats per datapoint; positive: the arm's decoder is better), in bold
+    where the interval excludes 0."""
+    part = differences[(differences["split"] == split)]
+    columns = list(dict.fromkeys(budget_name(b, v) for b, v in zip(part["budget"], part["value"])))
+    rows = []
+    for guide, g in part.groupby("guide", sort=False):
+        cells = {budget_name(r["budget"], r["value"]): (f"**{interval(r, digits)}**" if r["resolved"] else
+                                                         interval(r, digits)) for _, r in g.iterrows()}
+        rows.append([label(guide)] + [cells.get(c, "—") for c in columns])
+    return markdown(pd.DataFrame(rows, columns=["decoder trained with"] + columns))
+
+
+def selection_table(selection: pd.DataFrame, tests: pd.DataFrame, digits: int = 2) -> str:
+    """Where validation chose each arm's checkpoint (``selection.csv``) and what test read there
+    (``test_at_budgets.csv``): the selected epoch and training seconds (mean ± sd over seeds), the validation
+    log p(x) there, how many seeds' validation curves flattened, and the test log p(x) at the selected checkpoint."""
+    rows = []
+    selected = tests[tests["budget"] == "selected"]
+    for guide, g in selection.groupby("guide", sort=False):
+        test = selected[selected["guide"] == guide]["log_px"]
+        epoch = f"{g['selected_epoch'].mean():.0f}"
+        if len(g) > 1:
+            epoch += f" ± {g['selected_epoch'].std(ddof=1):.0f}"
+        rows.append([label(guide), epoch, cell(g["selected_seconds"], True, 1),
+                     cell(g["validation_log_px"], True, digits), f"{int(g['flattened'].sum())} of {len(g)}",
+                     cell(test, True, digits)])
+    return markdown(pd.DataFrame(rows, columns=["decoder trained with", "selected epoch", "its training seconds",
+                                                "validation log p(x)", "curves flattened", "test log p(x) there"]))
+
+
+def sign_changes(differences: pd.DataFrame, split: str = "validation") -> pd.DataFrame:
+    """Where a paired difference's mean changes sign along a budget axis (``differences.csv`` rows of ``split``):
+    one row per change with the arm, the axis (``epochs`` or ``seconds``), the last budget before and the first
+    after it, and the means there."""
+    rows = []
+    part = differences[(differences["split"] == split) & (differences["budget"] != "selected")]
+    for (guide, budget), g in part.groupby(["guide", "budget"], sort=False):
+        g = g.sort_values("value")
+        signs = np.sign(g["mean"].to_numpy())
+        for i in range(1, len(g)):
+            if signs[i] != signs[i - 1] and signs[i] != 0 and signs[i - 1] != 0:
+                rows.append({"guide": guide, "budget": budget, "before": g["value"].iloc[i - 1],
+                             "after": g["value"].iloc[i], "mean_before": g["mean"].iloc[i - 1],
+                             "mean_after": g["mean"].iloc[i]})
+    return pd.DataFrame(rows, columns=["guide", "budget", "before", "after", "mean_before", "mean_after"])
+

@@ -295,7 +295,7 @@ class CompareSettings(DataModelSettings):
     test is read once, on the whole test split, at it and at the best measurement at or below each
     ``test_epochs`` and ``budget_seconds`` budget.
     ``encoder_widths``: after training, new ``normal`` encoders of these widths train on the decoder of the
-    ``normal`` guide, held fixed (:func:`pyro_vae.compare.encoder_width_sweep`); empty: no sweep.
+    ``normal`` guide, held fixed (:func:`pyro_vae.measure.encoder_width_sweep`); empty: no sweep.
     ``workers``: trainings run in that many processes at once, each with an equal share of the cores
     (CPU only). Each training is seeded by its own seed alone, so the tables do not depend on it.
     """

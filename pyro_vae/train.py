@@ -87,7 +87,7 @@ def fit(model, guide, data, *, epochs: int, batch_size: int = 128, optim=None, l
         True the run stops after that epoch's checkpoint (early stopping; one process only).
     :param train_model: False holds the model's parameters fixed for the whole run (every ``svi.step`` runs
         with the model frozen, as a guide-only step does): only the guide trains, e.g. a new encoder for a
-        trained decoder (:func:`pyro_vae.compare.encoder_width_sweep`).
+        trained decoder (:func:`pyro_vae.measure.encoder_width_sweep`).
     :param distributed: data-parallel training, one process per core or GPU: call ``fit`` on every rank of a
         process group (``torchrun``, then :func:`pyro_vae.distributed.init`). ``batch_size`` is the global batch,
         each rank takes ``batch_size / P`` rows of its fixed shard of the training set, and the step is Pyro's

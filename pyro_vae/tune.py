@@ -11,7 +11,7 @@ Usage::
 
 Each trial trains a decoder with the arm's guide from ``seed`` for ``epochs`` epochs (the equal budget) with the
 trial's learning rates, and scores it by log p(x) on the first ``budget_points`` **validation** points
-(:func:`pyro_vae.compare.budget_row`: importance sampling from q* fitted with the decoder frozen, so an encoder-
+(:func:`pyro_vae.measure.budget_row`: importance sampling from q* fitted with the decoder frozen, so an encoder-
 trained and a mean-field-trained decoder are measured alike); the test split is never read. The search space
 (:data:`SPACE`): the Adam learning rate of the networks (``lr``, decoder and encoder together), of a per-datapoint
 guide's rows (``local_lr``), and with ``tune_steps`` T, the guide's steps per batch (``local_steps``: for an
@@ -32,7 +32,8 @@ from pathlib import Path
 import pandas as pd
 
 from . import data, folders
-from .compare import budget_row, build_training, optimizer_and_loss
+from .compare import build_training, optimizer_and_loss
+from .measure import budget_row
 from .errors import InputError
 from .settings import CompareSettings, TuneSettings
 from .train import fit

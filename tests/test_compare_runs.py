@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pyro_vae import budgets, compare, data, folders, load_run
+from pyro_vae import budgets, compare, data, folders, load_run, measure
 
-TINY = dict(data="linear-gaussian", guides=("normal", "meanfield"), local_steps=(1,), families=("normal",), z_dim=2, hidden=(16,), epochs=4,
-            n_eval=10, ll_samples=50, elbo_samples=10, qstar_steps=20, progress=False, budget_epochs=[1, 2, 3],
-            test_epochs=[2, 4], budget_seconds=[1e-9, 1e9], budget_points=20, budget_ll_samples=50)
+TINY = dict(data="linear-gaussian", guides=("normal", "meanfield"), local_steps=(1,), families=("normal",), z_dim=2,
+            hidden=(16,), epochs=4, n_eval=10, ll_samples=50, elbo_samples=10, qstar_steps=20, progress=False,
+            budget_epochs=[1, 2, 3], test_epochs=[2, 4], budget_seconds=[1e-9, 1e9], budget_points=20, budget_ll_samples=50)
 #: the columns that hold wall-clock time (they differ between any two runs)
 CLOCK = {"seconds", "selected_seconds", "train_seconds", "budget_seconds", "evaluate_seconds", "sweep_seconds",
          "infer_ms_per_new_point", "run"}
@@ -72,7 +72,7 @@ def test_the_curves_are_measured_on_validation_at_the_declared_epochs(study, lg)
         "guide == 'normal' and seed == 0 and budget == 'selected'")["epoch"].iloc[0]))
     s = compare.Settings(**TINY)
     torch.manual_seed(0)
-    again = compare.budget_row(run.model, run.guide, lg.validation[:20], s)["log_px"]
+    again = measure.budget_row(run.model, run.guide, lg.validation[:20], s)["log_px"]
     row = curve[curve["epoch"] == run_epoch(result, "normal", 0)].iloc[0]
     assert abs(again - row["log_px"]) < 5 * row["log_px_mc_se"] + 0.05
 

@@ -73,3 +73,37 @@ def test_the_tuning_table_shows_what_each_arm_tuned():
     lines = report.tuning_table(bests).splitlines()
     assert lines[2] == "| `normal` encoder | 0.00398 | — | — | −22.936 | 10 | 100 |"
     assert lines[3] == "| `meanfield`, T = 5 | 0.00846 | 0.143 | 5 | −23.300 | 10 | 100 |"
+
+
+def _differences():
+    """Two arms against the normal encoder at two test budgets and the selected checkpoint, known by hand."""
+    from pyro_vae import budgets
+
+    rows = []
+    for seed, (base, mf, mvn) in enumerate([(-22.0, -22.5, -21.9), (-22.2, -22.6, -22.0), (-22.1, -22.7, -22.3)]):
+        for budget, value, shift in (("epochs", 100.0, 0.0), ("seconds", 3.0, -1.0), ("selected", np.nan, 0.0)):
+            for guide, v in (("normal", base), ("meanfield", mf + shift), ("mvn", mvn)):
+                rows.append({"guide": guide, "seed": seed, "budget": budget, "value": value, "log_px": v})
+    tests = pd.DataFrame(rows)
+    curves = pd.DataFrame([{"guide": g, "seed": s, "epoch": e, "seconds": float(e), "log_px": v}
+                           for s in range(3) for g, v in (("normal", -22.0), ("meanfield", -22.4), ("mvn", -21.0))
+                           for e in (0, 1)])
+    return budgets.differences(curves, tests)
+
+
+def test_the_difference_table_marks_resolved_intervals_in_bold():
+    text = report.difference_table(_differences())
+    lines = text.splitlines()
+    assert lines[0] == "| decoder trained with | 100 epochs | 3 s | selected checkpoint |"
+    # meanfield minus normal: -0.5, -0.4, -0.6 at 100 epochs (resolved), -1.5, -1.4, -1.6 at 3 s
+    assert lines[2].startswith("| `meanfield`, T = 1 | **−0.50 [−0.75, −0.25]** | **−1.50 [−1.75, −1.25]** |")
+    # mvn minus normal: +0.1, +0.2, -0.2: not resolved, not bold
+    assert lines[3].startswith("| `mvn` encoder | +0.03 [−0.48, +0.55] |")
+
+
+def test_sign_changes_name_the_budgets_between_which_the_order_turns():
+    d = pd.DataFrame({"guide": "meanfield", "split": "validation", "budget": "epochs",
+                      "value": [1.0, 10.0, 100.0, 300.0], "mean": [-1.0, -0.2, 0.1, 0.3], "low": np.nan,
+                      "high": np.nan, "seeds": 3, "resolved": False})
+    changes = report.sign_changes(d)
+    assert changes[["before", "after"]].values.tolist() == [[10.0, 100.0]]
