@@ -167,6 +167,9 @@ def parser() -> argparse.ArgumentParser:
                    help="samples (and reconstructions) to draw (default: 64); for image data at most the test split, "
                         "whose images are reconstructed")
     m.add_argument("--seed", type=int, default=0, help="seeds the draws (default: 0)")
+    m.add_argument("--at", default=None, metavar="selected|EPOCH",
+                   help="for a run of a study: draw from the weights it kept at 'selected' (chosen on validation) or "
+                        "at an epoch a budget chose (default: the last epoch)")
     m.add_argument("--out", default=None,
                    help="output file: .png, .pdf or .svg for image data, .csv otherwise; a folder gets samples.png or "
                         "samples.csv in it (default: RUN)")
@@ -340,7 +343,8 @@ def cmd_evaluate(paths: List[str], s: settings.EvaluateSettings) -> None:
         if Path(path).is_dir() and not os.access(path, os.W_OK | os.X_OK):
             raise InputError(f"evaluate writes {EVALUATION['table']} into each run, and {path} is not writable: make "
                              f"it writable, or copy the run.")
-    loaded = [runs.load_run(path, device=cfg["device"]) for path in paths]  # every run checked before any work
+    at = runs.kept_weights(cfg["at"])
+    loaded = [runs.load_run(path, device=cfg["device"], at=at) for path in paths]  # every run checked before any work
     names = [run.name for run in loaded]
     if len(set(names)) < len(names):
         raise InputError(f"evaluate: two runs share a folder name ({', '.join(names)}); tables label runs by it.")
@@ -415,7 +419,7 @@ def sample_path(run_path: Path, out: Optional[str], image: bool) -> Path:
 def cmd_sample(cfg: dict) -> None:
     from . import plots
 
-    run = runs.load_run(cfg["run"])
+    run = runs.load_run(cfg["run"], at=runs.kept_weights(cfg["at"]))
     image = runs.is_image(run.data)
     out = sample_path(run.path, cfg["out"], image)
     n = cfg["n"]

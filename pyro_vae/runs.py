@@ -356,6 +356,16 @@ def saved_config(path, what: str = "load_run") -> dict:
 SELECTED, KEPT = "selected.pt", "kept"
 
 
+def kept_weights(at: Optional[str]):
+    """``--at`` as :func:`load_run` takes it: None, ``"selected"``, or an epoch (a count, given as text)."""
+    if at is None or at == "selected":
+        return at
+    if not (isinstance(at, str) and at.isdigit()):
+        raise RunError(f"--at {at!r}: give 'selected' (the checkpoint a study chose on validation) or the epoch of "
+                       f"weights it kept (the run's kept/epoch-E.pt).")
+    return int(at)
+
+
 def load_run(path, device: str = "cpu", at=None) -> Run:
     """The run in folder ``path``, rebuilt from ``config.json`` and its checkpoint, on ``device``.
 

@@ -362,6 +362,9 @@ class EvaluateSettings(Settings):
 
     split: list = option(["train", "test"], "splits to evaluate (the first --n-eval points of each)",
                          choices=lambda: ["train", "validation", "test"], many=True)
+    at: Optional[str] = option(None, "for runs of a study: evaluate the weights it kept at 'selected' (the checkpoint "
+                               "chosen on validation) or at an epoch a budget chose (default: the last epoch)",
+                               optional=True, metavar="selected|EPOCH")
     n_eval: int = option(200, "points evaluated per split", "int>=1")
     ll_samples: int = option(5000, "importance samples for log p(x)", "int>=1")
     ais_steps: int = option(0, AIS_HELP, "int>=0")

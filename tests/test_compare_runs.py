@@ -248,3 +248,31 @@ def test_selection_and_flattening_read_known_curves():
     falling = pd.DataFrame({"epoch": [0, 1, 2, 3], "log_px": [-9.0, -4.0, -4.2, -4.1]})
     assert budgets.stopped(falling, patience=2) and not budgets.stopped(falling, patience=3)
     assert not budgets.stopped(falling, patience=None)
+
+
+def test_evaluate_at_the_selected_checkpoint_reads_what_the_study_read(study, lg, tmp_path):
+    """The study's test read is measure.evaluate of the selected weights, seeded by the run's seed: done again from the
+    run folder it gives the same numbers; `pyro-vae evaluate RUN --at selected` reads the same weights (other draws:
+    within the Monte Carlo error)."""
+    import shutil
+
+    import pyro
+
+    from pyro_vae import cli
+
+    out, result = study
+    theirs = result.tests.query("guide == 'normal' and seed == 0 and budget == 'selected'").iloc[0]
+    run = load_run(out / "runs" / "normal-seed0", at="selected")
+    pyro.set_rng_seed(0)
+    summary, _ = measure.evaluate(run.model, run.guide, run.data, compare.Settings(**TINY), ("train", "test"),
+                                  sizes={"train": TINY["n_eval"], "test": None})
+    again = summary.set_index("split").loc["test"]
+    for column in ("log_px", "elbo_q", "elbo_qstar_normal", "amortization_gap"):
+        assert again[column] == pytest.approx(theirs[column], abs=1e-6), column
+    copy = tmp_path / "normal-seed0"
+    shutil.copytree(out / "runs" / "normal-seed0", copy)
+    flags = ["--split", "test", "--n-eval", str(len(lg.test)), "--ll-samples", "50", "--elbo-samples", "10",
+             "--qstar-steps", "20", "--families", "normal", "--no-progress"]
+    assert cli.main(["evaluate", str(copy), "--at", "selected", *flags]) == 0
+    mine = pd.read_csv(copy / "evaluation.csv").iloc[0]
+    assert abs(mine["log_px"] - theirs["log_px"]) < 4 * math.hypot(mine["log_px_mc_se"], theirs["log_px_mc_se"]) + 0.01
