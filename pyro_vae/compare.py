@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
-import numpy as np
 import pandas as pd
 import pyro
 import torch
@@ -265,7 +264,7 @@ def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: st
         "selected_epoch": int(selected["epoch"]), "selected_seconds": float(selected["seconds"]),
         "train_seconds": float(history["seconds"].sum()), "budget_seconds": spent["measure"],
         "evaluate_seconds": test_seconds, "sweep_seconds": sweep_seconds,
-        "budget_points": len(x_val), "run": str(folder),
+        "budget_points": len(x_val), "run": f"runs/{folder.name}",  # relative to the study: it moves with it
     }
     folders.write_csv(tests.assign(**labels), folder / RUN_FILES["tests"])
     folders.write_csv(results.assign(**labels), folder / RUN_FILES["results"])
@@ -472,7 +471,7 @@ def selection(result: Result) -> pd.DataFrame:
         rows.append({"guide": guide, "seed": seed, "selected_epoch": int(sel["epoch"]),
                      "selected_seconds": sel["seconds"], "validation_log_px": sel["validation_log_px"],
                      "epochs_trained": int(curve["epoch"].max()), **budgets.flattened(curve),
-                     "run": str(result.runs[(guide, seed)])})
+                     "run": f"runs/{result.runs[(guide, seed)].name}"})
     return pd.DataFrame(rows)
 
 
@@ -493,7 +492,7 @@ def write_study(result: Result, ds: data.Dataset, s: Settings, out: Path) -> lis
     """The study's tables and figures at the top of ``out``; returns their names. Every row names its run."""
     from . import plots
 
-    runs_column = {key: str(path) for key, path in result.runs.items()}
+    runs_column = {key: f"runs/{path.name}" for key, path in result.runs.items()}  # relative to the study
     tables = {"results.csv": result.table, "test_at_budgets.csv": result.tests, "cost.csv": result.cost,
               "per_point.csv": result.per_point, "history.csv": result.histories, "budget.csv": result.budget,
               "differences.csv": result.differences, "selection.csv": selection(result)}
@@ -526,35 +525,3 @@ def write_study(result: Result, ds: data.Dataset, s: Settings, out: Path) -> lis
     for fname, fig in figures.items():
         plots.save(fig, out / fname)
     return list(tables) + list(figures)
-
-
-FLAT_RISE = budgets.FLAT_RISE
-
-
-def budget_comparisons(budget: pd.DataFrame) -> pd.DataFrame:
-    """The comparisons of the studies written before the validation protocol (``docs/q3``, whose curves were
-    measured on test points every 30 epochs): one row per (guide, seed), nats per datapoint. Kept to read those
-    files until they are re-run; a study of this version reads its budgets with :mod:`pyro_vae.budgets`.
-
-    - ``log_px_equal_epochs``: at the last epoch, which every training of a run reaches;
-    - ``equal_seconds`` and ``log_px_equal_seconds``: at the training time of that seed's quickest
-      training, by linear interpolation of the curve against seconds (it starts at the untrained decoder,
-      0 seconds), so that every training is judged after the same wall-clock time;
-    - ``log_px_best`` and ``best_epoch``: the curve's highest point, the comparison at convergence when
-      the curve has ``flattened``: it rose less than :data:`FLAT_RISE` over the last third of the epochs
-      (``rise_last_third``; negative when the decoder is past its best, e.g. overfitting).
-    """
-    rows = []
-    quickest = budget.groupby(["seed", "guide"])["seconds"].max().groupby(level="seed").min()
-    for (guide, seed), curve in budget.groupby(["guide", "seed"], sort=False):
-        curve = curve.sort_values("epoch")
-        last = curve.iloc[-1]
-        earlier = curve[curve["epoch"] <= last["epoch"] * 2 / 3].iloc[-1]
-        best = curve.loc[curve["log_px"].idxmax()]
-        rise = last["log_px"] - earlier["log_px"]
-        rows.append({"guide": guide, "seed": seed, "epochs": int(last["epoch"]),
-                     "log_px_equal_epochs": last["log_px"], "equal_seconds": quickest[seed],
-                     "log_px_equal_seconds": float(np.interp(quickest[seed], curve["seconds"], curve["log_px"])),
-                     "log_px_best": best["log_px"], "best_epoch": int(best["epoch"]), "rise_last_third": rise,
-                     "flattened": bool(rise < FLAT_RISE)})
-    return pd.DataFrame(rows)

@@ -76,7 +76,7 @@ def paired_differences(results: pd.DataFrame, baseline: str = "normal", split: s
     """Per decoder, ``column`` minus the baseline decoder's on the same seed and the same points, over seeds.
 
     ``results`` has columns ``guide``, ``seed``, ``column`` and, unless ``split`` is None, ``split`` (a
-    ``results.csv`` or a ``budget_comparisons.csv``).
+    ``results.csv`` or a ``test_at_budgets.csv`` part).
 
     Within a seed both decoders are measured on the same datapoints, so the difference of their means is the mean of
     the per-datapoint differences. Returns one row per other decoder with ``mean``, ``sd`` (across seeds),
@@ -137,29 +137,6 @@ def interval(row, digits: int = 2) -> str:
     if not np.isfinite(row["low"]):
         return signed(row["mean"])
     return f"{signed(row['mean'])} [{signed(row['low'])}, {signed(row['high'])}]"
-
-
-def budget_table(comparisons: pd.DataFrame, results: pd.DataFrame = None, digits: int = 2) -> str:
-    """The budget comparisons of a study (``budget_comparisons.csv``): per decoder, test log p̂(x) at equal epochs,
-    at equal seconds and at the best point of its curve (with the epoch), and, given ``results``, the 200-point
-    test log p(x) with its paired difference against the ``normal`` encoder's decoder."""
-    diffs = paired_differences(results) if results is not None else None
-    rows = []
-    for guide, g in comparisons.groupby("guide", sort=False):
-        flat = int(g["flattened"].sum())
-        best = f"{cell(g['log_px_best'], True, digits)} ({g['best_epoch'].mean():.0f} ± {g['best_epoch'].std(ddof=1):.0f})"
-        row = [label(guide), cell(g["log_px_equal_epochs"], True, digits), cell(g["log_px_equal_seconds"], True, digits),
-               best, f"{flat} of {len(g)}"]
-        if results is not None:
-            test = results[(results["guide"] == guide) & (results["split"] == "test")]["log_px"]
-            row.append(cell(test, True, 3) + ("" if guide not in diffs.index else f" ({interval(diffs.loc[guide])})"))
-        rows.append(row)
-    epochs = int(comparisons["epochs"].iloc[0])
-    seconds = comparisons["equal_seconds"].mean()
-    columns = [f"equal epochs ({epochs})", f"equal seconds ({seconds:.1f} s)", "best of the curve (epoch)", "flattened"]
-    if results is not None:
-        columns.append(f"{len(results['seed'].unique())} seeds, test, epoch {epochs} (paired vs `normal`, 95% interval)")
-    return markdown(pd.DataFrame(rows, columns=["decoder trained with"] + columns))
 
 
 def cost_table(cost: pd.DataFrame, num_data: int) -> str:

@@ -55,7 +55,8 @@ def test_every_training_is_a_run_folder_that_load_run_reads(study, lg):
     for name in ("config.json", "results.csv", "test_at_budgets.csv", "cost.csv", "budget.csv", "differences.csv",
                  "selection.csv", "differences.png", "budget.png"):
         assert (out / name).exists(), name
-    assert set(pd.read_csv(out / "results.csv")["run"]) == {str(p) for p in result.runs.values()}
+    assert set(pd.read_csv(out / "results.csv")["run"]) == {f"runs/{p.name}" for p in result.runs.values()}
+    assert all((out / run).is_dir() for run in pd.read_csv(out / "results.csv")["run"])  # relative to the study
 
 
 def test_the_curves_are_measured_on_validation_at_the_declared_epochs(study, lg):
