@@ -110,6 +110,7 @@ def check(settings: Settings, ds: Optional[data.Dataset] = None) -> None:
     guide's family among the q* families, the budgets (:func:`pyro_vae.budgets.check`), and (given the data set
     ``ds``) a validation split and models and guides that fit in memory."""
     s = settings
+    s.check()  # every value of its kind, each list's values once (settings built in a script are not checked)
     for name in s.guides:
         family = guides.get(name).family
         if family not in s.families:

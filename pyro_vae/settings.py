@@ -34,10 +34,11 @@ KINDS = ("int", "int>=0", "int>=1", "float>0", "str", "bool", "device")
 
 def option(default, help: str, kind: str = "str", *, choices: Optional[Callable[[], Sequence]] = None,
            many: bool = False, optional: bool = False, flags: Sequence[str] = (), metavar: Optional[str] = None,
-           negate: bool = False):
+           negate: bool = False, repeats: bool = False):
     """A settings field: its default and what the command line needs to offer it as a flag.
 
-    :param kind: one of :data:`KINDS`; ``many`` makes it a list of them (``nargs="+"``).
+    :param kind: one of :data:`KINDS`; ``many`` makes it a list of them (``nargs="+"``), each value once unless
+        ``repeats`` (hidden widths may repeat; a guide, T or budget named twice would train or read the same twice).
     :param choices: a function returning the allowed values (called late: registries fill at import).
     :param optional: None is allowed (and means "the default of whatever reads it").
     :param flags: the flag names (default ``--`` + the name with dashes); ``negate`` makes a boolean field
@@ -46,7 +47,7 @@ def option(default, help: str, kind: str = "str", *, choices: Optional[Callable[
     if kind not in KINDS:
         raise InputError(f"unknown kind {kind!r}; choose one of {KINDS}.")
     meta = {"help": help, "kind": kind, "choices": choices, "many": many, "optional": optional,
-            "flags": tuple(flags), "metavar": metavar, "negate": negate}
+            "flags": tuple(flags), "metavar": metavar, "negate": negate, "repeats": repeats}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -157,6 +158,11 @@ class Settings:
             if meta["many"] and not isinstance(value, (list, tuple)):
                 raise InputError(f"{f.name}{where} must be a list, got {value!r} ({flag} takes one or more values).")
             values = value if meta["many"] else [value]
+            if meta["many"] and not meta["repeats"]:
+                twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+                if twice is not None:
+                    raise InputError(f"{f.name}{where} names {twice!r} twice ({flag} takes each value once): drop "
+                                     f"the repeat.")
             for v in values:
                 problem = _problem(meta["kind"], v)
                 if problem:
@@ -224,7 +230,7 @@ class DataModelSettings(Settings):
     z_dim: int = option(8, "latent dimension", "int>=1")
     activation: str = option("relu", "nonlinearity of decoder and encoder (elu: Cremer, Li & Duvenaud's)",
                              choices=lambda: ["relu", "elu"])
-    hidden: list = option([256], "hidden widths of decoder and encoder", "int>=1", many=True)
+    hidden: list = option([256], "hidden widths of decoder and encoder", "int>=1", many=True, repeats=True)
     batch_size: int = option(128, "mini-batch size", "int>=1")
     lr: float = option(1e-3, "Adam learning rate of decoder and encoder", "float>0")
     local_lr: float = option(1e-2, "learning rate of per-datapoint guide parameters (meanfield, local_mvn)",

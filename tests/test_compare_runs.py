@@ -229,6 +229,7 @@ def test_the_result_files_alone_let_a_study_continue_elsewhere(lg, study, tmp_pa
     ({"test_epochs": [3, 5]}, "test_epochs .5. are not measured on validation"),
     ({"budget_seconds": [10.0, 1.0]}, "budget_seconds must be increasing"),
     ({"budget_points": 10 ** 6}, "is more than the validation split's"),
+    ({"local_steps": (1, 1)}, "local_steps names 1 twice"),
 ])
 def test_bad_budgets_are_refused_before_any_work(lg, tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
