@@ -9,9 +9,29 @@ from pyro_vae.errors import InputError
 _REGISTRY: Dict[str, type] = {}
 
 
-def register(name: str):
-    """Class decorator: add a guide class to the registry under ``name``."""
+def _same(a: type, b: type) -> bool:
+    """Whether two classes are one class defined again (a module re-run, a notebook cell executed twice)."""
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+
+def register(name: str, replace: bool = False):
+    """Class decorator: add a guide class to the registry under ``name``.
+
+    A name another class holds (a built-in one included) is refused unless ``replace``; the same class defined again
+    (its module re-imported, a notebook cell run twice) takes its name back. The class must implement the one hook,
+    ``distribution(x, idx)``.
+
+    :raises InputError: when ``name`` is taken, or the class has no ``distribution``.
+    """
     def deco(cls):
+        owner = next((k for k in cls.__mro__ if "distribution" in vars(k)), None)
+        if owner is None or (owner.__module__, owner.__qualname__) == ("guides.base", "Guide"):
+            raise InputError(f"register({name!r}): {cls.__qualname__} has no distribution(x, idx), the hook every "
+                             f"guide implements: define it to return q(z | x, idx) as a torch distribution.")
+        held = _REGISTRY.get(name)
+        if held is not None and not replace and not _same(held, cls):
+            raise InputError(f"register({name!r}): the name is taken by {held.__module__}.{held.__qualname__}: "
+                             f"choose another name, or pass replace=True to replace it.")
         _REGISTRY[name] = cls
         cls.registry_name = name
         return cls
@@ -26,7 +46,8 @@ def names() -> List[str]:
 def get(name: str) -> Type:
     """The guide class registered under ``name``."""
     if name not in _REGISTRY:
-        raise InputError(f"unknown guide {name!r}; choose one of {names()}.")
+        raise InputError(f"unknown guide {name!r}; choose one of {names()} (a guide of your own: import its module "
+                         f"first, --import MODULE on the command line).")
     return _REGISTRY[name]
 
 

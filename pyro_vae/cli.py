@@ -181,6 +181,11 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--overwrite", action="store_true", help="replace the study (or other pyro-vae output) in --out")
     _config_flag(u, "JSON such as the config.json a study wrote, or YAML")
 
+    for command in IMPORTING:
+        sub.choices[command].add_argument(
+            "--import", action="append", dest="imports", metavar="MODULE", default=[],
+            help="import MODULE first (repeatable), so that the guides it registers can be named by --guide; a run "
+                 "of such a guide needs it again to be continued, evaluated or sampled")
     sub.add_parser("guides", help="list the guide registry")
     sub.add_parser("datasets", help="list the data sets")
     return top
@@ -473,10 +478,46 @@ def _warning_printer(show):
     return show_warning
 
 
+#: the commands that take ``--import MODULE``: those that build or read a guide
+IMPORTING = ("train", "compare", "tune", "evaluate", "sample")
+
+
+def import_user_modules(argv: List[str]) -> List[str]:
+    """Import the modules ``--import MODULE`` names (in ``argv``), before the parser offers the guides' names, so
+    that a user's ``@register``-ed guide is one of them; the current folder is searched first, as ``python`` does.
+    Returns the module names.
+
+    :raises InputError: when a module cannot be found or raises while it is imported.
+    """
+    import importlib
+
+    names = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--import"]
+    names += [a.split("=", 1)[1] for a in argv if a.startswith("--import=")]
+    if names and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            raise InputError(f"--import {name}: no module {e.name!r} here or on the path: give the module's import "
+                             f"name (my_guides for my_guides.py in the current folder).") from None
+        except Exception as e:  # the user's module raised: its message, on one line
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise InputError(f"--import {name}: importing it raised {type(e).__name__}: {first[:200]}; fix the "
+                             f"module.") from None
+    return names
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # the command line only writes figures to files
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        import_user_modules(argv)
+    except InputError as e:
+        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        return 2
     args = parser().parse_args(argv)
     cfg = vars(args)
     warnings.showwarning = _warning_printer(warnings.showwarning)

@@ -111,7 +111,19 @@ def build_guide(name: str, ds: data.Dataset, z_dim: int, hidden: Sequence[int], 
         if model is None:
             raise InputError(f"the {name} guide refines q on the model's ELBO: pass model= to build_guide.")
         kw["model"] = model.model
-    return guides.make(name, x_dim=ds.x_dim, z_dim=z_dim, hidden=tuple(hidden), num_data=len(ds.train), **kw)
+    given = {"x_dim": ds.x_dim, "z_dim": z_dim, "hidden": tuple(hidden), "num_data": len(ds.train), **kw}
+    taken = guide_arguments(name)
+    return guides.make(name, **{k: v for k, v in given.items() if taken is None or k in taken})
+
+
+def guide_arguments(name: str) -> Optional[set]:
+    """The keyword arguments the constructor of guide ``name`` names (None: it takes any, ``**kwargs``)."""
+    import inspect
+
+    parameters = inspect.signature(guides.get(name).__init__).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.name != "self"}
 
 
 def guide_options(name: str, cfg: dict) -> dict:
@@ -150,7 +162,14 @@ def model_for(cfg: dict, ds: data.Dataset):
 
 
 def guide_for(cfg: dict, ds: data.Dataset, model):
-    """The guide ``cfg`` (defaults filled in) describes, for ``model``, as it is built now (no seeding)."""
+    """The guide ``cfg`` (defaults filled in) describes, for ``model``, as it is built now (no seeding).
+
+    ``activation`` is left out for a guide whose constructor does not take it (a user's guide) when it is at its
+    default, and refused in one line when it was set (``--activation elu``)."""
+    taken = guide_arguments(cfg["guide"])
+    if taken is not None and "activation" not in taken and cfg["activation"] != DEFAULTS["activation"]:
+        raise InputError(f"the {cfg['guide']} guide takes no activation (its constructor takes "
+                         f"{', '.join(sorted(taken))}): drop --activation.")
     return build_guide(cfg["guide"], ds, cfg["z_dim"], cfg["hidden"], model=model, activation=cfg["activation"],
                        **guide_options(cfg["guide"], cfg))
 
