@@ -524,6 +524,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "guides":
             print("\n".join(guides.names()))
+            for name, why in guides.registry.broken().items():
+                print(f"{name}: broken, not loaded ({why})")
         elif args.command == "datasets":
             for name, row in data.describe().iterrows():
                 print(f"{name}: {row.train} train / {row.validation} validation / {row.test} test; licence "

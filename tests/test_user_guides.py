@@ -113,3 +113,32 @@ def test_a_bad_import_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, sour
     import re
     assert re.search(message, err), err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_packages_guides_by_entry_point_and_a_broken_one_named(tmp_path, monkeypatch, capsys):
+    """An installed package (its dist-info on the path, as pip --target writes it) registers a guide through the
+    pyro_vae.guides entry points; a broken entry point is named by `pyro-vae guides` and the others still work."""
+    site = tmp_path / "site"
+    info = site / "pv_entry_pkg-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pv-entry-pkg\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[pyro_vae.guides]\nep_fixed = pv_entry_guides:FixedScale\n"
+                                           "ep_broken = pv_no_such_module:Guide\n")
+    (site / "pv_entry_guides.py").write_text(MODULE.replace('@register("fixed_scale_{tag}")\n', ""))
+    monkeypatch.syspath_prepend(str(site))
+    try:
+        assert "ep_fixed" in guides.names() and "ep_broken" not in guides.names()
+        ds = data.load("digits", binarize="static")
+        guide = guides.make("ep_fixed", x_dim=ds.x_dim, z_dim=2, hidden=(8,), num_data=len(ds.train))
+        assert guide.distribution(ds.train[:3]).event_shape == (2,)
+        assert cli.main(["guides"]) == 0
+        printed = capsys.readouterr().out
+        assert "ep_fixed" in printed and "ep_broken: broken, not loaded (pv_no_such_module:Guide: " \
+                                         "ModuleNotFoundError" in printed
+        with pytest.raises(ValueError, match="the ep_broken guide's package failed to load it"):
+            guides.get("ep_broken")
+        out = tmp_path / "run"
+        assert cli.main(["train", "--guide", "ep_fixed", *SMALL, "--out", str(out)]) == 0
+    finally:
+        registry._REGISTRY.pop("ep_fixed", None)
+        registry._BROKEN.pop("ep_broken", None)
