@@ -258,8 +258,7 @@ def cmd_compare(s: settings.CompareSettings, overwrite: bool = False, resume: bo
             {**saved, **{k: v for k, v in (given or {}).items() if k in compare.RESUMABLE}, "out": str(out)},
             str(out / "config.json"))
     ds = runs.load_data(s.to_dict(), download=not resume)
-    compare.check(s, ds)  # every setting, before the folder is touched
-    result = compare.compare(ds, s, out, resume=resume, overwrite=overwrite)
+    result = compare.compare(ds, s, out, resume=resume, overwrite=overwrite)  # checks everything before any work
     report_study(result, s, out)
 
 

@@ -47,7 +47,7 @@ from .errors import InputError
 from . import budgets, data, folders, objectives
 from .optim import LazyAdam
 from .progress import progress_bar
-from .runs import KEPT, SELECTED, build, build_guide, build_model, guide_options  # noqa: F401  (from settings)
+from .runs import KEPT, SELECTED, build, build_guide, build_model, guide_options, kept_path  # noqa: F401
 from .settings import CompareSettings, TrainSettings
 from .train import fit
 
@@ -175,11 +175,6 @@ def optimizer_and_loss(s: Settings, model, guide):
 def finished(folder) -> bool:
     """Whether the run in ``folder`` has all its result files (:data:`RUN_FILES`)."""
     return all((Path(folder) / name).is_file() for name in RUN_FILES.values())
-
-
-def kept_path(folder, epoch: int) -> Path:
-    """The kept weights of the measurement at ``epoch``."""
-    return Path(folder) / KEPT / f"epoch-{epoch}.pt"
 
 
 def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: str, local_steps: int, seed: int,

@@ -375,6 +375,11 @@ def saved_config(path, what: str = "load_run") -> dict:
 SELECTED, KEPT = "selected.pt", "kept"
 
 
+def kept_path(folder, epoch: int) -> Path:
+    """The weights a study kept of its run in ``folder`` at the measurement of ``epoch``."""
+    return Path(folder) / KEPT / f"epoch-{epoch}.pt"
+
+
 def kept_weights(at: Optional[str]):
     """``--at`` as :func:`load_run` takes it: None, ``"selected"``, or an epoch (a count, given as text)."""
     if at is None or at == "selected":
@@ -422,7 +427,7 @@ def load_run(path, device: str = "cpu", at=None) -> Run:
         raise RunError(f"load_run: the checkpoint in {path} does not fit the model its {CONFIG} describes "
                        f"({first}): the checkpoint is damaged; train the run again.") from None
     if at is not None:
-        weights = path / SELECTED if at == "selected" else path / KEPT / f"epoch-{at}.pt"
+        weights = path / SELECTED if at == "selected" else kept_path(path, at)
         if not weights.is_file():
             kept = sorted(p.stem for p in (path / KEPT).glob("epoch-*.pt"))
             raise RunError(f"load_run: {path} keeps no weights at {at!r} ({weights.name} is not there; it keeps "
