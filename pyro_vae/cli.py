@@ -32,7 +32,7 @@ import torch
 
 import guides
 
-from . import compare, data, folders, measure, runs, settings
+from . import compare, data, folders, measure, report, runs, settings
 from .checkpoint import CHECKPOINT, CheckpointWarning
 from .errors import InputError
 
@@ -286,14 +286,13 @@ def report_study(result, s: settings.CompareSettings, out: Path) -> None:
         widths = result.encoder_widths.groupby(["split", "width", "retrained"], sort=False).mean(numeric_only=True)
         print("\nencoder widths on the normal guide's decoder (means over seeds):")
         print(widths[["encoder_params", "elbo_q", "amortization_gap"]].to_string(float_format=lambda v: f"{v:.3f}"))
-    print(f"\nwrote {out}/{{config.json, {', '.join(compare.STUDY_TABLES[:-1])}, *.png}} and a run folder per "
-          f"training in {out}/runs")
+    written = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+    print(f"\nwrote {out}/{{{', '.join(written)}}} and a run folder per training in {out}/runs")
 
 
 def format_differences(test: pd.DataFrame) -> str:
     """Test differences (:func:`pyro_vae.budgets.differences`' test rows) as one line per arm and budget."""
-    view = test.assign(at=[("selected checkpoint" if b == "selected" else f"{b} = {v:g}")
-                           for b, v in zip(test["budget"], test["value"])])
+    view = test.assign(at=[report.budget_name(b, v) for b, v in zip(test["budget"], test["value"])])
     return view[["guide", "at", "mean", "low", "high", "seeds", "resolved"]].to_string(
         index=False, float_format=lambda v: f"{v:+.3f}")
 

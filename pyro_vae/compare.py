@@ -452,11 +452,6 @@ def read_study(ds: data.Dataset, s: Settings, out: Path, jobs) -> Result:
     )
 
 
-#: the study's own files, at its top (beside config.json and the runs folder)
-STUDY_TABLES = ("results.csv", "test_at_budgets.csv", "cost.csv", "per_point.csv", "history.csv", "budget.csv",
-                "differences.csv", "selection.csv", "encoder_widths.csv")
-
-
 def selection(result: Result) -> pd.DataFrame:
     """One row per (guide, seed): the selected checkpoint's epoch and seconds, its validation log p(x), whether
     the validation curve flattened (:func:`pyro_vae.budgets.flattened`), the epochs trained, and the run folder."""
