@@ -5,6 +5,7 @@ A second estimator of log p(x) for a frozen decoder, besides importance weightin
 
     est = ais(vae.model, x)                      # Estimate: (B,) stochastic lower bounds of log p(x), nats
     est = ais(vae.model, x, z_init=z_post)       # reverse AIS from exact posterior samples: upper bounds
+    est = ais(vae.model, x, init=q_star)         # forward AIS from a fitted q(z) (batch (B,), event (K,))
     table = bdmc(vae.model, x, z_true)           # one row per datapoint: lower, upper, width (+ _se)
 
 Forward AIS (Neal 2001) anneals from the prior p(z) = f_0 to the unnormalized posterior
@@ -27,6 +28,16 @@ sample, and the two runs sandwich log p(x) (Grosse, Ghahramani & Adams 2015, San
 the marginal likelihood using bidirectional Monte Carlo; Wu, Burda, Salakhutdinov & Grosse
 2017, On the quantitative analysis of decoder-based generative models).
 
+With ``init = q`` (a proposal q(z) per datapoint, in practice the fitted q*), the path starts at
+q instead of the prior: f_t(z) = q(z)^{1 - beta_t} (p(z) p(x | z))^{beta_t}, Z_0 = 1, and
+
+    log w = sum_{t=1..T} (beta_t - beta_{t-1}) [log p(z_{t-1}) + log p(x | z_{t-1}) - log q(z_{t-1})],
+
+z_0 ~ q; the reverse run uses the same path. Both are the prior case with the "base" log p(z)
+replaced by log q(z) and the "increment" log p(x | z) by log p(z) + log p(x | z) - log q(z):
+log f_t = base + beta_t * increment. One step is importance sampling with q as proposal; for
+q = p(z | x) every increment is log p(x), and the estimate is exact.
+
 Densities come from the model itself, run under Pyro's trace with ``"z"`` conditioned, so
 any model keeping :mod:`pyro_vae.contract` works: the ``"z"`` site's unscaled log-density
 is log p(z), every other sample site's is part of log p(x | z).
@@ -43,11 +54,12 @@ import pandas as pd
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.runtime import NonlocalExit
 from pyro.poutine.util import site_is_subsample
 
-from .errors import InputError
+from .errors import InputError, InputTypeError
 from .contract import SITE
-from .estimators import Estimate
+from .estimators import Estimate, draw
 from .nets import frozen
 from .progress import progress_bar
 
@@ -113,38 +125,58 @@ def log_prior_likelihood(model: Callable, x: torch.Tensor, z: torch.Tensor) -> T
 
 
 class _State:
-    """z ``(C, B, K)`` with its log p(z), log p(x | z) ``(C, B)`` and their gradients ``(C, B, K)``, all detached."""
+    """z ``(C, B, K)`` with log f_beta(z) = base + beta * delta, base and delta ``(C, B)``, and their gradients
+    ``(C, B, K)``, all detached.
 
-    def __init__(self, model: Callable, x: torch.Tensor, z: torch.Tensor):
+    Without ``init``: base = log p(z), delta = log p(x | z), the path from the prior. With ``init = q``:
+    base = log q(z), delta = log p(z) + log p(x | z) - log q(z), the path from q.
+    """
+
+    def __init__(self, model: Callable, x: torch.Tensor, z: torch.Tensor,
+                 init: Optional[torch.distributions.Distribution] = None):
         z = z.detach().requires_grad_(True)
         prior, likelihood = log_prior_likelihood(model, x, z)
-        # two graphs that share only the leaf z: the prior's is tiny, so keeping it costs nothing
-        self.grad_prior, = torch.autograd.grad(prior.sum(), z, retain_graph=True)
-        self.grad_likelihood, = torch.autograd.grad(likelihood.sum(), z) if likelihood.requires_grad else \
-            (torch.zeros_like(z),)
-        self.z, self.prior, self.likelihood = z.detach(), prior.detach(), likelihood.detach()
+        if init is None:
+            # two graphs that share only the leaf z: the prior's is tiny, so keeping it costs nothing
+            base, grad_base = prior, torch.autograd.grad(prior.sum(), z, retain_graph=True)[0]
+            delta = likelihood
+            grad_delta, = torch.autograd.grad(likelihood.sum(), z) if likelihood.requires_grad else \
+                (torch.zeros_like(z),)
+        else:
+            joint = prior + likelihood
+            # a diverged leapfrog proposal (inf or NaN in z) is scored at 0 and given log q = -inf, so that it is
+            # rejected (its H is not finite) rather than failing q's own argument validation
+            finite = torch.isfinite(z).all(-1)  # (C, B)
+            base = init.log_prob(torch.where(finite.unsqueeze(-1), z, torch.zeros_like(z)))  # (C, B)
+            base = torch.where(finite, base, torch.full_like(base, -math.inf))  # only z's gradient is taken, not q's
+            grad_base, = torch.autograd.grad(base.sum(), z)
+            grad_joint, = torch.autograd.grad(joint.sum(), z)
+            delta, grad_delta = joint - base, grad_joint - grad_base
+        self.grad_base, self.grad_delta = grad_base, grad_delta
+        self.z, self.base, self.delta = z.detach(), base.detach(), delta.detach()
 
     def log_f(self, beta: float) -> torch.Tensor:
-        """log f_beta(z) = log p(z) + beta log p(x | z): ``(C, B)``."""
-        return self.prior + beta * self.likelihood
+        """log f_beta(z) = base + beta delta: ``(C, B)``."""
+        return self.base + beta * self.delta
 
     def grad_log_f(self, beta: float) -> torch.Tensor:
-        return self.grad_prior + beta * self.grad_likelihood
+        return self.grad_base + beta * self.grad_delta
 
     def where(self, accept: torch.Tensor, other: "_State") -> "_State":
         """``other`` where ``accept: (C, B)`` is True, else self (in place)."""
         a = accept.unsqueeze(-1)
         self.z = torch.where(a, other.z, self.z)
-        self.grad_prior = torch.where(a, other.grad_prior, self.grad_prior)
-        self.grad_likelihood = torch.where(a, other.grad_likelihood, self.grad_likelihood)
-        self.prior = torch.where(accept, other.prior, self.prior)
-        self.likelihood = torch.where(accept, other.likelihood, self.likelihood)
+        self.grad_base = torch.where(a, other.grad_base, self.grad_base)
+        self.grad_delta = torch.where(a, other.grad_delta, self.grad_delta)
+        self.base = torch.where(accept, other.base, self.base)
+        self.delta = torch.where(accept, other.delta, self.delta)
         return self
 
 
 def _hmc(model: Callable, x: torch.Tensor, state: _State, beta: float, step_size: torch.Tensor,
-         leapfrog_steps: int) -> Tuple[_State, torch.Tensor]:
-    """One HMC transition leaving f_beta invariant, for every chain at once.
+         leapfrog_steps: int, init: Optional[torch.distributions.Distribution] = None) -> Tuple[_State, torch.Tensor]:
+    """One HMC transition leaving f_beta invariant (on the path from ``init``, else from the prior), for every
+    chain at once.
 
     ``step_size: (B,)`` is the adapted step size of each datapoint; every chain uses it times its
     own uniform draw from [1 - STEP_SIZE_JITTER, 1 + STEP_SIZE_JITTER], independent of the state, so
@@ -155,13 +187,13 @@ def _hmc(model: Callable, x: torch.Tensor, state: _State, beta: float, step_size
     is not finite is rejected).
     Returns the new state and the acceptance probabilities ``(C, B)``.
     """
-    jitter = 1.0 + STEP_SIZE_JITTER * (2.0 * torch.rand_like(state.prior) - 1.0)  # (C, B)
+    jitter = 1.0 + STEP_SIZE_JITTER * (2.0 * torch.rand_like(state.base) - 1.0)  # (C, B)
     eps = (step_size * jitter).unsqueeze(-1)  # (C, B, 1), broadcasts against z: (C, B, K)
     v0 = torch.randn_like(state.z)
     v = v0 + 0.5 * eps * state.grad_log_f(beta)
     proposal = state
     for step in range(leapfrog_steps):
-        proposal = _State(model, x, proposal.z + eps * v)
+        proposal = _State(model, x, proposal.z + eps * v, init)
         v = v + (0.5 if step == leapfrog_steps - 1 else 1.0) * eps * proposal.grad_log_f(beta)
     h0 = -state.log_f(beta) + 0.5 * v0.pow(2).sum(-1)
     h1 = -proposal.log_f(beta) + 0.5 * v.pow(2).sum(-1)
@@ -182,14 +214,56 @@ def _log_mean_exp(log_w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return value, stderr
 
 
+def check_model(model: Callable, x: torch.Tensor) -> None:
+    """A one-line :class:`InputError` now, from one model evaluation on ``x[:1]``, when AIS cannot anneal ``model``:
+    it has no ``"z"`` site, or a latent site besides it (see :func:`log_prior_likelihood`)."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        trace = _trace(model, x[:1], 1)  # its draw leaves the random numbers of the estimates that follow as they were
+        if SITE not in trace.nodes:
+            raise InputError(f"ais: the model has no sample site {SITE!r} (see pyro_vae.contract).")
+        log_prior_likelihood(model, x[:1], trace.nodes[SITE]["value"].detach())
+
+
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InputError(f"ais: {name} must be an integer >= 1, got {value!r}.")
 
 
+def _z_event_shape(model: Callable, x: torch.Tensor) -> torch.Size:
+    """The event shape of the model's ``"z"`` site on ``x``, running the model only up to that site (no draw,
+    nothing after it: no likelihood is evaluated)."""
+    try:
+        with torch.no_grad():
+            poutine.escape(model, escape_fn=lambda msg: msg["name"] == SITE)(x)
+    except NonlocalExit as stop:
+        return stop.site["fn"].event_shape
+    raise InputError(f"ais: the model has no sample site {SITE!r} (see pyro_vae.contract).")
+
+
+def _check_init(model: Callable, x: torch.Tensor, init) -> int:
+    """K, once ``init`` is a distribution of batch ``(B,)`` and event ``(K,)`` matching the model's ``"z"``."""
+    if not isinstance(init, torch.distributions.Distribution):
+        raise InputTypeError(f"ais: init must be a torch distribution q(z) with batch shape (B,) and event shape (K,) "
+                             f"(e.g. a MultivariateNormal), got {type(init).__name__}.")
+    b = len(x)
+    event = tuple(_z_event_shape(model, x))
+    shapes = f"batch {tuple(init.batch_shape)}, event {tuple(init.event_shape)}"
+    if tuple(init.batch_shape) != (b,) or tuple(init.event_shape) != event:
+        raise InputError(f"ais: init must have batch shape (B,) = {(b,)} (one q per row of x) and event shape "
+                         f"{event} (the model's {SITE!r} site), got {shapes}; build it from the rows of x it scores.")
+    try:
+        mean = init.mean
+    except NotImplementedError:
+        mean = None
+    if torch.is_tensor(mean) and (mean.dtype != x.dtype or mean.device != x.device):
+        raise InputError(f"ais: init is {mean.dtype} on {mean.device} but x is {x.dtype} on {x.device}; "
+                         f"build init with x's dtype and device.")
+    return event[-1]
+
+
 def ais(model: Callable, x: torch.Tensor, *, num_chains: int = 16, num_steps: int = 500, leapfrog_steps: int = 10,
         step_size: float = 0.05, target_accept: float = 0.65, z_init: Optional[torch.Tensor] = None,
-        progress: bool = False) -> Estimate:
+        init: Optional[torch.distributions.Distribution] = None, progress: bool = False) -> Estimate:
     """log p(x) per datapoint by annealed importance sampling with HMC: an ``Estimate`` of ``(B,)``, nats.
 
     :param model: a model callable keeping :mod:`pyro_vae.contract`, e.g. ``vae.model``; its
@@ -200,7 +274,7 @@ def ais(model: Callable, x: torch.Tensor, *, num_chains: int = 16, num_steps: in
         sigmoid schedule of Grosse et al. (2015) (:func:`sigmoid_schedule`, delta = 4).
         One HMC transition per intermediate distribution f_1..f_{T-1} (the transitions at the
         two ends would not change the weight), so ``num_steps=1`` is plain importance sampling
-        with the prior as proposal (forward) or the harmonic-mean estimator (reverse).
+        with the prior (or ``init``) as proposal (forward) or the harmonic-mean estimator (reverse).
     :param leapfrog_steps: leapfrog steps per HMC transition.
     :param step_size: the initial leapfrog step size. It is adapted during annealing, as in
         Wu et al.'s code, one step size per datapoint: after each transition it is multiplied by
@@ -213,9 +287,19 @@ def ais(model: Callable, x: torch.Tensor, *, num_chains: int = 16, num_steps: in
         ``_hmc``). (An adapted step size depends on the chains' past, so the weights are exactly
         unbiased only without adaptation; its effect is far below the Monte Carlo error in the tests.)
     :param target_accept: the acceptance rate the adaptation aims at, in (0, 1).
-    :param z_init: None for forward AIS from z_0 ~ p(z) (the model's own prior). Otherwise
+    :param z_init: None for forward AIS from z_0 ~ f_0 (the model's own prior, or ``init``). Otherwise
         exact posterior samples z ~ p(z | x), ``(num_chains, B, K)`` or ``(B, K)`` (the same
-        start for every chain), and AIS runs in reverse, beta from 1 to 0.
+        start for every chain), and AIS runs in reverse, beta from 1 to 0 (to the prior, or to ``init``).
+    :param init: None to anneal from the prior. Otherwise a proposal q(z), a torch distribution with batch
+        shape ``(B,)`` (one per row of ``x``) and event shape ``(K,)``, e.g. the fitted per-datapoint q*
+        (a ``MultivariateNormal`` or a ``Normal(...).to_event(1)``; any distribution whose ``log_prob`` is
+        differentiable in z, with ``sample`` for a forward run), on x's dtype and device. The path is then
+        f_beta(z) = q(z)^(1 - beta) (p(z) p(x | z))^beta, forward runs start at z_0 ~ q (drawn by
+        :func:`pyro_vae.estimators.draw`), and the weight increments are
+        (beta_t - beta_{t-1}) [log p(z) + log p(x | z) - log q(z)]: the bounds below hold for any q, and the
+        closer q is to p(z | x), the fewer steps they need (for q = p(z | x) one step is exact). Only the
+        gradient of log q wrt z is taken; q's own parameters get none. Checked before any model evaluation
+        but the run up to the ``"z"`` site that gives K (a one-line ``InputError`` naming the shapes).
     :param progress: a progress bar over the annealing steps.
     :returns: forward: ``value`` = log mean_c w_c, a stochastic lower bound of log p(x)
         (E[w] = p(x), so E[value] <= log p(x)). Reverse: ``value`` = -log mean_c w_rev_c, a
@@ -225,7 +309,8 @@ def ais(model: Callable, x: torch.Tensor, *, num_chains: int = 16, num_steps: in
         all start from the same ``(B, K)`` sample.
 
     Cost: (num_steps - 1) * leapfrog_steps model evaluations with a gradient wrt z, each over C * B
-    rows at once (about 5 s for the defaults on 100 points of a small model, one CPU thread).
+    rows at once (about 5 s for the defaults on 100 points of a small model, one CPU thread), plus as
+    many evaluations of ``init.log_prob`` with its gradient when ``init`` is given.
     Works inside ``torch.no_grad()`` (gradients wrt z are taken under ``torch.enable_grad()``).
     The model is validated (``pyro.enable_validation``) at the first evaluation only; the
     annealing loop then runs without validation, so that a diverging leapfrog proposal is
@@ -243,18 +328,22 @@ def ais(model: Callable, x: torch.Tensor, *, num_chains: int = 16, num_steps: in
 
     forward = z_init is None
     c, b = num_chains, len(x)
+    k = None if init is None else _check_init(model, x, init)
     betas = sigmoid_schedule(num_steps).tolist()
     with torch.enable_grad(), frozen(model):
-        z = _trace(model, x, c).nodes[SITE]["value"].detach()  # z_0 ~ p(z): (C, B, K)
-        if not forward:
+        if init is None:
+            z = _trace(model, x, c).nodes[SITE]["value"].detach()  # z_0 ~ p(z): (C, B, K)
             k = z.shape[-1]
+        elif forward:
+            z = draw(init, c)[0].detach()  # z_0 ~ q: (C, B, K)
+        if not forward:
             z = torch.as_tensor(z_init, dtype=x.dtype, device=x.device).detach()
             if z.shape == (b, k):
                 z = z.expand(c, b, k)
             if z.shape != (c, b, k):
                 raise InputError(f"ais: z_init must have shape (num_chains, B, K) = {(c, b, k)} or (B, K) = {(b, k)}, "
                                  f"got {tuple(z.shape)}.")
-        state = _State(model, x, z)  # validated like any model call
+        state = _State(model, x, z, init)  # validated like any model call
         log_w = torch.zeros(c, b, dtype=x.dtype, device=x.device)
         eps = torch.full((b,), float(step_size), dtype=x.dtype, device=x.device)
         # (beta_prev, beta): the chains are at f_beta_prev; forward beta = beta_1..beta_T, reverse beta_{T-1}..beta_0
@@ -262,9 +351,9 @@ def ais(model: Callable, x: torch.Tensor, *, num_chains: int = 16, num_steps: in
         with pyro.validation_enabled(False):
             for step in progress_bar(range(num_steps), "ais" if forward else "ais reverse", progress):
                 beta_prev, beta = path[step]
-                log_w = log_w + (beta - beta_prev) * state.likelihood  # f_beta / f_beta_prev at the current z
+                log_w = log_w + (beta - beta_prev) * state.delta  # f_beta / f_beta_prev at the current z
                 if step < num_steps - 1:  # a transition targeting f_T (or f_0) would leave the weight as it is
-                    state, accept_prob = _hmc(model, x, state, beta, eps, leapfrog_steps)
+                    state, accept_prob = _hmc(model, x, state, beta, eps, leapfrog_steps, init)
                     rate = accept_prob.mean(0)  # (B,): the mean acceptance probability of each datapoint's chains
                     eps = torch.where(rate > target_accept, eps * ADAPT_FACTOR, eps / ADAPT_FACTOR)
                     eps = eps.clamp(*STEP_SIZE_RANGE)
@@ -272,21 +361,23 @@ def ais(model: Callable, x: torch.Tensor, *, num_chains: int = 16, num_steps: in
     return Estimate(value if forward else -value, stderr)
 
 
-def bdmc(model: Callable, x: torch.Tensor, z_true: torch.Tensor, **ais_kwargs) -> pd.DataFrame:
+def bdmc(model: Callable, x: torch.Tensor, z_true: torch.Tensor, *,
+         init: Optional[torch.distributions.Distribution] = None, **ais_kwargs) -> pd.DataFrame:
     """Bidirectional Monte Carlo: log p(x) sandwiched between forward and reverse AIS, one row per datapoint.
 
     For ``x: (B, D)`` simulated from the model and ``z_true: (B, K)`` (or ``(C, B, K)``) the
     latents it was simulated from, which are exact posterior samples: forward AIS from the prior
-    gives ``lower`` and reverse AIS from ``z_true`` gives ``upper``, stochastic lower and upper
-    bounds of log p(x) in nats; ``width = upper - lower`` bounds the error of either (up to
-    Monte Carlo noise) and shrinks to 0 as ``num_steps`` grows. Columns ``lower``, ``lower_se``,
-    ``upper``, ``upper_se``, ``width``, ``width_se`` (the two standard errors combined), index
-    ``row``. ``ais_kwargs`` go to both runs of :func:`ais`.
+    (or from ``init``) gives ``lower`` and reverse AIS from ``z_true`` back to it gives ``upper``,
+    stochastic lower and upper bounds of log p(x) in nats; ``width = upper - lower`` bounds the error
+    of either (up to Monte Carlo noise) and shrinks to 0 as ``num_steps`` grows. Columns ``lower``,
+    ``lower_se``, ``upper``, ``upper_se``, ``width``, ``width_se`` (the two standard errors combined),
+    index ``row``. ``init`` (a proposal q(z), batch ``(B,)``, event ``(K,)``: see :func:`ais`) and
+    ``ais_kwargs`` go to both runs of :func:`ais`; both run on the same path, from q to p(z) p(x | z).
     """
     if "z_init" in ais_kwargs:
         raise InputError("bdmc: pass the exact posterior samples as z_true, not z_init.")
-    lower = ais(model, x, **ais_kwargs)
-    upper = ais(model, x, z_init=z_true, **ais_kwargs)
+    lower = ais(model, x, init=init, **ais_kwargs)
+    upper = ais(model, x, z_init=z_true, init=init, **ais_kwargs)
     out = pd.DataFrame(index=pd.RangeIndex(len(x), name="row"))
     for name, est in (("lower", lower), ("upper", upper)):
         out[name], out[f"{name}_se"] = est.value.detach().cpu().numpy(), est.stderr.detach().cpu().numpy()

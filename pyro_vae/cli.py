@@ -299,7 +299,7 @@ def format_differences(test: pd.DataFrame) -> str:
 
 def format_table(table: pd.DataFrame, labels=("guide", "split"), with_se: bool = True) -> str:
     """The headline table: means in nats per datapoint, log p(x) with its standard error (when ``with_se``)."""
-    cols = [*labels, "log_px", "log_px_exact", "log_px_iwae", "log_px_ais", "elbo_qstar_normal", "elbo_qstar_mvn",
+    cols = [*labels, "log_px", "log_px_exact", "log_px_ais", "elbo_qstar_normal", "elbo_qstar_mvn",
             "elbo_qstar_flow", "elbo_q", "approximation_gap", "approximation_gap_flow", "amortization_gap",
             "optimization_gap"]
     view = table[[c for c in cols if c in table]].copy()
@@ -355,7 +355,8 @@ def cmd_evaluate(paths: List[str], s: settings.EvaluateSettings) -> None:
     families = cfg["families"] or ["normal", "mvn", *flows]
     measured = settings.CompareSettings(n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"], ais_steps=cfg["ais_steps"],
                                 elbo_samples=cfg["elbo_samples"], qstar_steps=cfg["qstar_steps"],
-                                qstar_lr=cfg["qstar_lr"], families=families, device=cfg["device"],
+                                qstar_lr=cfg["qstar_lr"], qstar_starts=cfg["qstar_starts"], families=families,
+                                device=cfg["device"],
                                 progress=not cfg["no_progress"])
     for run in loaded:
         if run.guide.family not in families:

@@ -25,8 +25,16 @@ import torch
 
 from .errors import InputError
 from . import estimators
-from .ais import ais as ais_estimate
-from .qstar import FAMILIES, as_gaussian, fit_local  # noqa: F401  (q* lives in pyro_vae.qstar; these are its names here)
+from .ais import ais as ais_estimate, check_model as check_annealable
+from .qstar import FAMILIES, as_gaussian, check_starts, fit_from_starts, fit_local  # noqa: F401  (q* lives in pyro_vae.qstar)
+
+#: AIS chains per datapoint when decompose runs AIS
+AIS_CHAINS = 16
+#: the families whose q* can be fitted from several starts (:func:`pyro_vae.qstar.fit_from_starts`)
+STARTS_FAMILIES = ("normal", "mvn")
+
+#: the families of q*, each containing the one before it: the last fitted is the likely proposal of log p(x)
+LARGEST = ("normal", "mvn", "flow")
 
 
 def best_diagonal(posterior: torch.distributions.MultivariateNormal) -> torch.distributions.MultivariateNormal:
@@ -55,21 +63,28 @@ def diagonal_gap(posterior: torch.distributions.MultivariateNormal) -> torch.Ten
 
 def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tensor] = None, *,
               families: Sequence[str] = ("normal", "mvn"), ll_samples: int = 5000, elbo_samples: int = 500,
-              chunk_size: int = 250, exact: Optional[Callable] = None, ais_steps: int = 0, ais_chains: int = 16,
-              progress: bool = False, **fit_kwargs) -> pd.DataFrame:
+              chunk_size: Optional[int] = None, exact: Optional[Callable] = None, ais_steps: Optional[int] = None,
+              ais_chains: int = AIS_CHAINS, starts: Optional[Sequence[str]] = None, progress: bool = False,
+              **fit_kwargs) -> pd.DataFrame:
     """The gap decomposition for ``guide`` on ``x: (n, D)``: one row per datapoint, in nats.
 
     Columns, each estimate with a ``_se`` Monte Carlo standard error column:
 
-    - ``log_px``: importance-weighted log p(x), ``ll_samples`` samples, proposal the best q found;
-      ``log_px_exact`` when ``exact`` (a function x -> exact log p(x)) is given. With ``ais_steps > 0``
-      also ``log_px_iwae`` (that estimate) and ``log_px_ais`` (:func:`pyro_vae.ais.ais`,
-      ``ais_chains`` chains of ``ais_steps`` steps), and ``log_px`` is, per datapoint, the larger of
-      the two (both are stochastic lower bounds; Cremer, Li & Duvenaud 2018 used the larger too);
+    - ``log_px``: importance-weighted log p(x), ``ll_samples`` samples, proposal the best q found (the highest
+      mean ELBO among the guide's q and the q*s); ``log_px_exact`` when ``exact`` (a function x -> exact
+      log p(x)) is given;
+    - ``log_px_ais``, with ``ais_steps``: log p(x) by AIS (:func:`pyro_vae.ais.ais`, ``ais_chains`` chains of
+      ``ais_steps`` steps) annealed from the same best q, beside ``log_px``. Each is a stochastic lower bound; the
+      gaps use ``log_px``. Choose between the two estimators for a whole study (the higher mean over its
+      points), never per point: the per-point larger of two noisy lower bounds is biased upwards;
     - ``elbo_q``: L[q] of ``guide`` (NaN when a per-datapoint guide has no parameters for
       these rows, i.e. ``idx`` is None);
-    - ``elbo_qstar_<family>`` for each family: L[q*], the per-datapoint optimum, decoder frozen
+    - ``elbo_qstar_<family>`` for each family: L[q*], the per-datapoint optimum, decoder frozen; for the largest
+      family, from the ``ll_samples`` draws of the importance-weighted pass, else from ``elbo_samples``
       (``"flow"``'s q* starts at a full-covariance q*, see :func:`pyro_vae.qstar.fit_local`);
+    - ``elbo_qstar_<family>_spread``, with ``starts`` (names of :data:`pyro_vae.qstar.STARTS`): each Gaussian
+      family's q* is fitted from every start (:func:`pyro_vae.qstar.fit_from_starts`) and each point keeps the best;
+      the column is the spread of the starts' L[q*] estimates at that point (max - min, ``elbo_samples`` draws each);
     - ``approximation_gap`` = log_px - L[q*] with q* in the guide's own family;
     - ``approximation_gap_flow`` = log_px - L[q*_flow], when ``"flow"`` is among ``families``: the part
       of the approximation gap that a flow family does not remove (Cremer et al.'s L[q*_AF]);
@@ -80,14 +95,23 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
 
     ``fit_kwargs`` go to :func:`pyro_vae.qstar.fit_local` (``steps``, ``lr``, ``num_samples``, ...).
 
-    :raises ValueError: when the guide's own family is not among ``families`` (its gaps
-        would be measured against the wrong q*).
+    :raises InputError: when the guide's own family is not among ``families`` (its gaps would be measured against
+        the wrong q*), a family or start is unknown, or ``ais_steps`` is not a positive integer; before any work.
     """
     if guide.family not in families:
         raise InputError(
             f"decompose: the {type(guide).__name__} guide's family is {guide.family!r}, which is not among "
             f"families={list(families)}; add it, since its gaps are measured against q* of its own family."
         )
+    unknown = [f for f in families if f not in LARGEST]
+    if unknown or not families:
+        raise InputError(f"decompose: families={list(families)} must name one or more of {list(LARGEST)}.")
+    if ais_steps is not None:
+        estimators.check_count("decompose: ais_steps (annealing steps; None for no AIS)", ais_steps)
+        estimators.check_count("decompose: ais_chains", ais_chains)
+        check_annealable(model, x)
+    if starts is not None:
+        check_starts(starts)
     has_q = guide.amortized or idx is not None
     with torch.no_grad():
         init = guide.distribution(x, idx) if has_q else None
@@ -101,21 +125,35 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
         put("elbo_q", estimators.elbo(model, guide, x, idx, elbo_samples))
     else:
         out["elbo_q"] = out["elbo_q_se"] = math.nan
-    best_guide, best_elbo = (guide, out["elbo_q"].mean()) if has_q else (None, -math.inf)
-    for family in families:
-        qstar = fit_local(model, x, family, init=init, progress=progress, **fit_kwargs)
-        put(f"elbo_qstar_{family}", estimators.elbo(model, qstar, x, rows, elbo_samples))
-        if out[f"elbo_qstar_{family}"].mean() > best_elbo:
-            best_guide, best_elbo = qstar, out[f"elbo_qstar_{family}"].mean()
-    proposal_idx = rows if best_guide is not guide else idx
-    iwae = estimators.log_likelihood(model, best_guide, x, proposal_idx, ll_samples, chunk_size)
-    if ais_steps > 0:
-        annealed = ais_estimate(model, x, num_chains=ais_chains, num_steps=ais_steps, progress=progress)
-        put("log_px_iwae", iwae)
-        put("log_px_ais", annealed)
-        larger = annealed.value > iwae.value
-        iwae = estimators.Estimate(torch.where(larger, annealed.value, iwae.value),
-                                   torch.where(larger, annealed.stderr, iwae.stderr))
+    # the proposal of log p(x) is the best q found. The q* of the largest family fitted (flow, else mvn) is best
+    # in all but rare cases: its ELBO comes from the log weights of the importance-weighted pass itself (ll_samples
+    # draws), and that pass is repeated with another q only where another has the higher mean ELBO.
+    candidates = {"q": (guide, idx, out["elbo_q"].mean())} if has_q else {}
+    for family in families:  # the columns in the order asked
+        out[f"elbo_qstar_{family}"] = out[f"elbo_qstar_{family}_se"] = math.nan
+    largest = max(families, key=LARGEST.index)
+    for family in sorted(families, key=LARGEST.index, reverse=True):
+        if starts is not None and family in STARTS_FAMILIES:
+            qstar, from_starts = fit_from_starts(model, x, family, init=init, starts=starts, progress=progress,
+                                                 elbo_samples=elbo_samples, **fit_kwargs)
+            out[f"elbo_qstar_{family}_spread"] = from_starts["spread"]
+        else:
+            qstar = fit_local(model, x, family, init=init, progress=progress, **fit_kwargs)
+        if family == largest:
+            iwae, largest_elbo = estimators.importance(model, qstar, x, rows, ll_samples, chunk_size)
+            put(f"elbo_qstar_{family}", largest_elbo)
+        else:
+            put(f"elbo_qstar_{family}", estimators.elbo(model, qstar, x, rows, elbo_samples))
+        candidates[family] = (qstar, rows, out[f"elbo_qstar_{family}"].mean())
+    best = max(candidates, key=lambda name: candidates[name][2])
+    proposal, proposal_idx = candidates[best][:2]
+    if best != largest:
+        iwae = estimators.log_likelihood(model, proposal, x, proposal_idx, ll_samples, chunk_size)
+    if ais_steps is not None:
+        with torch.no_grad():
+            start = proposal.distribution(x, proposal_idx)
+        put("log_px_ais", ais_estimate(model, x, init=start, num_chains=ais_chains, num_steps=ais_steps,
+                                       progress=progress))
     put("log_px", iwae)
     if exact is not None:
         out["log_px_exact"] = exact(x).detach().cpu().numpy()

@@ -78,6 +78,11 @@ def _guide_names():
     return guides.names()
 
 
+def _starts():
+    from .qstar import STARTS
+    return STARTS
+
+
 def _families():
     from .qstar import FAMILIES
     return sorted(FAMILIES)
@@ -88,10 +93,12 @@ SEED_HELP = ("seeds what is random in training: the initial weights of decoder a
              "log p(x)); the same seed, data and flags give the same history.csv losses")
 DATA_SEED_HELP = ("seeds the data: the digits train/test split, the static binarization draws and the "
                   "linear-gaussian data (kept apart from --seed so that runs with several seeds see the same data)")
-AIS_HELP = ("also estimate log p(x) by AIS with this many annealing steps (16 chains) and use the larger estimate per "
-            "point; 0: importance weighting alone")
-QSTAR_STEPS_HELP = ("steps of each q* fit: natural-gradient iterations for the normal and mvn families (default 20), "
+AIS_HELP = ("also estimate log p(x) by AIS with this many annealing steps (16 chains per point, from the best q found), "
+            "reported beside the importance-weighted estimate as log_px_ais (default: no AIS)")
+QSTAR_STEPS_HELP = ("steps of each q* fit: natural-gradient iterations for the normal and mvn families (default 12), "
                     "Adam steps for the flow family (default 200)")
+QSTAR_STARTS_HELP = ("fit each Gaussian q* from these starts (encoder, prior, random, long: 4x the iterations) and keep "
+                     "each point's best; elbo_qstar_<family>_spread is their spread (default: the encoder's q alone)")
 QSTAR_LR_HELP = ("step size of the q* fits: the largest natural-gradient step for the Gaussian families (default 1), "
                  "Adam's initial learning rate for the flow family (default 0.01, decaying linearly to 0)")
 
@@ -292,8 +299,8 @@ class CompareSettings(DataModelSettings):
     guide (``"normal T=5"``: T - 1 steps of the encoder with the decoder fixed per batch, aggressive training).
     ``seeds``: every training is repeated with seeds ``seed, seed + 1, ..., seed + seeds - 1`` (initial
     weights, batch order, Monte Carlo draws of training and evaluation).
-    ``ais_steps``: when > 0, the evaluation also estimates log p(x) by AIS with that many steps and uses
-    the larger estimate per datapoint (:func:`pyro_vae.gaps.decompose`).
+    ``ais_steps``: when given, the evaluation also estimates log p(x) by AIS with that many steps, from the best q
+    found, and reports it beside the importance-weighted one (:func:`pyro_vae.gaps.decompose`).
     ``budget_epochs``, ``test_epochs``, ``budget_seconds``: the budgets, declared before the run
     (:mod:`pyro_vae.budgets`): each decoder in training is measured on the validation split (its first
     ``budget_points``; all by default) at epoch 0 and at each of ``budget_epochs`` up to ``epochs``; the
@@ -323,13 +330,14 @@ class CompareSettings(DataModelSettings):
                             "be among them)", choices=_families, many=True)
     qstar_lr: Optional[float] = option(None, QSTAR_LR_HELP, "float>0", optional=True)
     qstar_steps: Optional[int] = option(None, QSTAR_STEPS_HELP, "int>=1", optional=True)
+    qstar_starts: Optional[list] = option(None, QSTAR_STARTS_HELP, choices=_starts, many=True, optional=True)
     n_eval: int = option(200, "training points evaluated at each run's selected checkpoint (test: all of it)",
                          "int>=1")
     test_points: Optional[int] = option(None, "read only the first N test points at each chosen checkpoint "
                                         "(default: the whole test split; fewer only for smoke tests such as "
                                         "--quick)", "int>=1", optional=True, metavar="N")
     ll_samples: int = option(5000, "importance samples for log p(x)", "int>=1")
-    ais_steps: int = option(0, AIS_HELP, "int>=0")
+    ais_steps: Optional[int] = option(None, AIS_HELP, "int>=1", optional=True)
     elbo_samples: int = option(500, "samples for each ELBO estimate", "int>=1")
     budget_epochs: list = option(list(SCHEDULE), "the epochs at which each decoder in training is measured on the "
                                  "validation split (budget.csv, budget.png), declared before the run: those up to "
@@ -373,13 +381,14 @@ class EvaluateSettings(Settings):
                                optional=True, metavar="selected|EPOCH")
     n_eval: int = option(200, "points evaluated per split", "int>=1")
     ll_samples: int = option(5000, "importance samples for log p(x)", "int>=1")
-    ais_steps: int = option(0, AIS_HELP, "int>=0")
+    ais_steps: Optional[int] = option(None, AIS_HELP, "int>=1", optional=True)
     elbo_samples: int = option(500, "samples for each ELBO estimate", "int>=1")
     families: Optional[list] = option(None, "families of q*; each run's own guide family must be among them "
                                       "(default: normal and mvn, and flow when a run's guide is a flow)",
                                       choices=_families, many=True, optional=True)
     qstar_steps: Optional[int] = option(None, QSTAR_STEPS_HELP, "int>=1", optional=True)
     qstar_lr: Optional[float] = option(None, QSTAR_LR_HELP, "float>0", optional=True)
+    qstar_starts: Optional[list] = option(None, QSTAR_STARTS_HELP, choices=_starts, many=True, optional=True)
     seed: int = option(0, "seeds the Monte Carlo samples of the evaluation", "int")
     device: str = option("cpu", "torch device: cpu, cuda, cuda:1, ...", "device")
     out: str = option("runs/evaluation", "folder of the combined table and figure when several runs are given")

@@ -129,9 +129,14 @@ def test_evaluate_needs_the_runs_own_family(two_runs, capsys):
 
 
 def test_evaluate_puts_ais_beside_iwae(two_runs, capsys):
+    """--ais-steps adds log_px_ais and its standard error beside log_px, which stays the importance-weighted estimate
+    (the same numbers as without AIS: AIS draws after every other estimate)."""
+    assert cli.main(["evaluate", str(two_runs / "normal"), "--split", "test", *EVAL]) == 0
+    without = pd.read_csv(two_runs / "normal" / "evaluation_per_point.csv")
     assert cli.main(["evaluate", str(two_runs / "normal"), "--split", "test", "--ais-steps", "5", *EVAL]) == 0
     points = pd.read_csv(two_runs / "normal" / "evaluation_per_point.csv")
-    assert (points["log_px"] == points[["log_px_iwae", "log_px_ais"]].max(axis=1)).all()
+    assert points[["log_px_ais", "log_px_ais_se"]].notna().all(axis=None) and "log_px_iwae" not in points
+    assert (points["log_px"] == without["log_px"]).all()
     assert "log_px_ais" in capsys.readouterr().out
 
 
