@@ -261,7 +261,7 @@ def part_throughput(name: str, run, args) -> None:
 
 def cell(value) -> str:
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4g}"
+        return "" if math.isnan(value) else f"{value:.6g}"
     return str(value)
 
 
