@@ -209,6 +209,7 @@ def part_ais(name: str, run, args) -> None:
     row(f"ais-{name}", "K=5000 pass, mvn q* proposal", iwae_seconds, points=len(x), log_px=round(iwae.mean()[0], 4))
     for steps in args.ais_steps:
         pyro.set_rng_seed(0)
+        # forward and reverse as bdmc runs them, the forward run timed on its own: it is what an evaluation pays
         seconds, lower = timed(lambda: ais_module.ais(model.model, x, init=start, num_steps=steps,
                                                       num_chains=args.ais_chains, leapfrog_steps=args.leapfrog))
         upper = ais_module.ais(model.model, x, init=start, z_init=z_true, num_steps=steps,

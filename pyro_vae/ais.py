@@ -217,10 +217,9 @@ def _log_mean_exp(log_w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 def check_model(model: Callable, x: torch.Tensor) -> None:
     """A one-line :class:`InputError` now, from one model evaluation on ``x[:1]``, when AIS cannot anneal ``model``:
     it has no ``"z"`` site, or a latent site besides it (see :func:`log_prior_likelihood`)."""
+    _z_event_shape(model, x[:1])  # the model has a "z" site
     with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         trace = _trace(model, x[:1], 1)  # its draw leaves the random numbers of the estimates that follow as they were
-        if SITE not in trace.nodes:
-            raise InputError(f"ais: the model has no sample site {SITE!r} (see pyro_vae.contract).")
         log_prior_likelihood(model, x[:1], trace.nodes[SITE]["value"].detach())
 
 
