@@ -221,6 +221,7 @@ def cmd_train(given: dict, config: Optional[dict], resume: bool = False, config_
         raise distributed.DistributedError("--distributed trains with plain SVI steps: drop --local-steps.")
     with distributed.process_group(cfg["device"]):
         _train(cfg)
+    distributed.end_worker()
 
 
 def _train(cfg: dict) -> None:
