@@ -23,12 +23,34 @@ from typing import Optional
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from pyro_vae.contract import check_idx
 from pyro_vae.nets import unique_name
 from pyro_vae.errors import InputError
 
 from .registry import register
 from .base import MIN_SCALE, Guide, inverse_positive, positive, scale_tril, split_scale_tril
+
+
+#: torch's optimizers that step a sparse gradient (the list in ``torch.nn.Embedding``'s documentation)
+SPARSE_OPTIMIZERS = (torch.optim.SparseAdam, torch.optim.SGD, torch.optim.Adagrad)
+_dense_step_hook = None
+
+
+def _refuse_dense_step(optimizer, args, kwargs) -> None:
+    """Before any torch optimizer's step: a one-line error naming LazyAdam when one that cannot step a sparse
+    gradient (``pyro.optim.Adam``'s torch Adam, ...) is given the rows' sparse gradient, where torch would raise
+    its own "does not support sparse gradients". Registered once, when the first per-datapoint guide is built."""
+    if isinstance(optimizer, SPARSE_OPTIMIZERS):
+        return
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None and p.grad.is_sparse:
+                raise InputError(
+                    f"{type(optimizer).__name__} cannot step the sparse gradient of a per-datapoint guide's rows "
+                    f"{tuple(p.shape)}: use pyro_vae.optim.LazyAdam({{'lr': 1e-3}}, sparse_args={{'lr': 1e-2}}) "
+                    f"in place of pyro.optim.{type(optimizer).__name__}.")
 
 
 class LocalGuide(Guide):
@@ -49,6 +71,9 @@ class LocalGuide(Guide):
             raise InputError(f"{type(self).__name__} needs num_data >= 1 (one set of parameters per datapoint), "
                              f"got {num_data!r}.")
         super().__init__(z_dim, num_data, name)
+        global _dense_step_hook
+        if _dense_step_hook is None:
+            _dense_step_hook = register_optimizer_step_pre_hook(_refuse_dense_step)
         #: the rows this process holds: ``num_data``, or its shard's (:func:`pyro_vae.rows.keep_shard`)
         self.num_rows = num_data
         self.min_scale = min_scale
@@ -79,14 +104,8 @@ class LocalGuide(Guide):
                 f"each row of x (data.loader yields (x, idx)). It has no parameters for unseen data; "
                 f"fit q* for new points with pyro_vae.gaps.fit_local."
             )
-        tracing = torch.jit.is_tracing()  # checked at the compiling call; a trace would freeze the values it reads
-        if not tracing and (idx.shape != (len(x),) or
-                            (len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= self.num_data))):
-            if idx.shape != (len(x),):
-                raise InputError(f"{type(self).__name__}: idx must have shape ({len(x)},), one dataset row per row of "
-                                 f"x, got shape {tuple(idx.shape)}.")
-            raise InputError(f"{type(self).__name__}: idx must hold dataset rows in [0, num_data={self.num_data}), "
-                             f"got values from {int(idx.min())} to {int(idx.max())}.")
+        if not torch.jit.is_tracing():  # checked at the compiling call; a trace would freeze the values it reads
+            check_idx(idx, len(x), self.num_data, type(self).__name__)
         idx = self.local_rows(idx.long())
         return tuple(F.embedding(idx, param, sparse=self.sparse_grad) for param in params)
 

@@ -58,7 +58,7 @@ from pyro.poutine.runtime import NonlocalExit
 from pyro.poutine.util import site_is_subsample
 
 from .errors import InputError, InputTypeError
-from .contract import SITE
+from .contract import SITE, check_batch
 from .estimators import Estimate, draw
 from .nets import frozen
 from .progress import progress_bar
@@ -216,7 +216,9 @@ def _log_mean_exp(log_w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def check_model(model: Callable, x: torch.Tensor) -> None:
     """A one-line :class:`InputError` now, from one model evaluation on ``x[:1]``, when AIS cannot anneal ``model``:
-    it has no ``"z"`` site, or a latent site besides it (see :func:`log_prior_likelihood`)."""
+    it has no ``"z"`` site, or a latent site besides it (see :func:`log_prior_likelihood`), or ``x`` cannot be
+    scored (:func:`pyro_vae.contract.check_batch`)."""
+    check_batch(model, None, x)
     _z_event_shape(model, x[:1])  # the model has a "z" site
     with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         trace = _trace(model, x[:1], 1)  # its draw leaves the random numbers of the estimates that follow as they were
@@ -322,8 +324,7 @@ def ais(model: Callable, x: torch.Tensor, *, num_chains: int = 16, num_steps: in
         raise InputError(f"ais: step_size must be a positive number, got {step_size!r}.")
     if not (isinstance(target_accept, (int, float)) and 0 < target_accept < 1):
         raise InputError(f"ais: target_accept must lie in (0, 1), got {target_accept!r}.")
-    if not torch.is_tensor(x) or x.dim() != 2:
-        raise InputError(f"ais: x must be a 2-D tensor (B, D), got {tuple(x.shape) if torch.is_tensor(x) else x!r}.")
+    check_batch(model, None, x)
 
     forward = z_init is None
     c, b = num_chains, len(x)

@@ -25,7 +25,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
-from .errors import InputError
+from .errors import InputError, InputTypeError
 
 #: the name of the latent sample site shared by models and guides
 SITE = "z"
@@ -42,18 +42,79 @@ def check_idx(idx: torch.Tensor, batch_size: int, num_data: Optional[int], owner
             f"num_data=len(train) to every model and guide used together (or call without idx "
             f"to treat the batch as the whole data set)."
         )
+    _check_idx_form(idx, batch_size, owner)
+    if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= num_data):
+        raise InputError(
+            f"{owner}: idx must lie in [0, num_data={num_data}), got values in "
+            f"[{int(idx.min())}, {int(idx.max())}]."
+        )
+
+
+def _check_idx_form(idx, batch_size: int, owner: str) -> None:
+    if not isinstance(idx, torch.Tensor):
+        raise InputTypeError(f"{owner}: idx must be a tensor of dataset indices, got {type(idx).__name__}: pass "
+                             f"torch.as_tensor(idx).")
     if idx.dim() != 1 or len(idx) != batch_size:
         raise InputError(
             f"{owner}: idx must be a 1-D tensor with one dataset index per row of x "
             f"(expected shape ({batch_size},), got {tuple(idx.shape)})."
         )
     if idx.dtype not in (torch.int64, torch.int32):
-        raise InputError(f"{owner}: idx must hold integer dataset indices, got dtype {idx.dtype}.")
-    if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= num_data):
-        raise InputError(
-            f"{owner}: idx must lie in [0, num_data={num_data}), got values in "
-            f"[{int(idx.min())}, {int(idx.max())}]."
-        )
+        hint = " (a boolean mask: pass mask.nonzero().squeeze(1))" if idx.dtype == torch.bool else \
+            " (fractional indices are not rounded: pass idx.long() if they are whole)"
+        raise InputError(f"{owner}: idx must hold integer dataset indices, got dtype {idx.dtype}{hint}.")
+
+
+def check_sizes_agree(model, guide) -> None:
+    """A one-line error when the guide's latent or data dimension is not the model's (``z_dim``, ``x_dim``).
+
+    ``model``: the model module, or its ``model`` method (what the estimators take)."""
+    model = getattr(model, "__self__", model)
+    for size in ("z_dim", "x_dim"):
+        ours, theirs = getattr(model, size, None), getattr(guide, size, None)
+        if ours is not None and theirs is not None and ours != theirs:
+            raise InputError(f"the guide was built with {size}={theirs} and the model with {size}={ours}: build both "
+                             f"with the same {size}.")
+
+
+def check_batch(model, guide, x, idx: Optional[torch.Tensor] = None) -> None:
+    """Everything an estimator needs of its arguments, checked before any work; one line naming the fix.
+
+    ``model``: the model module or its ``model`` method; ``guide``: a guide with ``distribution(x, idx)`` (or None
+    when the estimator has none); ``x: (batch, x_dim)``, finite, of the model's dtype; ``idx: (batch,)`` integer
+    dataset rows, within the guide's ``num_data`` when it has one.
+    """
+    owner = getattr(model, "__self__", model)
+    if guide is not None:
+        if not callable(getattr(guide, "distribution", None)):
+            raise InputTypeError(f"the guide must have distribution(x, idx), as every guide of guides.make does; got "
+                                 f"{type(guide).__name__}.")
+        check_sizes_agree(owner, guide)
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputTypeError(f"x must be a (batch, x_dim) tensor, got {shape}.")
+    if len(x) == 0:
+        raise InputError("x has no rows: pass at least one datapoint.")
+    x_dim = getattr(owner, "x_dim", None)
+    if x_dim is not None and x.shape[1] != x_dim:
+        raise InputError(f"x has {x.shape[1]} columns and the model was built with x_dim={x_dim}: pass data of the "
+                         f"model's data set, or build the model with x_dim={x.shape[1]}.")
+    dtype = next((p.dtype for p in owner.parameters()), None) if isinstance(owner, torch.nn.Module) else None
+    if not x.is_floating_point() or (dtype is not None and x.dtype != dtype):
+        want = dtype or torch.get_default_dtype()
+        raise InputTypeError(f"x is {x.dtype} and the model's parameters are {want}: pass x.to({want}).")
+    finite = torch.isfinite(x).all(dim=1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().squeeze(1)
+        raise InputError(f"x holds NaN or infinite values in {len(bad)} of its {len(x)} rows (the first: row "
+                         f"{int(bad[0])}): drop or impute them first.")
+    if idx is not None:
+        num_data = getattr(guide, "num_data", None)
+        owner_name = type(guide).__name__ if guide is not None else "idx"
+        if num_data is not None:
+            check_idx(idx, len(x), num_data, owner_name)
+        else:
+            _check_idx_form(idx, len(x), owner_name)
 
 
 def data_plate(x: torch.Tensor, idx: Optional[torch.Tensor], num_data: Optional[int], owner: str):

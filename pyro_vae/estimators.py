@@ -33,7 +33,7 @@ import torch
 from torch.distributions import Independent, MultivariateNormal, Normal, register_kl
 
 from .errors import InputError, InputTypeError
-from .contract import log_joint
+from .contract import check_batch, log_joint
 
 
 class Estimate(NamedTuple):
@@ -172,6 +172,7 @@ def importance(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tens
     gets, not what its estimates estimate.
     """
     check_count("num_samples", num_samples)
+    check_batch(model, guide, x, idx)
     if chunk_size is not None:
         check_count("chunk_size", chunk_size)
         rows, draws = len(x), chunk_size

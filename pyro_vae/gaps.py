@@ -25,6 +25,7 @@ import torch
 
 from .errors import InputError
 from . import estimators
+from .contract import check_batch
 from .ais import ais as ais_estimate, check_model as check_annealable
 from .qstar import FAMILIES, as_gaussian, check_starts, fit_from_starts, fit_local  # noqa: F401  (q* lives in pyro_vae.qstar)
 
@@ -98,6 +99,7 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
     :raises InputError: when the guide's own family is not among ``families`` (its gaps would be measured against
         the wrong q*), a family or start is unknown, or ``ais_steps`` is not a positive integer; before any work.
     """
+    check_batch(model, guide, x, idx)
     if guide.family not in families:
         raise InputError(
             f"decompose: the {type(guide).__name__} guide's family is {guide.family!r}, which is not among "

@@ -19,6 +19,7 @@ from pyro.infer import Trace_ELBO
 
 from .errors import InputError, InputTypeError
 from . import estimators, objectives
+from .contract import check_sizes_agree
 
 #: the columns of a training history, one row per epoch (nats per datapoint, seconds of training)
 COLUMNS = ["epoch", "train_loss", "test_loss", "seconds"]
@@ -57,15 +58,6 @@ def test_elbo_loss(model, guide, x: torch.Tensor, chunk_size: int = 1024) -> flo
     total = sum(float(estimators.elbo(model.model, guide, x[i:i + chunk_size], None, num_samples=1).value.sum())
                 for i in range(0, len(x), chunk_size))
     return -total / len(x)
-
-
-def check_sizes_agree(model, guide) -> None:
-    """A one-line error when the guide's latent or data dimension is not the model's (``z_dim``, ``x_dim``)."""
-    for size in ("z_dim", "x_dim"):
-        ours, theirs = getattr(model, size, None), getattr(guide, size, None)
-        if ours is not None and theirs is not None and ours != theirs:
-            raise InputError(f"the guide was built with {size}={theirs} and the model with {size}={ours}: build both "
-                             f"with the same {size}.")
 
 
 def check_values(model, guide) -> None:

@@ -47,6 +47,7 @@ import guides
 
 from .errors import InputError
 from . import estimators
+from .contract import check_batch
 from .nets import frozen
 from .progress import progress_bar
 
@@ -88,6 +89,7 @@ def fit_local(model: Callable, x: torch.Tensor, family: str = "normal", init=Non
     """
     if family not in FAMILIES:
         raise InputError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}.")
+    check_batch(model, None, x)
     method = method or METHODS[family]
     if method not in DEFAULTS:
         raise InputError(f"unknown method {method!r}; choose one of {sorted(DEFAULTS)}.")
