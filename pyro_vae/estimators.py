@@ -3,7 +3,8 @@
 Usage::
 
     est = elbo(vae.model, guide, x, idx, num_samples=100)
-    est.value, est.stderr            # (batch,) ELBO and its Monte Carlo standard error
+    est.value, est.stderr            # (batch,) ELBO and its Monte Carlo standard error at each point
+    est.mean()                       # (mean over the batch, the Monte Carlo SE of that mean)
     est = log_likelihood(vae.model, guide, x, idx, num_samples=5000, chunk_size=500)
     kl_to_prior(guide.distribution(x))   # (batch,) closed-form KL(q || N(0, I))
 
@@ -37,13 +38,19 @@ from .contract import check_batch, log_joint
 
 
 class Estimate(NamedTuple):
-    """A per-datapoint Monte Carlo estimate in nats: ``value`` and ``stderr``, each ``(batch,)``."""
+    """A per-datapoint Monte Carlo estimate in nats: ``value`` and ``stderr``, each ``(batch,)``.
+
+    ``stderr[i]`` is the Monte Carlo standard error of ``value[i]``: the noise of the draws at point i, which more
+    draws shrink. It says nothing of how points differ: that spread, and the standard error of a comparison of two
+    methods on the same points (of their paired differences), come from ``value`` across points.
+    """
 
     value: torch.Tensor
     stderr: torch.Tensor
 
     def mean(self) -> Tuple[float, float]:
-        """The batch mean and its Monte Carlo standard error, as floats."""
+        """The mean over the batch and its Monte Carlo standard error sqrt(sum_i stderr_i^2) / B, as floats: the
+        draws' noise in the mean of these points (not the standard error across points, ``value.std() / sqrt(B)``)."""
         n = self.value.numel()
         return float(self.value.mean()), float(self.stderr.pow(2).sum().sqrt() / n)
 
