@@ -70,6 +70,14 @@ def nonnegative_int(text: str) -> int:
     return _integer_at_least(text, 0)
 
 
+def seed_value(text: str) -> int:
+    """argparse type: a seed, an integer in [0, 2**32)."""
+    value = _integer_at_least(text, 0)
+    if value >= settings.SEED_BOUND:
+        raise argparse.ArgumentTypeError(f"{value} is not below 2**32 (seeds lie in [0, 2**32))")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
     try:
@@ -90,8 +98,8 @@ def device_name(text: str) -> str:
 
 
 #: what each settings kind becomes on the command line
-TYPES = {"int": int, "int>=0": nonnegative_int, "int>=1": positive_int, "float>0": positive_float, "str": str,
-         "device": device_name}
+TYPES = {"int": int, "int>=0": nonnegative_int, "int>=1": positive_int, "seed": seed_value,
+         "float>0": positive_float, "str": str, "device": device_name}
 
 
 def add_settings(p: argparse.ArgumentParser, cls) -> None:

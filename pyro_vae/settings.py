@@ -29,7 +29,9 @@ from .budgets import SCHEDULE
 from .errors import InputError
 
 #: kinds of value a setting may hold, with the check each gets (also what the command line converts flags to)
-KINDS = ("int", "int>=0", "int>=1", "float>0", "str", "bool", "device")
+KINDS = ("int", "int>=0", "int>=1", "seed", "float>0", "str", "bool", "device")
+#: seeds lie in [0, SEED_BOUND): what numpy's and torch's generators take alike
+SEED_BOUND = 2 ** 32
 
 
 def option(default, help: str, kind: str = "str", *, choices: Optional[Callable[[], Sequence]] = None,
@@ -187,9 +189,11 @@ def _problem(kind: str, value) -> Optional[str]:
         return None if isinstance(value, str) else "must be a string"
     if kind == "device":
         return device_problem(value)
-    if kind.startswith("int"):
+    if kind.startswith("int") or kind == "seed":
         if not (isinstance(value, int) and not isinstance(value, bool)):
             return "must be an integer"
+        if kind == "seed":
+            return None if 0 <= value < SEED_BOUND else "must be an integer in [0, 2**32)"
         low = {"int": None, "int>=0": 0, "int>=1": 1}[kind]
         return None if low is None or value >= low else f"must be an integer >= {low}"
     if kind == "float>0":
@@ -254,8 +258,8 @@ class DataModelSettings(Settings):
                               "float>0")
     validate_every_step: bool = option(False, "keep Pyro's validation on for every step, not only for the checked "
                                        "first batch", "bool")
-    seed: int = option(0, SEED_HELP, "int")
-    data_seed: int = option(0, DATA_SEED_HELP, "int")
+    seed: int = option(0, SEED_HELP, "seed")
+    data_seed: int = option(0, DATA_SEED_HELP, "seed")
     device: str = option("cpu", "torch device: cpu, cuda, cuda:1, ...", "device")
 
 
@@ -314,6 +318,13 @@ class CompareSettings(DataModelSettings):
     """
 
     command: ClassVar[str] = "compare"
+
+    def check(self, source: str = "") -> None:
+        """As for every command, and the last seed ``seed + seeds - 1`` below 2**32."""
+        super().check(source)
+        if self.seed + self.seeds > SEED_BOUND:
+            raise InputError(f"seed {self.seed} with seeds {self.seeds} goes past 2**32 - 1, the largest seed: lower "
+                             f"--seed or --seeds.")
 
     guides: list = option(["normal", "mvn", "meanfield"], "guides to train decoders with", choices=_guide_names,
                           many=True)
@@ -389,7 +400,7 @@ class EvaluateSettings(Settings):
     qstar_steps: Optional[int] = option(None, QSTAR_STEPS_HELP, "int>=1", optional=True)
     qstar_lr: Optional[float] = option(None, QSTAR_LR_HELP, "float>0", optional=True)
     qstar_starts: Optional[list] = option(None, QSTAR_STARTS_HELP, choices=_starts, many=True, optional=True)
-    seed: int = option(0, "seeds the Monte Carlo samples of the evaluation", "int")
+    seed: int = option(0, "seeds the Monte Carlo samples of the evaluation", "seed")
     device: str = option("cpu", "torch device: cpu, cuda, cuda:1, ...", "device")
     out: str = option("runs/evaluation", "folder of the combined table and figure when several runs are given")
     no_progress: bool = option(False, "hide progress bars", "bool")
