@@ -174,7 +174,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--n", type=positive_int, default=64,
                    help="samples (and reconstructions) to draw (default: 64); for image data at most the test split, "
                         "whose images are reconstructed")
-    m.add_argument("--seed", type=int, default=0, help="seeds the draws (default: 0)")
+    m.add_argument("--seed", type=seed_value, default=0, help="seeds the draws (default: 0)")
     m.add_argument("--at", default=None, metavar="selected|EPOCH",
                    help="for a run of a study: draw from the weights it kept at 'selected' (chosen on validation) or "
                         "at an epoch a budget chose (default: the last epoch)")

@@ -226,6 +226,8 @@ CLI_CASES = [
      r"argument --seed: \d+ is not below 2\*\*32"),
     ("evaluate --seed 2**32", lambda r, t: ["evaluate", r["normal"], "--seed", str(2 ** 32)],
      r"argument --seed: 4294967296 is not below 2\*\*32"),
+    ("sample --seed 2**40", lambda r, t: ["sample", r["normal"], "--seed", str(2 ** 40)],
+     r"argument --seed: 1099511627776 is not below 2\*\*32"),
     ("a config file with data_seed -5", case_config_file('{"data_seed": -5}'),
      r"data_seed in \S+ must be an integer in \[0, 2\*\*32\)"),
     ("compare --seed 2**32-1 --seeds 2", lambda r, t: ["compare", "--seed", str(2 ** 32 - 1), "--seeds", "2",
