@@ -174,6 +174,8 @@ class Settings:
                                      f"the repeat.")
             for v in values:
                 problem = _problem(meta["kind"], v)
+                if not problem and f.name == "out" and not v.strip():
+                    problem = "must name a folder (an empty name would be the current folder)"
                 if problem:
                     raise InputError(f"{f.name}{where} {problem}, got {v!r} ({flag} on the command line).")
                 if meta["choices"] is not None and v not in meta["choices"]():

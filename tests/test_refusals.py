@@ -220,6 +220,8 @@ CLI_CASES = [
         (t / "study").mkdir(), (t / "study" / "config.json").write_text(json.dumps({"guides": ["normal"], "epochs": 3})),
         ["compare", "--resume", "--epochs", "7", "--out", t / "study"])[2],
      r"compare --resume: the study in \S+ was declared with other settings, and --epochs 7 \(declared: 3\)"),
+    ("train --out ''", lambda r, t: ["train", *SMALL, "--out", ""],
+     r"out must name a folder \(an empty name would be the current folder\), got ''"),
     ("train --seed -1", lambda r, t: ["train", *SMALL, "--seed", "-1", "--out", t / "new"],
      r"argument --seed: -1 is negative: give an integer >= 0"),
     ("train --seed 2**70", lambda r, t: ["train", *SMALL, "--seed", str(2 ** 70), "--out", t / "new"],
