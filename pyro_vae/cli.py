@@ -15,13 +15,16 @@ The only module that parses arguments or prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import json
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -33,7 +36,7 @@ import torch
 import guides
 
 from . import compare, data, folders, measure, report, runs, settings
-from .checkpoint import CHECKPOINT, CheckpointWarning
+from .checkpoint import CHECKPOINT, CheckpointWarning, load as load_checkpoint
 from .errors import InputError
 
 
@@ -117,7 +120,8 @@ def add_settings(p: argparse.ArgumentParser, cls) -> None:
         if meta["kind"] == "bool":
             kw.update(action="store_false" if meta["negate"] else "store_true", help=meta["help"])
             # and the flag that undoes it, for a value a --config file set: --distributed / --no-distributed
-            undo = [f"--{f.name.replace('_', '-')}" if meta["negate"] else f"--no-{flag[2:]}" for flag in flags]
+            undo = [f"--{f.name.replace('_', '-')}" if meta["negate"] else
+                    f"--{flag[5:]}" if flag.startswith("--no-") else f"--no-{flag[2:]}" for flag in flags]
             p.add_argument(*undo, dest=f.name, default=argparse.SUPPRESS,
                            action="store_true" if meta["negate"] else "store_false",
                            help=f"undo {flags[0]} (as a --config file set it)")
@@ -473,6 +477,43 @@ def describe_error(e: BaseException) -> str:
     return f"{e.strerror or e}{where}"
 
 
+def interrupted(command: str, cfg: dict) -> str:
+    """The one line shown when Ctrl-C (SIGINT) or SIGTERM stops ``command``: what was kept, and how to go on."""
+    defaults = {"train": settings.TrainSettings, "compare": settings.CompareSettings, "tune": settings.TuneSettings}
+    out = cfg.get("out") or (defaults[command]().out if command in defaults else None)
+    if command == "train" and out:
+        try:
+            epochs = int(load_checkpoint(Path(out) / CHECKPOINT, mmap=True)["epoch"])
+        except InputError:  # no checkpoint yet, or one this command did not write
+            epochs = 0
+        kept = f"the run in {out} keeps its checkpoint of epoch {epochs}" if epochs else f"{out} holds no finished epoch"
+        return f"interrupted; {kept}: `pyro-vae train --resume --out {out}` continues it exactly."
+    if command == "compare" and out:
+        return (f"interrupted; {out} keeps every finished training (and each one's last checkpoint): "
+                f"`pyro-vae compare --resume --out {out}` continues it.")
+    if command == "tune" and out:
+        return (f"interrupted; the study in {out} keeps its finished trials (the running one is marked failed): "
+                f"`pyro-vae tune --resume --out {out}` continues it.")
+    return "interrupted; nothing was written that a complete run would not write again: run it again."
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM (a scheduler's stop, ``kill``) ends a command as Ctrl-C does, with the line of
+    :func:`interrupted`; the handler before it is put back after (outside the main thread, nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 #: warnings addressed to the user, shown as one line (every other warning keeps Python's form, with its location)
 ONE_LINE_WARNINGS = (CheckpointWarning,)
 
@@ -529,6 +570,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     cfg = vars(args)
     warnings.showwarning = _warning_printer(warnings.showwarning)
+    with sigterm_as_interrupt():
+        return _run(args, cfg)
+
+
+def _run(args, cfg: dict) -> int:
+    """The command ``args`` names; bad input and interruptions as one line (exit status 2 and 130)."""
     try:
         if args.command == "guides":
             print("\n".join(guides.names()))
@@ -570,6 +617,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (InputError, OSError, FloatingPointError) as e:  # about the input: one line; anything else is our bug
         print(f"pyro-vae {args.command}: error: {describe_error(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"pyro-vae {args.command}: {interrupted(args.command, cfg)}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -29,6 +29,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,12 +322,28 @@ _WORKER = {}
 
 
 def _start_worker(ds: data.Dataset, threads: int) -> None:
+    import signal
+
     torch.set_num_threads(threads)
     _WORKER["ds"] = ds
+    for stop in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C reaches every process of the terminal's group
+        signal.signal(stop, _stop_worker)
+
+
+def _stop_worker(signum, frame) -> None:
+    """A worker asked to stop: inside a job, as Ctrl-C (its run folder keeps its last checkpoint, the exception goes
+    to the main process); between jobs, a quiet exit."""
+    if _WORKER.get("job") is not None:
+        raise KeyboardInterrupt
+    sys.exit(0)
 
 
 def _take_in_worker(settings: Settings, out, job) -> str:
-    return take(_WORKER["ds"], settings, out, job)
+    _WORKER["job"] = job
+    try:
+        return take(_WORKER["ds"], settings, out, job)
+    finally:
+        _WORKER["job"] = None
 
 
 def _run_jobs(ds: data.Dataset, s: Settings, out: Path, jobs) -> list:
@@ -335,6 +352,7 @@ def _run_jobs(ds: data.Dataset, s: Settings, out: Path, jobs) -> list:
     import concurrent.futures
     import multiprocessing
     import os
+    import signal
 
     order = sorted(jobs, key=lambda j: -_expected_cost(j))
     if s.workers == 1:
@@ -350,7 +368,7 @@ def _run_jobs(ds: data.Dataset, s: Settings, out: Path, jobs) -> list:
     pool = concurrent.futures.ProcessPoolExecutor(s.workers, mp_context=multiprocessing.get_context("spawn"),
                                                   initializer=_start_worker, initargs=(ds, threads))
     held = []
-    with pool:
+    try:
         futures = {pool.submit(_take_in_worker, quiet, out, job): job for job in order}
         bar = progress_bar(concurrent.futures.as_completed(futures), f"compare ({s.workers} workers)", s.progress,
                            total=len(jobs))
@@ -359,6 +377,13 @@ def _run_jobs(ds: data.Dataset, s: Settings, out: Path, jobs) -> list:
             if future.result() == "held":
                 held.append(job)
             bar.set_postfix(done=job[0], seed=job[3], refresh=False)
+    except BaseException:  # Ctrl-C, SIGTERM, a job's error: the jobs not started are dropped, the running ones stopped
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in multiprocessing.active_children():
+            os.kill(worker.pid, signal.SIGTERM)  # _stop_worker: its run folder keeps its last checkpoint
+        pool.shutdown()  # each worker ends its loop, so that no lock or semaphore is left behind
+        raise
+    pool.shutdown()
     return held
 
 

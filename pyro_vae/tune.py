@@ -27,6 +27,7 @@ reproducible (their order of completion decides what each samples next).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -135,9 +136,30 @@ def tune(ds: data.Dataset, s: TuneSettings):
     remaining = s.trials - len(done)
     if remaining > 0:
         stop = optuna.study.MaxTrialsCallback(s.trials, states=(optuna.trial.TrialState.COMPLETE,))
-        study.optimize(lambda trial: score(ds, s, suggest(trial, s)), n_trials=remaining, callbacks=[stop],
-                       show_progress_bar=s.progress, catch=(FloatingPointError,))
+        quiet = _QuietInterrupt()
+        logger = logging.getLogger("optuna.study._optimize")  # where Optuna reports a failed trial
+        logger.addFilter(quiet)
+        try:
+            study.optimize(lambda trial: score(ds, s, suggest(trial, s)), n_trials=remaining, callbacks=[stop],
+                           show_progress_bar=s.progress, catch=(FloatingPointError,))
+        finally:
+            logger.removeFilter(quiet)
     return study
+
+
+class _QuietInterrupt(logging.Filter):
+    """Drops Optuna's report (a traceback, then "failed with value None") of a trial stopped by Ctrl-C or SIGTERM:
+    Optuna marks it failed, and the command line says in one line what was kept."""
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.interrupted = True
+            return False
+        return not (self.interrupted and "failed with value None" in record.getMessage())
 
 
 def trials_table(study) -> pd.DataFrame:

@@ -59,6 +59,88 @@ def test_one_writer_per_folder_and_a_killed_writer_leaves_no_lock(tmp_path, caps
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_ends_train_in_one_line_that_says_what_was_kept(tmp_path, stop):
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM during training: one line naming the kept checkpoint's epoch and the
+    command that continues, exit status 130, no lock and no temp file left; the command it names continues."""
+    import signal
+
+    run = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", "train", *SMALL, "--epochs", "100000", "--out",
+                              str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (run / CHECKPOINT).exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        first.send_signal(getattr(signal, stop))
+        err = first.communicate(timeout=60)[1]
+    finally:
+        first.kill()
+    epoch = load_checkpoint(run / CHECKPOINT)["epoch"]
+    assert first.returncode == 130 and err.count("\n") == 1, err
+    assert err == (f"pyro-vae train: interrupted; the run in {run} keeps its checkpoint of epoch {epoch}: "
+                   f"`pyro-vae train --resume --out {run}` continues it exactly.\n")
+    assert folders.holder(run) is None and not list(run.glob("*.tmp"))
+    done = pyro_vae("train", "--resume", "--epochs", epoch + 1, "--out", run)
+    assert done.returncode == 0, done.stderr
+
+
+def test_sigterm_stops_a_study_and_its_workers_at_once(tmp_path):
+    """SIGTERM to `compare --workers 2`: the jobs not started are dropped and the running ones stopped (no runaway:
+    nothing in the study changes after the command exits), every run folder's lock is free, one line says what was
+    kept, exit status 130."""
+    import signal
+
+    out = tmp_path / "study"
+    study = subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", "compare", "--quick", "--workers", "2",
+                              "--no-progress", "--out", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not list(out.glob("runs/*/" + CHECKPOINT)) and time.time() < deadline:
+            time.sleep(0.2)
+        study.send_signal(signal.SIGTERM)
+        err = study.communicate(timeout=60)[1]
+    finally:
+        study.kill()
+    assert study.returncode == 130, err
+    assert err.splitlines()[-1] == (f"pyro-vae compare: interrupted; {out} keeps every finished training (and each "
+                                    f"one's last checkpoint): `pyro-vae compare --resume --out {out}` continues it.")
+    assert "Traceback" not in err and "leaked" not in err, err
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    time.sleep(2)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before, "a worker kept training after the exit"
+    assert all(folders.holder(run) is None for run in out.glob("runs/*"))
+
+
+def test_sigterm_during_a_trial_marks_it_failed_in_one_line(tmp_path):
+    """SIGTERM to `tune` in the middle of a trial: Optuna's traceback of the trial is not shown, the trial is marked
+    failed, one line says what was kept and how to continue, exit status 130."""
+    import optuna
+    import signal
+
+    out = tmp_path / "tune"
+    tune = subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", "tune", "--guide", "normal", "--trials", "3",
+                             "--epochs", "100000", *SMALL[:4], "--no-progress", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / "optuna.db").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # inside trial 0's training
+        tune.send_signal(signal.SIGTERM)
+        err = tune.communicate(timeout=60)[1]
+    finally:
+        tune.kill()
+    assert tune.returncode == 130 and err == (
+        f"pyro-vae tune: interrupted; the study in {out} keeps its finished trials (the running one is marked "
+        f"failed): `pyro-vae tune --resume --out {out}` continues it.\n"), err
+    storage = f"sqlite:///{out / 'optuna.db'}"
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+
+
 def test_overwrite_replaces_a_run_and_keeps_nothing_of_it(tmp_path, capsys):
     run, fresh = tmp_path / "run", tmp_path / "fresh"
     assert cli.main(["train", *ROWS, "--epochs", "3", "--rows-on-disk", str(run / "rows"), "--out", str(run)]) == 0
