@@ -46,6 +46,22 @@ def test_the_figure_check_can_fail():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_each_notebook_says_what_it_needs_and_lets_a_student_experiment(path):
+    """It opens with what it teaches, needs, costs and what to change; one switch, ``CHECK = True`` in the first code
+    cell, turns off every check of a number the text quotes (so that a student's change of seed or budget does not
+    break "Run all"); the exercises' answers are folded."""
+    book = nbformat.read(path, as_version=4)
+    first = book.cells[0].source
+    assert "What you will learn" in first and "Before you start" in first
+    assert re.search(r"(2|two)\s+CPU\s+cores", first), "the header says how long it runs, and on what"
+    assert "CHECK = False" in first, "the header says how to turn the checks off"
+    code = [c.source for c in book.cells if c.cell_type == "code"]
+    assert code[0].startswith("CHECK = True  #")
+    last = book.cells[-1].source
+    assert "Exercises" in last and "Answers" in last and "<details>" in last and "</details>" in last
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes(path):
     book = nbformat.read(path, as_version=4)
     first, last = book.cells[0].source, book.cells[-1].source
