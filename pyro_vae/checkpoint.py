@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .folders import signals_held
 from .optim import LazyAdam
 
 CHECKPOINT = "checkpoint.pt"
@@ -143,20 +144,21 @@ def _write_atomically(path: Path, state: dict) -> None:
     """``torch.save(state)`` into a temp file beside ``path``, fsynced, renamed over it (the old one kept as
     ``checkpoint.prev.pt`` when ``path`` is ``checkpoint.pt``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists() and path.name == CHECKPOINT:
-            keep_previous(path, _previous_link(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        for left in (tmp, _previous_link(tmp)):
-            if os.path.exists(left):
-                os.unlink(left)
-        raise
+    with signals_held():  # Ctrl-C or SIGTERM waits for the checkpoint to be written
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            if path.exists() and path.name == CHECKPOINT:
+                keep_previous(path, _previous_link(tmp))
+            os.replace(tmp, path)
+        except BaseException:
+            for left in (tmp, _previous_link(tmp)):
+                if os.path.exists(left):
+                    os.unlink(left)
+            raise
 
 
 def _previous_link(tmp: str) -> str:

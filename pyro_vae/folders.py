@@ -23,7 +23,9 @@ import errno
 import fcntl
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -177,11 +179,36 @@ def inside(folder, path, what: str) -> Path:
     return full
 
 
+#: the signals that stop a command (Ctrl-C, a scheduler's stop), held back while a file is written
+STOPS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Within the block, Ctrl-C and SIGTERM wait: they are delivered when it ends, so that a file being written is
+    finished and renamed, not left half-written (an interrupt inside ``torch.save`` turned into torch's own
+    "unexpected pos" error). Outside the main thread, where Python runs no handler, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def write_file(path, write: Callable, mode: str = "wb") -> Path:
     """Write ``path`` through ``write(f)`` into a temp file beside it, then rename it over ``path``: a reader sees
-    the old file or the new one, and a symlink planted at ``path`` is replaced, never written through."""
+    the old file or the new one, and a symlink planted at ``path`` is replaced, never written through. Ctrl-C and
+    SIGTERM wait for the write to end (:func:`signals_held`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with signals_held():
+        return _write_file(path, write, mode)
+
+
+def _write_file(path: Path, write: Callable, mode: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as f:

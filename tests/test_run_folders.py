@@ -66,8 +66,10 @@ def test_ctrl_c_or_sigterm_ends_train_in_one_line_that_says_what_was_kept(tmp_pa
     import signal
 
     run = tmp_path / "run"
+    # as from a terminal: a suite started in the background (`cmd &`) ignores SIGINT, and so would the child
     first = subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", "train", *SMALL, "--epochs", "100000", "--out",
-                              str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while not (run / CHECKPOINT).exists() and time.time() < deadline:
