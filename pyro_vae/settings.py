@@ -415,6 +415,7 @@ class TuneSettings(DataModelSettings):
 
     command: ClassVar[str] = "tune"
 
+
     guide: str = option("normal", "the arm: the guide whose decoder is trained in each trial", choices=_guide_names)
     tune_steps: bool = option(False, "also tune T, the guide's steps per batch (an encoder's: T - 1 with the decoder "
                               "fixed, aggressive training; a per-datapoint guide's rows: variational EM)", "bool")
@@ -426,6 +427,12 @@ class TuneSettings(DataModelSettings):
     elbo_samples: int = option(100, "samples for each ELBO estimate of the scoring", "int>=1")
     qstar_steps: Optional[int] = option(None, QSTAR_STEPS_HELP, "int>=1", optional=True)
     qstar_lr: Optional[float] = option(None, QSTAR_LR_HELP, "float>0", optional=True)
+    sampler_seed: Optional[int] = option(None, "seeds Optuna's TPE sampler, apart from --seed (which seeds each "
+                                         "trial's training): default from the study's name, so that each study "
+                                         "draws its own trials", "seed", optional=True)
+    startup_trials: Optional[int] = option(None, "trials TPE draws at random before it models the results "
+                                           "(default: a third of --trials, at least 1; as many as --trials is random "
+                                           "search)", "int>=1", optional=True)
     storage: Optional[str] = option(None, "an Optuna storage URL that processes or machines share (default: "
                                     "sqlite in --out, optuna.db)", optional=True, metavar="URL")
     study: Optional[str] = option(None, "the study's name (default: GUIDE[-T]-DATA-EPOCHSep)", optional=True)

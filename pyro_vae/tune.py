@@ -19,8 +19,11 @@ encoder, T - 1 encoder-only steps with the decoder fixed, He et al. 2019's aggre
 
 The study lives in an Optuna storage: by default SQLite in the output folder (``optuna.db``); any database URL
 (``--storage``) lets processes or machines add trials to one study, each stopping when it holds ``trials``
-complete ones. The sampler is TPE seeded by ``seed`` plus the number of trials the study already holds: the same
-settings give the same trials again, and a resumed study draws new ones; processes sharing a study are not
+complete ones. The sampler is TPE: its first ``startup_trials`` trials (default a third of ``trials``) are drawn at
+random, the rest from its model of the results. It is seeded by :func:`sampler_seed` (``sampler_seed``, or one
+derived from the study's name, never the training ``seed``: each study draws its own trials, and a tuning can be
+repeated on other training seeds with the same trial points) plus the number of trials the study already holds: the
+same settings give the same trials again, and a resumed study draws new ones; processes sharing a study are not
 reproducible (their order of completion decides what each samples next).
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -77,6 +81,18 @@ def storage_url(s: TuneSettings) -> str:
 def study_name(s: TuneSettings) -> str:
     """The study's name: ``s.study``, or the arm, data set and budget (``meanfield-T-digits-100ep``)."""
     return s.study or f"{s.guide}{'-T' if s.tune_steps else ''}-{s.data}-{s.epochs}ep"
+
+
+def sampler_seed(s: TuneSettings) -> int:
+    """The TPE sampler's seed: ``s.sampler_seed``, or the CRC-32 of the study's name (so that studies of other arms,
+    data sets or budgets draw other trials)."""
+    return s.sampler_seed if s.sampler_seed is not None else zlib.crc32(study_name(s).encode())
+
+
+def startup_trials(s: TuneSettings) -> int:
+    """The trials TPE draws at random before it models the results: ``s.startup_trials``, or a third of
+    ``s.trials`` (at least 1). Optuna's default, 10, makes a study of 10 trials a random search."""
+    return s.startup_trials if s.startup_trials is not None else max(1, s.trials // 3)
 
 
 def suggest(trial, s: TuneSettings) -> dict:
@@ -131,7 +147,8 @@ def tune(ds: data.Dataset, s: TuneSettings):
     study = optuna.create_study(study_name=study_name(s), storage=storage_url(s), direction="maximize",
                                 load_if_exists=True)
     # seeded by the trials already there, so that a resumed study does not draw its first trials again
-    study.sampler = optuna.samplers.TPESampler(seed=s.seed + len(study.trials))
+    study.sampler = optuna.samplers.TPESampler(seed=(sampler_seed(s) + len(study.trials)) % 2 ** 32,
+                                               n_startup_trials=startup_trials(s))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     remaining = s.trials - len(done)
     if remaining > 0:
@@ -177,7 +194,8 @@ def best(study, s: TuneSettings) -> dict:
     trial = study.best_trial
     return {"value": trial.value, "params": trial.params, "trial": trial.number, "study": study.study_name,
             "storage": s.storage or OUTPUTS["storage"], "trials": len(study.trials), "epochs": s.epochs,
-            "budget_points": s.budget_points, "split": "validation",
+            "budget_points": s.budget_points, "split": "validation", "sampler_seed": sampler_seed(s),
+            "startup_trials": startup_trials(s),
             "space": {k: list(v) for k, v in SPACE.items()}}
 
 

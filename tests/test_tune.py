@@ -59,6 +59,22 @@ def test_a_study_is_stored_reproducible_and_resumable(digits, tmp_path):
     assert written == ["trials.csv", "best.json", "trials.png"]
 
 
+def test_each_study_draws_its_own_trials_and_a_training_seed_changes_none(digits, tmp_path, monkeypatch):
+    """The sampler is seeded apart from training: studies of other arms (names) draw other points, two training
+    seeds of one study the same points; TPE models the results after a third of the trials, not after Optuna's 10."""
+    monkeypatch.setattr(tune, "score", lambda ds, s, params: -params["lr"])  # the draws, not the training, are tested
+    lrs = {}
+    for name, kw in {"meanfield": {}, "normal": {"guide": "normal"}, "seed 1": {"seed": 1}}.items():
+        s = _settings(tmp_path, name.replace(" ", ""), trials=6, tune_steps=False, **kw)
+        study = tune.tune(digits, s)
+        lrs[name] = [t.params["lr"] for t in study.trials]
+        assert study.sampler._n_startup_trials == tune.startup_trials(s) == 2
+    assert lrs["meanfield"] == lrs["seed 1"]  # training seed 1, the same study: the same trial points
+    assert lrs["meanfield"][0] != lrs["normal"][0]  # another arm, another study name: its own draws
+    assert tune.sampler_seed(_settings(tmp_path)) != _settings(tmp_path).seed
+    assert tune.sampler_seed(_settings(tmp_path, sampler_seed=7)) == 7
+
+
 def test_processes_share_a_study_through_a_storage_url(digits, tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     tune.tune(digits, _settings(tmp_path, "a", trials=2, storage=url, study="shared"))
