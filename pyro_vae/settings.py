@@ -419,10 +419,18 @@ class TuneSettings(DataModelSettings):
     guide: str = option("normal", "the arm: the guide whose decoder is trained in each trial", choices=_guide_names)
     tune_steps: bool = option(False, "also tune T, the guide's steps per batch (an encoder's: T - 1 with the decoder "
                               "fixed, aggressive training; a per-datapoint guide's rows: variational EM)", "bool")
-    trials: int = option(20, "complete trials the study should hold (with --resume: the total to reach)", "int>=1")
+    trials: int = option(20, "trials the study should hold, complete or pruned (with --resume: the total to reach)",
+                         "int>=1")
     epochs: int = option(100, "the budget of every trial: passes over the training set", "int>=1")
     budget_points: int = option(100, "validation points on which each trial's decoder is scored by log p(x)",
                                 "int>=1")
+    budget_epochs: list = option(list(SCHEDULE), "the epochs at which each trial's decoder is measured on validation "
+                                 "(those up to --epochs, and --epochs itself); the trial's score is the best of them "
+                                 "(the checkpoint validation selects), and each is reported to the pruner", "int>=1",
+                                 many=True, metavar="E")
+    pruner: str = option("median", "stop a trial whose validation log p(x) at a measured epoch is below the median of "
+                         "the earlier trials' at that epoch (Optuna's MedianPruner, after the random trials and the "
+                         "first tenth of the epochs), or none", choices=lambda: ["median", "none"])
     budget_ll_samples: int = option(1000, "importance samples for each validation log p(x)", "int>=1")
     elbo_samples: int = option(100, "samples for each ELBO estimate of the scoring", "int>=1")
     qstar_steps: Optional[int] = option(None, QSTAR_STEPS_HELP, "int>=1", optional=True)

@@ -10,7 +10,9 @@ Usage::
     pyro-vae tune --out runs/tune-mf --trials 40 --resume         # 20 more trials of the same study
 
 Each trial trains a decoder with the arm's guide from ``seed`` for ``epochs`` epochs (the equal budget) with the
-trial's learning rates, and scores it by log p(x) on the first ``budget_points`` **validation** points
+trial's learning rates, measures it at ``budget_epochs`` (each measurement reported to the pruner, which stops a
+trial below the median of the earlier ones at that epoch), and scores it by its best measurement (the checkpoint
+validation selects) of log p(x) on the first ``budget_points`` **validation** points
 (:func:`pyro_vae.measure.budget_row`: importance sampling from q* fitted with the decoder frozen, so an encoder-
 trained and a mean-field-trained decoder are measured alike); the test split is never read. The search space
 (:data:`SPACE`): the Adam learning rate of the networks (``lr``, decoder and encoder together), of a per-datapoint
@@ -18,12 +20,12 @@ guide's rows (``local_lr``), and with ``tune_steps`` T, the guide's steps per ba
 encoder, T - 1 encoder-only steps with the decoder fixed, He et al. 2019's aggressive training).
 
 The study lives in an Optuna storage: by default SQLite in the output folder (``optuna.db``); any database URL
-(``--storage``) lets processes or machines add trials to one study, each stopping when it holds ``trials``
-complete ones. The sampler is TPE: its first ``startup_trials`` trials (default a third of ``trials``) are drawn at
-random, the rest from its model of the results. It is seeded by :func:`sampler_seed` (``sampler_seed``, or one
-derived from the study's name, never the training ``seed``: each study draws its own trials, and a tuning can be
-repeated on other training seeds with the same trial points) plus the number of trials the study already holds: the
-same settings give the same trials again, and a resumed study draws new ones; processes sharing a study are not
+(``--storage``) lets processes or machines add trials to one study, each stopping when it holds ``trials`` finished
+ones (complete or pruned). The sampler is TPE: its first ``startup_trials`` trials (default a third of ``trials``)
+are drawn at random, the rest from its model of the results. It is seeded by :func:`sampler_seed` (``sampler_seed``,
+or one derived from the study's name, never the training ``seed``: each study draws its own trials, and a tuning can
+be repeated on other training seeds with the same trial points) plus the number of trials the study already holds:
+the same settings give the same trials again, and a resumed study draws new ones; processes sharing a study are not
 reproducible (their order of completion decides what each samples next).
 """
 
@@ -37,6 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import data, folders
+from .budgets import measured_epochs
 from .compare import build_training, optimizer_and_loss
 from .measure import budget_row
 from .errors import InputError
@@ -108,17 +111,52 @@ def suggest(trial, s: TuneSettings) -> dict:
     return params
 
 
-def score(ds: data.Dataset, s: TuneSettings, params: dict) -> float:
-    """Train the arm with ``params`` for ``s.epochs`` epochs; validation log p(x), nats per datapoint (higher is
-    better)."""
+def score(ds: data.Dataset, s: TuneSettings, params: dict, trial=None) -> float:
+    """Train the arm with ``params`` for ``s.epochs`` epochs, measuring validation log p(x) (nats per datapoint) at
+    each of ``s.budget_epochs`` up to ``s.epochs`` and at ``s.epochs``; returns the best measurement, the checkpoint
+    that validation selects within the budget (higher is better).
+
+    With ``trial`` (an ``optuna.Trial``), each measurement is reported as the trial's intermediate value at that
+    epoch, and the trial stops (``optuna.TrialPruned``) when its pruner says so. Measurements leave the training's
+    random numbers as they were (``fit(on_epoch=...)``).
+    """
     shared = {f.name for f in CompareSettings.options()} & set(s.to_dict())
     c = CompareSettings.from_dict({**{k: v for k, v in s.to_dict().items() if k in shared},
                                    **{k: v for k, v in params.items() if k != "local_steps"}, "out": s.out})
     model, guide = build_training(ds, c, s.guide, s.seed)
     optim, loss = optimizer_and_loss(c, model, guide)
+    x_val = ds.validation[:s.budget_points].to(s.device)
+    measured = set(measured_epochs(s.budget_epochs, s.epochs)) - {0}
+    curve = []
+
+    def measure(epoch: int, row: dict) -> bool:
+        if epoch not in measured:
+            return False
+        curve.append(float(budget_row(model, guide, x_val, c)["log_px"]))
+        if trial is not None:
+            import optuna
+
+            trial.report(curve[-1], epoch)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at_epoch", epoch)
+                raise optuna.TrialPruned(f"validation log p(x) {curve[-1]:.3f} at epoch {epoch}")
+        return False
+
     fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, progress=False, seed=s.seed, device=s.device,
-        local_steps=params.get("local_steps", 1), optim=optim, loss=loss)
-    return float(budget_row(model, guide, ds.validation[:s.budget_points].to(s.device), c)["log_px"])
+        local_steps=params.get("local_steps", 1), optim=optim, loss=loss, on_epoch=measure)
+    if trial is not None:
+        trial.set_user_attr("selected_epoch", sorted(measured)[curve.index(max(curve))])
+    return max(curve)
+
+
+def pruner(s: TuneSettings):
+    """The study's pruner: Optuna's ``MedianPruner`` once the random trials are done and after the first tenth of
+    the epochs (a trial is stopped at a measured epoch where it is below the earlier trials' median), or none."""
+    import optuna
+
+    if s.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=startup_trials(s), n_warmup_steps=s.epochs // 10)
 
 
 def check(ds: data.Dataset, s: TuneSettings) -> None:
@@ -145,19 +183,20 @@ def tune(ds: data.Dataset, s: TuneSettings):
         Path(s.out).mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=study_name(s), storage=storage_url(s), direction="maximize",
-                                load_if_exists=True)
+                                load_if_exists=True, pruner=pruner(s))
     # seeded by the trials already there, so that a resumed study does not draw its first trials again
     study.sampler = optuna.samplers.TPESampler(seed=(sampler_seed(s) + len(study.trials)) % 2 ** 32,
                                                n_startup_trials=startup_trials(s))
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # a pruned trial counts: it was run
+    done = [t for t in study.trials if t.state in finished]
     remaining = s.trials - len(done)
     if remaining > 0:
-        stop = optuna.study.MaxTrialsCallback(s.trials, states=(optuna.trial.TrialState.COMPLETE,))
+        stop = optuna.study.MaxTrialsCallback(s.trials, states=finished)
         quiet = _QuietInterrupt()
         logger = logging.getLogger("optuna.study._optimize")  # where Optuna reports a failed trial
         logger.addFilter(quiet)
         try:
-            study.optimize(lambda trial: score(ds, s, suggest(trial, s)), n_trials=remaining, callbacks=[stop],
+            study.optimize(lambda trial: score(ds, s, suggest(trial, s), trial), n_trials=remaining, callbacks=[stop],
                            show_progress_bar=s.progress, catch=(FloatingPointError,))
         finally:
             logger.removeFilter(quiet)
@@ -180,12 +219,14 @@ class _QuietInterrupt(logging.Filter):
 
 
 def trials_table(study) -> pd.DataFrame:
-    """One row per trial: ``number``, ``state``, ``value`` (validation log p(x), nats per datapoint), the
-    parameters (``lr``, ...), ``seconds`` and ``best_so_far``."""
+    """One row per trial: ``number``, ``state``, ``value`` (validation log p(x), nats per datapoint: a complete
+    trial's best measurement, a pruned one's last), the parameters (``lr``, ...), ``seconds`` and ``best_so_far``
+    (of the complete trials)."""
     table = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration"))
     table = table.rename(columns=lambda c: c.removeprefix("params_"))
     table["seconds"] = table.pop("duration").dt.total_seconds()
-    table["best_so_far"] = table["value"].cummax()
+    table["best_so_far"] = table["value"].where(table["state"] == "COMPLETE").cummax()  # a pruned trial's value is
+    # its last measurement, not a score
     return table
 
 

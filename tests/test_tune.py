@@ -1,6 +1,7 @@
 """pyro-vae tune: Optuna studies of one arm, scored on the validation split only, stored in SQLite, resumable."""
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -62,7 +63,7 @@ def test_a_study_is_stored_reproducible_and_resumable(digits, tmp_path):
 def test_each_study_draws_its_own_trials_and_a_training_seed_changes_none(digits, tmp_path, monkeypatch):
     """The sampler is seeded apart from training: studies of other arms (names) draw other points, two training
     seeds of one study the same points; TPE models the results after a third of the trials, not after Optuna's 10."""
-    monkeypatch.setattr(tune, "score", lambda ds, s, params: -params["lr"])  # the draws, not the training, are tested
+    monkeypatch.setattr(tune, "score", lambda ds, s, params, trial: -params["lr"])  # the draws, not the training
     lrs = {}
     for name, kw in {"meanfield": {}, "normal": {"guide": "normal"}, "seed 1": {"seed": 1}}.items():
         s = _settings(tmp_path, name.replace(" ", ""), trials=6, tune_steps=False, **kw)
@@ -73,6 +74,29 @@ def test_each_study_draws_its_own_trials_and_a_training_seed_changes_none(digits
     assert lrs["meanfield"][0] != lrs["normal"][0]  # another arm, another study name: its own draws
     assert tune.sampler_seed(_settings(tmp_path)) != _settings(tmp_path).seed
     assert tune.sampler_seed(_settings(tmp_path, sampler_seed=7)) == 7
+
+
+def test_a_trial_below_the_median_is_pruned_and_the_score_is_the_best_measurement(digits, tmp_path, monkeypatch):
+    """Each measurement is reported to the pruner; a trial below the earlier trials' median at a measured epoch stops
+    there (and counts among the trials), and a trial's score is its best measurement, not its last."""
+    def validation(model, guide, x, c):  # a known curve: best near lr = 10**-2.5, falling after epoch 2
+        epoch = len(seen.setdefault(c.lr, [])) + 1
+        seen[c.lr].append(epoch)
+        return {"log_px": -abs(math.log10(c.lr) + 2.5) - 0.1 * abs(epoch - 2)}
+    seen = {}
+    monkeypatch.setattr(tune, "budget_row", validation)
+    s = _settings(tmp_path, trials=8, epochs=4, budget_epochs=[1, 2, 3], startup_trials=2, tune_steps=False)
+    study = tune.tune(digits, s)
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 8 and "PRUNED" in states and states[:2] == ["COMPLETE", "COMPLETE"], states
+    for t in study.trials:
+        lr = t.params["lr"]
+        if t.state.name == "PRUNED":  # stopped where it fell below the median of the trials before it
+            assert seen[lr] == list(range(1, t.user_attrs["pruned_at_epoch"] + 1)) and len(seen[lr]) < 4
+        else:  # measured at 1, 2, 3 and the last epoch 4; scored at its best, epoch 2
+            assert seen[lr] == [1, 2, 3, 4] and t.user_attrs["selected_epoch"] == 2
+            assert t.value == pytest.approx(-abs(math.log10(lr) + 2.5))
+            assert sorted(t.intermediate_values) == [1, 2, 3, 4]
 
 
 def test_processes_share_a_study_through_a_storage_url(digits, tmp_path):
