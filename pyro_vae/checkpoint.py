@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .folders import signals_held
+from .folders import inside, signals_held, temp_file
 from .optim import LazyAdam
 
 CHECKPOINT = "checkpoint.pt"
@@ -145,7 +144,7 @@ def _write_atomically(path: Path, state: dict) -> None:
     ``checkpoint.prev.pt`` when ``path`` is ``checkpoint.pt``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with signals_held():  # Ctrl-C or SIGTERM waits for the checkpoint to be written
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        fd, tmp = temp_file(path.parent, path.name)  # the mode a plain open() gives, not mkstemp's 0o600
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(state, f)
@@ -197,7 +196,9 @@ def load(path, mmap: bool = False) -> dict:
     if not path.is_file():
         raise CheckpointError(f"there is no checkpoint at {path}.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # torch's notices about a foreign pickle: the error below says it
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated zip, foreign pickle, ...: torch raises several types
         raise CheckpointError(f"{path} is damaged or not a checkpoint (torch.load raised {type(e).__name__}): {FIX}"
                               ) from e
@@ -244,10 +245,11 @@ def malformed(state: dict) -> Optional[str]:
     return None
 
 
-def read_run(path, mmap: bool = False) -> dict:
+def read_run(path, mmap: bool = False, reading: bool = False) -> dict:
     """The latest readable checkpoint of a run: ``path``, else ``checkpoint.prev.pt`` beside it, with a warning.
 
-    ``mmap``: as for :func:`load` (resume maps it; the tensors are copied into place).
+    ``mmap``: as for :func:`load` (resume maps it; the tensors are copied into place). ``reading``: the caller
+    reads the run (``load_run``: evaluate, sample) rather than continues it, which the warning says.
 
     A checkpoint of another format version is intact work of another pyro-vae: it is never
     passed over for the previous one (resuming would overwrite it).
@@ -271,8 +273,10 @@ def read_run(path, mmap: bool = False) -> dict:
             raise CheckpointError(f"neither checkpoint can be read: {why[0]}; {why[1]}: train the run again."
                                   ) from earlier
         why = str(latest).removesuffix(f": {FIX}")
-        warnings.warn(f"{why}; resuming from {previous.name} (epoch {state['epoch']}) instead: the epochs after "
-                      f"it are trained again, with the same result.", CheckpointWarning, stacklevel=3)
+        then = (f"reading {previous.name} (epoch {state['epoch']}), the last complete one, instead" if reading else
+                f"resuming from {previous.name} (epoch {state['epoch']}) instead: the epochs after it are trained "
+                f"again, with the same result")
+        warnings.warn(f"{why}; {then}.", CheckpointWarning, stacklevel=3)
         return state
 
 
@@ -333,7 +337,7 @@ def read_shard(checkpoint_dir, state: dict, rank: int) -> dict:
     files = state["shards"]["files"]
     if not 0 <= rank < len(files):
         raise CheckpointError(f"the checkpoint has shards of {len(files)} processes, not of rank {rank}.")
-    path = Path(checkpoint_dir) / files[rank]
+    path = inside(checkpoint_dir, files[rank], f"the checkpoint's shard of rank {rank}", fix=NAMED_ELSEWHERE)
     if not path.is_file():
         raise CheckpointError(f"{path}, the rows of rank {rank} that the checkpoint names, is missing: the run's "
                               f"{SHARDS} folder was moved or cut; {FIX}.")
@@ -382,6 +386,20 @@ def every_row(state: dict, checkpoint_dir) -> dict:
         for name, t in tensors.items():
             full.setdefault(name, torch.empty(shard.num_data, *t.shape[1:], dtype=t.dtype))[shard.dataset_rows()] = t
     return {**state, "guide": {**state["guide"], **full}, "rows_on_disk": None}
+
+
+#: what to do about a checkpoint that names its rows or shards outside its run folder
+NAMED_ELSEWHERE = "the checkpoint was edited or belongs to another run: put back the run's own, or train the run again"
+
+
+def named_folders(state: dict, checkpoint_dir) -> list:
+    """The folders of row files the checkpoint ``state`` names (its rows part's, or each shard's, read through
+    :func:`read_shard`, which refuses a shard file outside ``checkpoint_dir`` before it is read), as
+    ``[(what, path), ...]`` for :func:`pyro_vae.folders.inside`."""
+    parts = [read_shard(checkpoint_dir, state, r) for r in range(len(state["shards"]["files"]))] \
+        if "shards" in state else [state.get("rows_part") or {}]
+    return [("the checkpoint's rows", rows_folder({"rows_on_disk": part["on_disk"]}, checkpoint_dir))
+            for part in parts if part.get("on_disk")]
 
 
 def rows_folder(state: dict, checkpoint_dir) -> Optional[Path]:

@@ -56,9 +56,9 @@ def _integer_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(f"{settings.shown(text)} is not an integer") from None
     if value < low:
-        raise argparse.ArgumentTypeError(f"{value} is {'not positive' if low == 1 else 'negative'}: "
+        raise argparse.ArgumentTypeError(f"{settings.shown(value)} is {'not positive' if low == 1 else 'negative'}: "
                                          f"give an integer >= {low}")
     return value
 
@@ -77,7 +77,7 @@ def seed_value(text: str) -> int:
     """argparse type: a seed, an integer in [0, 2**32)."""
     value = _integer_at_least(text, 0)
     if value >= settings.SEED_BOUND:
-        raise argparse.ArgumentTypeError(f"{value} is not below 2**32 (seeds lie in [0, 2**32))")
+        raise argparse.ArgumentTypeError(f"{settings.shown(value)} is not below 2**32 (seeds lie in [0, 2**32))")
     return value
 
 
@@ -86,7 +86,7 @@ def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{settings.shown(text)} is not a number") from None
     if not (value > 0 and value < float("inf")):
         raise argparse.ArgumentTypeError(f"{value} is not a finite positive number")
     return value
@@ -210,6 +210,9 @@ def cmd_train(given: dict, config: Optional[dict], resume: bool = False, config_
     cfg = settings.resolve(settings.TrainSettings, given, config, config_source=config_source).to_dict()
     cfg["resume"], cfg["overwrite"] = resume, overwrite
     saved = runs.saved_config(cfg["out"], "--resume") if resume else {}  # what --resume keeps
+    if resume:
+        settings.refuse_changes_on_resume("train", cfg["out"], saved, {**(config or {}), **given}, runs.RESUMABLE,
+                                          held="run", made="trained")
     guide = saved.get("guide", cfg["guide"])
     if cfg["rows_on_disk"] and guides.get(guide).amortized:
         raise InputError(f"--rows-on-disk keeps per-datapoint rows in files, and the {guide} guide has none: "
@@ -261,12 +264,7 @@ def cmd_compare(s: settings.CompareSettings, overwrite: bool = False, resume: bo
     out = Path(s.out)
     if resume:
         saved = compare.saved_settings(out)
-        changed = [k for k, v in (given or {}).items() if k not in compare.RESUMABLE and saved.get(k) != v]
-        if changed:
-            shown = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (declared: {saved.get(k)!r})" for k in changed[:3])
-            raise InputError(f"compare --resume: the study in {out} was declared with other settings, and {shown} "
-                             f"would change it: drop them (it continues with its own), or start another study in "
-                             f"another --out.")
+        settings.refuse_changes_on_resume("compare", out, saved, given or {}, compare.RESUMABLE)
         s = settings.CompareSettings.from_dict(
             {**saved, **{k: v for k, v in (given or {}).items() if k in compare.RESUMABLE}, "out": str(out)},
             str(out / "config.json"))
@@ -328,27 +326,36 @@ def cmd_tune(given: dict, config: Optional[dict], resume: bool = False, overwrit
 
     s = settings.resolve(settings.TuneSettings, given, config, config_source=config_source)
     if resume:
-        s = tune.resumed_settings(Path(s.out), given)
+        s = tune.resumed_settings(Path(s.out), given, config)
+    tune.check_study(s, resume)  # the URL, the database and the study in it, only read, before any work
     ds = runs.load_data(s.to_dict(), download=not resume, folder=Path(s.out) if resume else None)
     runs.check_fits({**s.to_dict(), "rows_on_disk": None}, ds)
     tune.check(ds, s)
     with folders.writer(s.out, "tune") as out:
         if not resume:
             folders.claim(out, "tune", overwrite)
+        study = tune.open_study(s, resume, exclusive=True)  # before config.json: a refusal leaves the folder as it was
         folders.write_text(out / "config.json", json.dumps(s.to_dict(), indent=2))
-        study = tune.tune(ds, s)
+        study = tune.tune(ds, s, study)
         written = tune.write(study, s, out)
-    trial = study.best_trial
-    shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
-    print(f"{study.study_name}: best of {len(study.trials)} trials, validation log p(x) {trial.value:.3f} nats per "
-          f"datapoint (trial {trial.number}: {shown}); wrote {out}/{{config.json, {', '.join(written)}}}"
-          + ("" if s.storage else f", the study in {out}/{tune.OUTPUTS['storage']}"))
+    chosen = tune.best(study, s)
+    shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen["params"].items())
+    how = (f"mean over {chosen['rescored'][0]['seeds']} seeds of the {len(chosen['rescored'])} best re-scored"
+           if chosen["rescored"] else "its seed")
+    print(f"{study.study_name}: best of {len(tune.finished(study))} trials, validation log p(x) {chosen['value']:.3f} "
+          f"nats per datapoint ({how}; trial {chosen['trial']}: {shown}); wrote {out}/{{config.json, "
+          f"{', '.join(written)}}}" + ("" if s.storage else f", the study in {out}/{tune.OUTPUTS['storage']}"))
 
 
 EVALUATION = {"table": "evaluation.csv", "points": "evaluation_per_point.csv", "figure": "evaluation_gaps.png"}
 
 
 def cmd_evaluate(paths: List[str], s: settings.EvaluateSettings) -> None:
+    """``pyro-vae evaluate``: each run's gap decomposition, written into it, and with several runs side by side into
+    ``--out``. It holds each run as a reader with its outputs lock (:func:`pyro_vae.folders.reader`) and ``--out`` as
+    a writer: two evaluates of one run, or into one ``--out``, never interleave (the second is refused), and a run
+    being replaced is not read. The files are written at the end, all or none (:func:`pyro_vae.folders.all_or_none`);
+    the tables record the epoch of the weights read (a run still training is read at its last checkpoint)."""
     from . import plots
 
     cfg = s.to_dict()
@@ -360,40 +367,50 @@ def cmd_evaluate(paths: List[str], s: settings.EvaluateSettings) -> None:
             raise InputError(f"evaluate writes {EVALUATION['table']} into each run, and {path} is not writable: make "
                              f"it writable, or copy the run.")
     at = runs.kept_weights(cfg["at"])
-    loaded = [runs.load_run(path, device=cfg["device"], at=at) for path in paths]  # every run checked before any work
-    names = [run.name for run in loaded]
-    if len(set(names)) < len(names):
-        raise InputError(f"evaluate: two runs share a folder name ({', '.join(names)}); tables label runs by it.")
-    flows = ["flow"] if any(run.guide.family == "flow" for run in loaded) else []
-    families = cfg["families"] or ["normal", "mvn", *flows]
-    measured = settings.CompareSettings(n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"], ais_steps=cfg["ais_steps"],
-                                elbo_samples=cfg["elbo_samples"], qstar_steps=cfg["qstar_steps"],
-                                qstar_lr=cfg["qstar_lr"], qstar_starts=cfg["qstar_starts"], families=families,
-                                device=cfg["device"],
-                                progress=not cfg["no_progress"])
-    for run in loaded:
-        if run.guide.family not in families:
-            raise InputError(f"evaluate: {run.name}'s guide ({run.config['guide']}) is of the {run.guide.family!r} "
-                             f"family: add it to --families, since its gaps are measured against q* of that family.")
-    tables, points = [], []
-    for run in loaded:
-        pyro.set_rng_seed(cfg["seed"])
-        summary, per_point = measure.evaluate(run.model, run.guide, run.data, measured, cfg["split"])
-        label = {"run": run.name, "guide": run.config["guide"]}
-        summary, per_point = summary.assign(**label), per_point.assign(**label)
-        folders.write_csv(summary[["run", "guide", *summary.columns[:-2]]], run.path / EVALUATION["table"])
-        folders.write_csv(per_point, run.path / EVALUATION["points"], index=True)
-        plots.save(plots.gap_bars(per_point, title=f"Gaps of {run.name} ({run.config['guide']} guide)", x="run"),
-                   run.path / EVALUATION["figure"])
-        tables.append(summary)
-        points.append(per_point)
-    table = pd.concat(tables, ignore_index=True)
-    print(format_table(table, labels=("run", "guide", "split")))
+    with contextlib.ExitStack() as hold:
+        unique = {os.path.realpath(path): path for path in paths}
+        for real in sorted(unique):  # in one order: two evaluates of the same runs never hold one each
+            hold.enter_context(folders.reader(unique[real], "evaluate", writes=True))
+        loaded = [runs.load_run(path, device=cfg["device"], at=at) for path in paths]  # every run checked first
+        names = [run.name for run in loaded]
+        if len(set(names)) < len(names):
+            raise InputError(f"evaluate: two runs share a folder name ({', '.join(names)}); tables label runs by "
+                             f"it.")
+        flows = ["flow"] if any(run.guide.family == "flow" for run in loaded) else []
+        families = cfg["families"] or ["normal", "mvn", *flows]
+        measured = settings.CompareSettings(n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"],
+                                            ais_steps=cfg["ais_steps"], elbo_samples=cfg["elbo_samples"],
+                                            qstar_steps=cfg["qstar_steps"], qstar_lr=cfg["qstar_lr"],
+                                            qstar_starts=cfg["qstar_starts"], families=families,
+                                            device=cfg["device"], progress=not cfg["no_progress"])
+        for run in loaded:
+            if run.guide.family not in families:
+                raise InputError(f"evaluate: {run.name}'s guide ({run.config['guide']}) is of the "
+                                 f"{run.guide.family!r} family: add it to --families, since its gaps are measured "
+                                 f"against q* of that family.")
+        if len(loaded) > 1:
+            hold.enter_context(folders.writer(out, "evaluate"))
+        tables, points = [], []
+        with folders.all_or_none():  # a failure part way (a full disk, Ctrl-C) replaces no file
+            for run in loaded:
+                pyro.set_rng_seed(cfg["seed"])
+                summary, per_point = measure.evaluate(run.model, run.guide, run.data, measured, cfg["split"])
+                label = {"run": run.name, "guide": run.config["guide"], "epoch": run.epoch}
+                summary, per_point = summary.assign(**label), per_point.assign(**label)
+                folders.write_csv(summary[[*label, *summary.columns[:-len(label)]]], run.path / EVALUATION["table"])
+                folders.write_csv(per_point, run.path / EVALUATION["points"], index=True)
+                plots.save(plots.gap_bars(per_point, title=f"Gaps of {run.name} ({run.config['guide']} guide)",
+                                          x="run"), run.path / EVALUATION["figure"])
+                tables.append(summary)
+                points.append(per_point)
+            table = pd.concat(tables, ignore_index=True)
+            if len(loaded) > 1:
+                folders.write_csv(table[[*label, *table.columns[:-len(label)]]], out / EVALUATION["table"])
+                plots.save(plots.gap_bars(pd.concat(points), title="Gaps of " + ", ".join(names), x="run"),
+                           out / EVALUATION["figure"])
+    print(format_table(table, labels=("run", "guide", "epoch", "split")))
     written = [f"{run.path}/{{{', '.join(EVALUATION.values())}}}" for run in loaded]
     if len(loaded) > 1:
-        folders.write_csv(table[["run", "guide", *table.columns[:-2]]], out / EVALUATION["table"])
-        plots.save(plots.gap_bars(pd.concat(points), title="Gaps of " + ", ".join(names), x="run"),
-                   out / EVALUATION["figure"])
         written.append(f"{out}/{{{EVALUATION['table']}, {EVALUATION['figure']}}}")
     print("\nwrote " + "; ".join(written))
 
@@ -434,6 +451,13 @@ def sample_path(run_path: Path, out: Optional[str], image: bool) -> Path:
 
 
 def cmd_sample(cfg: dict) -> None:
+    """``pyro-vae sample``: reads the run as a reader (:func:`pyro_vae.folders.reader`: refused while the run is
+    replaced, and no ``--overwrite`` replaces it meanwhile); its one file goes into place whole, by a rename."""
+    with folders.reader(cfg["run"], "sample"):
+        _sample(cfg)
+
+
+def _sample(cfg: dict) -> None:
     from . import plots
 
     run = runs.load_run(cfg["run"], at=runs.kept_weights(cfg["at"]))
@@ -464,17 +488,50 @@ def cmd_sample(cfg: dict) -> None:
     print(f"wrote {out}")
 
 
-def describe_error(e: BaseException) -> str:
-    """The one line shown for an error about the input or the machine: an ``OSError`` names its file and the fix."""
+#: what each command keeps when writing fails part way (a full disk), and how to go on
+KEPT_ON_FAILED_WRITE = {
+    "train": "the last complete checkpoint is kept, and train --resume continues from it",
+    "compare": "the study keeps every finished training (and each one's last checkpoint), and compare --resume "
+               "continues it",
+    "tune": "the study keeps its finished trials, and tune --resume continues it",
+    "evaluate": "no file was replaced (each run and --out keep their earlier evaluation, whole); run evaluate again",
+    "sample": "no samples were written (the file goes into place whole or not at all); run sample again",
+}
+#: the errors of a write that fails part way
+FAILED_WRITES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+
+
+def describe_error(e: BaseException, command: str = "train") -> str:
+    """The one line shown for an error about the input or the machine: an ``OSError`` names its file and the fix,
+    and one of a write that failed part way (a full disk) what ``command`` kept and how to go on."""
     if not isinstance(e, OSError) or isinstance(e, InputError):
         return str(e)
     where = f" ({e.filename})" if e.filename else ""
+    kept = KEPT_ON_FAILED_WRITE.get(command, "run it again")
     if e.errno == errno.ENOSPC:
-        return (f"no space left on the device{where}: free some space; the last complete checkpoint is kept, and "
-                f"train --resume continues from it.")
+        return f"no space left on the device{where}: free some space; {kept}."
+    if e.errno == errno.EDQUOT:
+        return f"{e.strerror}{where}: free some space or raise the quota; {kept}."
+    if e.errno in FAILED_WRITES:
+        return f"{e.strerror or e}{where}; {kept}."
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{e.strerror}{where}: make it writable, or give another --out."
     return f"{e.strerror or e}{where}"
+
+
+def out_of_memory(e: BaseException) -> Optional[str]:
+    """What an allocation that failed asked for, for a message ("an allocation of 12.3 GiB failed"), or None when
+    ``e`` is not an allocation failure: Python's ``MemoryError``, torch's ``OutOfMemoryError`` (CUDA) or its CPU
+    allocator's "can't allocate memory" ``RuntimeError``."""
+    text = str(e)
+    if not (isinstance(e, MemoryError) or isinstance(e, getattr(torch, "OutOfMemoryError", MemoryError))
+            or "can't allocate memory" in text or "out of memory" in text.lower()):
+        return None
+    size = re.search(r"allocate (\d+) bytes", text) or re.search(r"allocate ([\d.]+ [KMGT]iB)", text)
+    if size is None:
+        return "an allocation failed"
+    asked = f"{int(size.group(1)) / 2**30:.3g} GiB" if size.group(1).isdigit() else size.group(1)
+    return f"an allocation of {asked} failed"
 
 
 def interrupted(command: str, cfg: dict) -> str:
@@ -486,8 +543,11 @@ def interrupted(command: str, cfg: dict) -> str:
             epochs = int(load_checkpoint(Path(out) / CHECKPOINT, mmap=True)["epoch"])
         except InputError:  # no checkpoint yet, or one this command did not write
             epochs = 0
-        kept = f"the run in {out} keeps its checkpoint of epoch {epochs}" if epochs else f"{out} holds no finished epoch"
-        return f"interrupted; {kept}: `pyro-vae train --resume --out {out}` continues it exactly."
+        if not epochs:
+            return (f"interrupted before the first epoch ended; {out} holds no checkpoint: train again with "
+                    f"--overwrite --out {out}.")
+        return (f"interrupted; the run in {out} keeps its checkpoint of epoch {epochs}: `pyro-vae train --resume "
+                f"--out {out}` continues it exactly.")
     if command == "compare" and out:
         return (f"interrupted; {out} keeps every finished training (and each one's last checkpoint): "
                 f"`pyro-vae compare --resume --out {out}` continues it.")
@@ -593,6 +653,8 @@ def _run(args, cfg: dict) -> int:
             cls = classes[args.command]
             given = {f.name: cfg[f.name] for f in cls.options() if f.name in cfg}
             config = settings.load_config(cfg["config"]) if cfg["config"] else None
+            if config is not None:  # the file's own keys and values first: a run's config.json is not evaluate's
+                cls.from_dict({k: v for k, v in config.items() if k != "out"}, cfg["config"])
             if config is not None and "out" in config and "out" not in given:
                 raise InputError(f"--config {cfg['config']} names the folder it was written to "
                                  f"({config['out']}); say where this {args.command} writes with --out DIR.")
@@ -615,7 +677,14 @@ def _run(args, cfg: dict) -> int:
                 else:
                     cmd_evaluate(cfg["runs"], chosen)
     except (InputError, OSError, FloatingPointError) as e:  # about the input: one line; anything else is our bug
-        print(f"pyro-vae {args.command}: error: {describe_error(e)}", file=sys.stderr)
+        print(f"pyro-vae {args.command}: error: {describe_error(e, args.command)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        asked = out_of_memory(e)
+        if asked is None:  # anything else is our bug: its traceback
+            raise
+        print(f"pyro-vae {args.command}: error: out of memory: {asked}; give smaller sizes (--batch-size, --z-dim, "
+              f"--hidden, --ll-samples), or run it where there is more memory.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pyro-vae {args.command}: {interrupted(args.command, cfg)}", file=sys.stderr)

@@ -48,7 +48,7 @@ from .errors import InputError
 from . import budgets, data, folders, objectives
 from .optim import LazyAdam
 from .progress import progress_bar
-from .runs import KEPT, SELECTED, build, build_guide, build_model, guide_options, kept_path  # noqa: F401
+from .runs import KEPT, SELECTED, build, build_guide, build_model, check_paths, guide_options, kept_path  # noqa: F401
 from .settings import CompareSettings, TrainSettings
 from .train import fit
 
@@ -199,7 +199,9 @@ def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: st
     if resume:
         from .checkpoint import read_run
 
+        check_paths(folder, cfg, reads=RUN_FILES.values())  # nothing it reads or continues leads outside the run
         state = read_run(folder / "checkpoint.pt")
+        check_paths(folder, cfg, state)
         done, seconds = state["epoch"], sum(row["seconds"] for row in state["history"])
         if (folder / RUN_FILES["budget"]).exists():
             kept = pd.read_csv(folder / RUN_FILES["budget"])
@@ -452,6 +454,7 @@ def read_study(ds: data.Dataset, s: Settings, out: Path, jobs) -> Result:
     for label, name, local_steps, seed in jobs:
         folder = run_folder(out, label, seed)
         folders_of[(label, seed)] = folder
+        check_paths(folder, reads=RUN_FILES.values())  # what it reads of the run leads nowhere outside it
         for key, fname in RUN_FILES.items():
             frame = pd.read_csv(folder / fname, index_col="row" if key == "points" else None)
             frames[key].append(frame.assign(guide=label, seed=seed) if key == "history" else frame)

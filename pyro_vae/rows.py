@@ -58,10 +58,12 @@ BLOCK_BYTES = 1 << 26
 
 def _write_new(path: Path, write) -> None:
     """Write the file ``path`` through ``write(f)`` into a temp file renamed over it: a mapping of an older
-    file of that name keeps its own (now unlinked) file, where truncating it in place would end in a bus error."""
+    file of that name keeps its own (now unlinked) file, where truncating it in place would end in a bus error.
+    A temp file left by a killed write, or a symlink planted in its place, is replaced, never written through."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    tmp.unlink(missing_ok=True)
+    with open(tmp, "xb") as f:
         write(f)
     os.replace(tmp, path)
 

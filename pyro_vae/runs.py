@@ -32,7 +32,7 @@ import torch
 import guides
 
 from .errors import InputError
-from .settings import TrainSettings
+from .settings import TrainSettings, shown
 from . import checkpoint, data, distributed, folders, models, objectives, rows
 from .optim import LazyAdam
 from .checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT
@@ -62,6 +62,9 @@ class Run:
     data: data.Dataset
     config: dict
     history: pd.DataFrame
+    #: the epoch whose weights the modules hold, as :func:`load_run` read them (the checkpoint's, or with ``at``
+    #: the kept weights'); None for the run :func:`train` returns (its last epoch)
+    epoch: Optional[int] = None
 
     @property
     def name(self) -> str:
@@ -203,19 +206,20 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> Run:
     """
     out = Path(cfg["out"])
     given_rows = cfg.get("rows_on_disk")
-    saved = {}
+    saved, source = {}, ""
     if resume:
         given = {k: cfg[k] for k in RESUMABLE if k in cfg and not (k == "rows_on_disk" and cfg[k] is None)}
-        saved = saved_config(out, "--resume")
+        TrainSettings.from_dict({**given, "out": str(out)})  # a bad value given now is named as given
+        saved, source = saved_config(out, "--resume"), str(out / CONFIG)  # the others: named in the file
         cfg = {**saved, **given}
     cfg = {k: v for k, v in cfg.items() if k not in ("resume", "command", "config", "overwrite")}
-    cfg = TrainSettings.from_dict({**cfg, "out": str(out)}).to_dict()  # every value checked, defaults filled in
+    cfg = TrainSettings.from_dict({**cfg, "out": str(out)}, source).to_dict()  # every value checked, defaults in
     if cfg["root"] is not None and not resume:
         cfg["root"] = str(Path(cfg["root"]).expanduser().resolve())
     rows_dir = None
     if cfg["rows_on_disk"]:  # given now: relative to the current folder; saved: relative to the run folder
-        rows_dir = folders.inside(out, Path(given_rows).resolve() if given_rows else cfg["rows_on_disk"],
-                                  "rows_on_disk")
+        given_now = Path(given_rows).expanduser().absolute() if given_rows else None  # unresolved: a link is named
+        rows_dir = folders.inside(out, given_now or cfg["rows_on_disk"], "rows_on_disk")
         if rows_dir == out.resolve():
             raise folders.FolderError(f"rows_on_disk {cfg['rows_on_disk']} is the run folder itself: give a folder "
                                       f"inside it, e.g. {out / 'rows'}.")
@@ -307,13 +311,31 @@ def check_resumable(out: Path, saved: dict, cfg: dict) -> dict:
         except InputError as e:  # a run this command cannot continue
             raise RunError(f"--resume: {e}") from None
     check_config_matches(out, saved, state["config"], "--resume")
+    check_paths(out, cfg, state)
     return state
 
 
-def check_fits(cfg: dict, ds: data.Dataset) -> None:
-    """A :class:`RunError` before any allocation when the model and guide ``cfg`` describes cannot fit in memory:
-    their parameters, gradients and two Adam moments (16 bytes a parameter; per-datapoint rows kept on disk with
-    ``rows_on_disk`` do not count) against this machine's RAM, or the device's memory."""
+def check_paths(path: Path, cfg: Optional[dict] = None, state: Optional[dict] = None, reads=()) -> None:
+    """One rule for every path a run names, checked by every command that continues or reads it (``--resume``,
+    :func:`load_run`: evaluate, sample; a study continuing or reading its run): the files of ``path`` that are read
+    (:data:`READS`, and the caller's ``reads``), the rows folder the settings ``cfg`` name and the rows folders and
+    shard files the checkpoint ``state`` names, each with everything under it, resolved (symlinks followed), must lie
+    inside ``path`` (:func:`pyro_vae.folders.inside_all`). A :class:`pyro_vae.folders.FolderError` names the first
+    that does not. Call it before any of them is read or written: without ``cfg`` and ``state`` before
+    ``config.json`` is read (:func:`saved_config` does), then with them before what they name is."""
+    for name in (*READS, *reads):
+        folders.inside_all(path, name, "the run's")
+    if cfg and cfg.get("rows_on_disk"):
+        folders.inside_all(path, cfg["rows_on_disk"], "rows_on_disk")
+    for what, folder in checkpoint.named_folders(state, path) if state is not None else ():
+        folders.inside_all(path, folder, what, fix=checkpoint.NAMED_ELSEWHERE)  # (each shard file checked, then read)
+
+
+def check_fits(cfg: dict, ds: data.Dataset, training: bool = True) -> None:
+    """A :class:`RunError` before any allocation when the model and guide ``cfg`` describes cannot fit in memory,
+    against this machine's RAM or the device's memory: their parameters, with ``training`` their gradients and two
+    Adam moments too (16 bytes a parameter, else 4; per-datapoint rows kept on disk with ``rows_on_disk`` do not
+    count), and a mini-batch's activations (:func:`batch_activation_bytes`)."""
     limit, where = memory_of(cfg["device"])
     cfg = {**DEFAULTS, **cfg}
     try:
@@ -332,11 +354,28 @@ def check_fits(cfg: dict, ds: data.Dataset) -> None:
         on_disk = set(guide.row_parameter_names()) if cfg["rows_on_disk"] else set()
         count += sum(p.numel() for n, p in guide.named_parameters() if n not in on_disk)
         amortized = guide.amortized
-    if 16 * count > limit:
-        rows_hint = "" if on_disk or amortized else ", or keep the per-datapoint rows on disk (--rows-on-disk)"
-        raise RunError(f"the model and guide hold {count:.3g} parameters, {16 * count / 2**30:.3g} GiB with their "
-                       f"gradients and Adam's moments, and {where} has {limit / 2**30:.3g} GiB: give smaller "
-                       f"--z-dim / --hidden{rows_hint}.")
+    per_parameter = 16 if training else 4
+    if per_parameter * count > limit:
+        rows_hint = "" if on_disk or amortized or not training else \
+            ", or keep the per-datapoint rows on disk (--rows-on-disk)"
+        held = "with their gradients and Adam's moments" if training else "as weights"
+        raise RunError(f"the model and guide hold {count:.3g} parameters, {per_parameter * count / 2**30:.3g} GiB "
+                       f"{held}, and {where} has {limit / 2**30:.3g} GiB: give smaller --z-dim / --hidden{rows_hint}.")
+    batch = batch_activation_bytes(cfg, ds)
+    if per_parameter * count + batch > limit:
+        raise RunError(f"a mini-batch of {cfg['batch_size']} points takes about {batch / 2**30:.3g} GiB of "
+                       f"activations (z_dim={cfg['z_dim']}, hidden={shown(cfg['hidden'])}, {cfg['elbo']} loss) "
+                       f"beside {per_parameter * count / 2**30:.3g} GiB of parameters, and {where} has "
+                       f"{limit / 2**30:.3g} GiB: give a smaller --batch-size, --z-dim or --hidden.")
+
+
+def batch_activation_bytes(cfg: dict, ds: data.Dataset) -> int:
+    """About the bytes a training step's activations take (float32): per point and particle, each hidden layer's
+    pre-activation and output in decoder and encoder, the likelihood's logits, probabilities and log-densities,
+    and q's location, scale, noise and sample, saved for the backward pass and matched by their gradients."""
+    floats = 4 * sum(cfg["hidden"]) + 3 * ds.x_dim + 6 * cfg["z_dim"]
+    particles = cfg["particles"] if cfg["elbo"] == "iwae" else 1
+    return 2 * 4 * floats * particles * min(cfg["batch_size"], len(ds.train))
 
 
 def memory_of(device: str) -> Tuple[int, str]:
@@ -357,6 +396,7 @@ def saved_config(path, what: str = "load_run") -> dict:
                "train one first with `pyro-vae train`, or give the folder of an existing run")
         raise RunError(f"{what}: {path} holds no run{' to continue' if what == '--resume' else ''} (it needs "
                        f"{CONFIG} and {CHECKPOINT}, as `pyro-vae train` writes them); {fix}.")
+    check_paths(path)  # no file of the run (config.json, its checkpoint, ...) leads outside it
     try:
         cfg = json.loads(config.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -373,6 +413,9 @@ def saved_config(path, what: str = "load_run") -> dict:
 
 #: the weights a study keeps in a run folder besides its checkpoints (see :mod:`pyro_vae.compare`)
 SELECTED, KEPT = "selected.pt", "kept"
+#: the files and folders of a run that commands read (:func:`check_paths`); every other file pyro-vae writes there
+#: (:data:`pyro_vae.folders.OUTPUTS`) is only ever replaced by a rename, so a link planted there is replaced
+READS = (CONFIG, CHECKPOINT, PREVIOUS_CHECKPOINT, checkpoint.SHARDS, KEPT, SELECTED)
 
 
 def kept_path(folder, epoch: int) -> Path:
@@ -393,7 +436,8 @@ def kept_weights(at: Optional[str]):
 def load_run(path, device: str = "cpu", at=None) -> Run:
     """The run in folder ``path``, rebuilt from ``config.json`` and its checkpoint, on ``device``.
 
-    The checkpoint is read with ``torch.load(..., weights_only=True)``: no pickled code runs.
+    The checkpoint is read with ``torch.load(..., weights_only=True)``: no pickled code runs. A run that is still
+    being trained is read at its last complete checkpoint; :attr:`Run.epoch` says which epoch's weights were read.
 
     :param at: for a run of a study (``pyro-vae compare``), which of its kept weights to load instead of the
         last epoch's: ``"selected"`` (the checkpoint chosen on validation, ``selected.pt``) or an epoch that a
@@ -404,18 +448,17 @@ def load_run(path, device: str = "cpu", at=None) -> Run:
     """
     path = Path(path)
     cfg = TrainSettings.from_dict(saved_config(path), str(path / CONFIG)).to_dict()
-    state = read_run_checkpoint(path / CHECKPOINT)
+    state = read_run_checkpoint(path / CHECKPOINT, reading=True)
     check_config_matches(path, cfg, state["config"], "load_run")
-    if cfg["rows_on_disk"]:
-        folders.inside(path, cfg["rows_on_disk"], "rows_on_disk")  # a crafted config names no folder outside
+    check_paths(path, cfg, state)  # a crafted config or checkpoint, or a planted symlink, leads nowhere outside
     try:
         ds = load_data(cfg, download=False, folder=path)  # a reader creates and downloads nothing
     except (OSError, ValueError) as e:
         raise RunError(f"load_run: the data {path.name} was trained on cannot be loaded ({e})") from None
+    check_fits(cfg, ds, training=False)  # sizes a crafted config.json and checkpoint agree on
     state = checkpoint.every_row(state, path)  # a data-parallel run's shards put together
+    epoch = int(state["epoch"])  # the last complete checkpoint's: a run still training has trained on since
     row_files = checkpoint.rows_folder(state, path)
-    if row_files is not None:
-        folders.inside(path, row_files, "the checkpoint's rows")
     model, guide = build(cfg, ds, guide_device="meta" if row_files is not None and starts_constant(cfg) else None)
     if row_files is not None:  # the copy of the row files the checkpoint names, mapped read-only
         rows.attach(guide, None, row_files, state["rows_on_disk"]["slot"], writable=False)
@@ -432,11 +475,11 @@ def load_run(path, device: str = "cpu", at=None) -> Run:
             kept = sorted(p.stem for p in (path / KEPT).glob("epoch-*.pt"))
             raise RunError(f"load_run: {path} keeps no weights at {at!r} ({weights.name} is not there; it keeps "
                            f"{', '.join(kept) or 'none'}): give at='selected' or one of those epochs.")
-        checkpoint.load_weights(weights, model, guide)
+        epoch = int(checkpoint.load_weights(weights, model, guide)["epoch"])
     model.to(device)
     guide.to(device)
     history = pd.DataFrame(state["history"], columns=COLUMNS).astype({"epoch": int})
-    return Run(path, model, guide, ds.to(device), cfg, history)
+    return Run(path, model, guide, ds.to(device), cfg, history, epoch)
 
 
 def reconstruct(run: Run, x: torch.Tensor, qstar_steps: Optional[int] = None) -> torch.Tensor:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Optional, Sequence
@@ -32,11 +34,40 @@ from .errors import InputError
 KINDS = ("int", "int>=0", "int>=1", "seed", "float>0", "str", "bool", "device")
 #: seeds lie in [0, SEED_BOUND): what numpy's and torch's generators take alike
 SEED_BOUND = 2 ** 32
+#: the bounds on the counts that multiply work (docs/cli.md lists them): a value past one is a typo or a runaway
+EPOCHS_BOUND = 10 ** 6
+STEPS_BOUND = 1000  # T: guide steps per batch, refinement steps
+LAYERS_BOUND = 64
+SAMPLES_BOUND = 10 ** 7  # Monte Carlo draws per point
+ITERATIONS_BOUND = 10 ** 6  # q* iterations, AIS steps
+SEEDS_BOUND = 1000
+TRIALS_BOUND = 10 ** 4
+#: a config file's size and how many values it may expand to (YAML aliases can make a small file huge)
+CONFIG_BYTES = 2 ** 20
+CONFIG_VALUES = 10 ** 4
+
+
+def cores() -> int:
+    """The cores this process may run on: the bound of ``--threads`` and ``--workers``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxlist, _short.maxdict, _short.maxstring, _short.maxother, _short.maxlong = 2, 4, 4, 60, 60, 40
+
+
+def shown(value) -> str:
+    """``repr(value)`` cut short (at most about 100 characters, two levels deep): what a message may quote of a
+    value a user gave, however large (a 10 000-digit number, a YAML file of nested aliases)."""
+    return _short.repr(value)
 
 
 def option(default, help: str, kind: str = "str", *, choices: Optional[Callable[[], Sequence]] = None,
            many: bool = False, optional: bool = False, flags: Sequence[str] = (), metavar: Optional[str] = None,
-           negate: bool = False, repeats: bool = False):
+           negate: bool = False, repeats: bool = False, most=None, items: Optional[int] = None):
     """A settings field: its default and what the command line needs to offer it as a flag.
 
     :param kind: one of :data:`KINDS`; ``many`` makes it a list of them (``nargs="+"``), each value once unless
@@ -45,11 +76,14 @@ def option(default, help: str, kind: str = "str", *, choices: Optional[Callable[
     :param optional: None is allowed (and means "the default of whatever reads it").
     :param flags: the flag names (default ``--`` + the name with dashes); ``negate`` makes a boolean field
         whose flag turns it off (``jit`` and ``--no-jit``).
+    :param most: the largest value allowed (an int, or a function returning one, such as :func:`cores`): the bound
+        of a count that multiplies work; ``items``: the most values a ``many`` setting may hold.
     """
     if kind not in KINDS:
         raise InputError(f"unknown kind {kind!r}; choose one of {KINDS}.")
     meta = {"help": help, "kind": kind, "choices": choices, "many": many, "optional": optional,
-            "flags": tuple(flags), "metavar": metavar, "negate": negate, "repeats": repeats}
+            "flags": tuple(flags), "metavar": metavar, "negate": negate, "repeats": repeats, "most": most,
+            "items": items}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -135,8 +169,10 @@ class Settings:
         names = {f.name for f in cls.options()}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise InputError(f"{', '.join(map(repr, unknown))}{where} {'is not a setting' if len(unknown) == 1 else 'are not settings'} "
-                             f"of {cls.command or cls.__name__}: see `pyro-vae {cls.command} --help` for the names.")
+            named = ", ".join(map(shown, unknown[:4])) + (f" and {len(unknown) - 4} more" if len(unknown) > 4 else "")
+            verb = "is not a setting" if len(unknown) == 1 else "are not settings"
+            raise InputError(f"{named}{where} {verb} of {cls.command or cls.__name__}: see `pyro-vae {cls.command} "
+                             f"--help` for the names.")
         out = cls(**values)
         out.check(source)
         return out
@@ -165,21 +201,38 @@ class Settings:
             if value is None and meta["optional"]:
                 continue
             if meta["many"] and not isinstance(value, (list, tuple)):
-                raise InputError(f"{f.name}{where} must be a list, got {value!r} ({flag} takes one or more values).")
+                raise InputError(f"{f.name}{where} must be a list, got {shown(value)} ({flag} takes one or more "
+                                 f"values).")
             values = value if meta["many"] else [value]
-            if meta["many"] and not meta["repeats"]:
-                twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
-                if twice is not None:
-                    raise InputError(f"{f.name}{where} names {twice!r} twice ({flag} takes each value once): drop "
-                                     f"the repeat.")
+            if meta["many"] and meta["items"] is not None and len(values) > meta["items"]:
+                raise InputError(f"{f.name}{where} holds {len(values)} values, more than the {meta['items']} it may "
+                                 f"hold (docs/cli.md, Bounds): give fewer.")
             for v in values:
-                problem = _problem(meta["kind"], v)
+                problem = _problem(meta["kind"], v) or _past_bound(meta["most"], v)
                 if not problem and f.name == "out" and not v.strip():
                     problem = "must name a folder (an empty name would be the current folder)"
                 if problem:
-                    raise InputError(f"{f.name}{where} {problem}, got {v!r} ({flag} on the command line).")
+                    flag_hint = "" if source else f" ({flag} on the command line)"
+                    raise InputError(f"{f.name}{where} {problem}, got {shown(v)}{flag_hint}.")
                 if meta["choices"] is not None and v not in meta["choices"]():
-                    raise InputError(f"{f.name}{where} must be one of {list(meta['choices']())}, got {v!r}.")
+                    raise InputError(f"{f.name}{where} must be one of {list(meta['choices']())}, got {shown(v)}.")
+            if meta["many"] and not meta["repeats"]:
+                twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+                if twice is not None:
+                    raise InputError(f"{f.name}{where} names {shown(twice)} twice ({flag} takes each value once): "
+                                     f"drop the repeat.")
+
+
+def _past_bound(most, value) -> Optional[str]:
+    """What is wrong with ``value`` against the bound ``most`` (an int, or a function giving one), or None."""
+    if most is None:
+        return None
+    bound = most() if callable(most) else most
+    if value <= bound:
+        return None
+    if most is cores:
+        return f"must be at most {bound}, the cores this process may use"
+    return f"must be at most {bound:,} (a bound docs/cli.md lists, against runaways)"
 
 
 def _problem(kind: str, value) -> Optional[str]:
@@ -243,7 +296,8 @@ class DataModelSettings(Settings):
     z_dim: int = option(8, "latent dimension", "int>=1")
     activation: str = option("relu", "nonlinearity of decoder and encoder (elu: Cremer, Li & Duvenaud's)",
                              choices=lambda: ["relu", "elu"])
-    hidden: list = option([256], "hidden widths of decoder and encoder", "int>=1", many=True, repeats=True)
+    hidden: list = option([256], "hidden widths of decoder and encoder", "int>=1", many=True, repeats=True,
+                          items=LAYERS_BOUND)
     batch_size: int = option(128, "mini-batch size", "int>=1")
     lr: float = option(1e-3, "Adam learning rate of decoder and encoder", "float>0")
     local_lr: float = option(1e-2, "learning rate of per-datapoint guide parameters (meanfield, local_mvn)",
@@ -251,10 +305,11 @@ class DataModelSettings(Settings):
     elbo: str = option("trace", "the objective: trace (Trace_ELBO), meanfield (TraceMeanField_ELBO, closed-form KL) "
                        "or iwae (the importance-weighted bound with --particles samples, right under mini-batches)",
                        choices=_objectives, flags=("--loss", "--elbo"))
-    particles: int = option(5, "K, the importance samples per datapoint of --loss iwae", "int>=1")
-    num_flows: int = option(2, "affine autoregressive transforms of the flow and local_flow guides", "int>=1")
+    particles: int = option(5, "K, the importance samples per datapoint of --loss iwae", "int>=1", most=SAMPLES_BOUND)
+    num_flows: int = option(2, "affine autoregressive transforms of the flow and local_flow guides", "int>=1",
+                            most=LAYERS_BOUND)
     refine_steps: int = option(5, "gradient steps by which the semi_amortized guide refines each q (0: the plain "
-                               "encoder)", "int>=0")
+                               "encoder)", "int>=0", most=STEPS_BOUND)
     refine_lr: float = option(0.03, "learning rate of the semi_amortized guide's refinement steps (Kim et al. used 1; "
                               "notebook 04 measures why 0.03 on digits and 0.01 on the linear-Gaussian oracle)",
                               "float>0")
@@ -277,9 +332,10 @@ class TrainSettings(DataModelSettings):
     guide: str = option("normal", "guide from the registry", choices=_guide_names)
     scale: str = option("softplus", "sigma parameterization of the normal guide",
                         choices=lambda: ["softplus", "logvar", "exp"])
-    epochs: int = option(300, "passes over the training set (with --resume: the total to reach)", "int>=1")
+    epochs: int = option(300, "passes over the training set (with --resume: the total to reach)", "int>=1",
+                         most=EPOCHS_BOUND)
     local_steps: int = option(1, "iterative training: T steps of the guide's parameters per batch, the first T - 1 "
-                              "with the model held fixed (1: plain SVI)", "int>=1", metavar="T")
+                              "with the model held fixed (1: plain SVI)", "int>=1", metavar="T", most=STEPS_BOUND)
     out: str = option("runs/train", "output folder")
     rows_on_disk: Optional[str] = option(None, "keep a per-datapoint guide's rows and their Adam moments in "
                                          "memory-mapped files in FOLDER (only each batch's rows are read and written "
@@ -287,7 +343,7 @@ class TrainSettings(DataModelSettings):
                                          "given another", optional=True, metavar="FOLDER")
     threads: Optional[int] = option(None, "intra-op threads of the training steps (default: 1 for a model whose batch "
                                     "x parameters is under 1e8, which two threads would stall when another process "
-                                    "holds a core; else torch's)", "int>=1", optional=True)
+                                    "holds a core; else torch's)", "int>=1", optional=True, most=cores)
     distributed: bool = option(False, "data-parallel training in the processes torchrun starts (`torchrun "
                                "--standalone --nproc_per_node=P --no-python pyro-vae train ... --distributed`): gloo "
                                "on CPU, nccl with --device cuda (one GPU per process); --batch-size is the global "
@@ -330,32 +386,32 @@ class CompareSettings(DataModelSettings):
 
     guides: list = option(["normal", "mvn", "meanfield"], "guides to train decoders with", choices=_guide_names,
                           many=True)
-    epochs: int = option(300, "passes over the training set, per guide", "int>=1")
+    epochs: int = option(300, "passes over the training set, per guide", "int>=1", most=EPOCHS_BOUND)
     seeds: int = option(1, "repeat every training with seeds SEED, SEED+1, ..., SEED+N-1; tables and figures show "
-                        "the mean and the spread across seeds", "int>=1", metavar="N")
+                        "the mean and the spread across seeds", "int>=1", metavar="N", most=SEEDS_BOUND)
     local_steps: list = option([1, 5], "one decoder per T for each per-datapoint guide (meanfield, ...), trained "
                                "iteratively: T steps of the batch's rows per visit, T - 1 with the decoder fixed",
-                               "int>=1", many=True, metavar="T")
+                               "int>=1", many=True, metavar="T", most=STEPS_BOUND)
     encoder_steps: list = option([1], "one decoder per T for each amortized guide (normal, mvn, ...), trained "
                                  "aggressively: T steps of the encoder per batch, T - 1 with the decoder fixed (He et "
-                                 "al. 2019)", "int>=1", many=True, metavar="T")
+                                 "al. 2019)", "int>=1", many=True, metavar="T", most=STEPS_BOUND)
     families: list = option(["normal", "mvn"], "families of q* (flow gives L[q*_flow]; each guide's own family must "
                             "be among them)", choices=_families, many=True)
     qstar_lr: Optional[float] = option(None, QSTAR_LR_HELP, "float>0", optional=True)
-    qstar_steps: Optional[int] = option(None, QSTAR_STEPS_HELP, "int>=1", optional=True)
+    qstar_steps: Optional[int] = option(None, QSTAR_STEPS_HELP, "int>=1", optional=True, most=ITERATIONS_BOUND)
     qstar_starts: Optional[list] = option(None, QSTAR_STARTS_HELP, choices=_starts, many=True, optional=True)
     n_eval: int = option(200, "training points evaluated at each run's selected checkpoint (test: all of it)",
                          "int>=1")
     test_points: Optional[int] = option(None, "read only the first N test points at each chosen checkpoint "
                                         "(default: the whole test split; fewer only for smoke tests such as "
                                         "--quick)", "int>=1", optional=True, metavar="N")
-    ll_samples: int = option(5000, "importance samples for log p(x)", "int>=1")
-    ais_steps: Optional[int] = option(None, AIS_HELP, "int>=1", optional=True)
-    elbo_samples: int = option(500, "samples for each ELBO estimate", "int>=1")
+    ll_samples: int = option(5000, "importance samples for log p(x)", "int>=1", most=SAMPLES_BOUND)
+    ais_steps: Optional[int] = option(None, AIS_HELP, "int>=1", optional=True, most=ITERATIONS_BOUND)
+    elbo_samples: int = option(500, "samples for each ELBO estimate", "int>=1", most=SAMPLES_BOUND)
     budget_epochs: list = option(list(SCHEDULE), "the epochs at which each decoder in training is measured on the "
                                  "validation split (budget.csv, budget.png), declared before the run: those up to "
                                  "--epochs, --epochs itself and the untrained decoder (epoch 0)", "int>=1", many=True,
-                                 metavar="E")
+                                 metavar="E", most=EPOCHS_BOUND)
     test_epochs: Optional[list] = option(None, "pre-registered equal-epochs budgets, among --budget-epochs: test is "
                                          "read at each run's best validation checkpoint at or below each "
                                          "(default: --epochs)", "int>=1", many=True, optional=True, metavar="E")
@@ -367,13 +423,14 @@ class CompareSettings(DataModelSettings):
                                      metavar="P")
     budget_points: Optional[int] = option(None, "the first N validation points measure the budget curves (default: "
                                           "all of them)", "int>=1", optional=True, metavar="N")
-    budget_ll_samples: int = option(1000, "importance samples for log p(x) at each budget-curve point", "int>=1")
+    budget_ll_samples: int = option(1000, "importance samples for log p(x) at each budget-curve point", "int>=1",
+                                    most=SAMPLES_BOUND)
     encoder_widths: list = option([], "the encoder-width sweep: on the decoder trained with the normal guide, held "
                                   "fixed, train new normal encoders W units wide for --epochs each and measure their "
                                   "amortization gap (encoder_widths.csv, encoder_widths.png)", "int>=1", many=True,
-                                  metavar="W")
+                                  metavar="W", items=LAYERS_BOUND)
     workers: int = option(1, "trainings run in this many processes at once, each with an equal share of the cores "
-                          "(CPU only); the numbers do not depend on it", "int>=1")
+                          "(CPU only); the numbers do not depend on it", "int>=1", most=cores)
     jit: bool = option(True, "do not compile the ELBO with Pyro's JIT (it is compiled only for the models and "
                        "guides tested under it; see docs/decisions.md for the trade-off)", "bool",
                        flags=("--no-jit",), negate=True)
@@ -393,13 +450,13 @@ class EvaluateSettings(Settings):
                                "chosen on validation) or at an epoch a budget chose (default: the last epoch)",
                                optional=True, metavar="selected|EPOCH")
     n_eval: int = option(200, "points evaluated per split", "int>=1")
-    ll_samples: int = option(5000, "importance samples for log p(x)", "int>=1")
-    ais_steps: Optional[int] = option(None, AIS_HELP, "int>=1", optional=True)
-    elbo_samples: int = option(500, "samples for each ELBO estimate", "int>=1")
+    ll_samples: int = option(5000, "importance samples for log p(x)", "int>=1", most=SAMPLES_BOUND)
+    ais_steps: Optional[int] = option(None, AIS_HELP, "int>=1", optional=True, most=ITERATIONS_BOUND)
+    elbo_samples: int = option(500, "samples for each ELBO estimate", "int>=1", most=SAMPLES_BOUND)
     families: Optional[list] = option(None, "families of q*; each run's own guide family must be among them "
                                       "(default: normal and mvn, and flow when a run's guide is a flow)",
                                       choices=_families, many=True, optional=True)
-    qstar_steps: Optional[int] = option(None, QSTAR_STEPS_HELP, "int>=1", optional=True)
+    qstar_steps: Optional[int] = option(None, QSTAR_STEPS_HELP, "int>=1", optional=True, most=ITERATIONS_BOUND)
     qstar_lr: Optional[float] = option(None, QSTAR_LR_HELP, "float>0", optional=True)
     qstar_starts: Optional[list] = option(None, QSTAR_STARTS_HELP, choices=_starts, many=True, optional=True)
     seed: int = option(0, "seeds the Monte Carlo samples of the evaluation", "seed")
@@ -415,35 +472,56 @@ class TuneSettings(DataModelSettings):
 
     command: ClassVar[str] = "tune"
 
+    def check(self, source: str = "") -> None:
+        """As for every command, and the last re-scoring seed ``seed + rescore_seeds`` below 2**32."""
+        super().check(source)
+        if self.rescore_top and self.seed + self.rescore_seeds >= SEED_BOUND:
+            raise InputError(f"seed {self.seed} with rescore_seeds {self.rescore_seeds} goes past 2**32 - 1, the "
+                             f"largest seed: lower --seed or --rescore-seeds.")
 
     guide: str = option("normal", "the arm: the guide whose decoder is trained in each trial", choices=_guide_names)
     tune_steps: bool = option(False, "also tune T, the guide's steps per batch (an encoder's: T - 1 with the decoder "
                               "fixed, aggressive training; a per-datapoint guide's rows: variational EM)", "bool")
     trials: int = option(20, "trials the study should hold, complete or pruned (with --resume: the total to reach)",
-                         "int>=1")
-    epochs: int = option(100, "the budget of every trial: passes over the training set", "int>=1")
+                         "int>=1", most=TRIALS_BOUND)
+    epochs: int = option(100, "the budget of every trial: passes over the training set", "int>=1", most=EPOCHS_BOUND)
     budget_points: int = option(100, "validation points on which each trial's decoder is scored by log p(x)",
                                 "int>=1")
+    seconds_cap: Optional[float] = option(None, "a cap on each trial's seconds of training (measurements "
+                                             "excluded), for arms compared at equal seconds: a trial stops before "
+                                             "the epoch that would pass it, and is measured there; its score is the "
+                                             "best measurement inside the cap (default: none, --epochs alone)",
+                                             "float>0", optional=True, metavar="S")
+    rescore_top: int = option(3, "after the search, train the K best complete trials again on --rescore-seeds more "
+                              "training seeds (SEED+1, ...) and choose the one with the best mean score, since one "
+                              "seed's score is about as noisy as the differences between good trials (0: Optuna's "
+                              "best trial)", "int>=0", metavar="K", most=TRIALS_BOUND)
+    rescore_seeds: int = option(2, "the more training seeds on which the --rescore-top trials are scored", "int>=1",
+                                metavar="N", most=SEEDS_BOUND)
     budget_epochs: list = option(list(SCHEDULE), "the epochs at which each trial's decoder is measured on validation "
                                  "(those up to --epochs, and --epochs itself); the trial's score is the best of them "
                                  "(the checkpoint validation selects), and each is reported to the pruner", "int>=1",
-                                 many=True, metavar="E")
+                                 many=True, metavar="E", most=EPOCHS_BOUND)
     pruner: str = option("median", "stop a trial whose validation log p(x) at a measured epoch is below the median of "
                          "the earlier trials' at that epoch (Optuna's MedianPruner, after the random trials and the "
                          "first tenth of the epochs), or none", choices=lambda: ["median", "none"])
-    budget_ll_samples: int = option(1000, "importance samples for each validation log p(x)", "int>=1")
-    elbo_samples: int = option(100, "samples for each ELBO estimate of the scoring", "int>=1")
-    qstar_steps: Optional[int] = option(None, QSTAR_STEPS_HELP, "int>=1", optional=True)
+    budget_ll_samples: int = option(1000, "importance samples for each validation log p(x)", "int>=1",
+                                    most=SAMPLES_BOUND)
+    elbo_samples: int = option(100, "samples for each ELBO estimate of the scoring", "int>=1", most=SAMPLES_BOUND)
+    qstar_steps: Optional[int] = option(None, QSTAR_STEPS_HELP, "int>=1", optional=True, most=ITERATIONS_BOUND)
     qstar_lr: Optional[float] = option(None, QSTAR_LR_HELP, "float>0", optional=True)
     sampler_seed: Optional[int] = option(None, "seeds Optuna's TPE sampler, apart from --seed (which seeds each "
-                                         "trial's training): default from the study's name, so that each study "
-                                         "draws its own trials", "seed", optional=True)
+                                         "trial's training): default from --study-name, or from GUIDE[-T]-DATA-"
+                                         "EPOCHSep, so that each study draws its own trials", "seed", optional=True)
     startup_trials: Optional[int] = option(None, "trials TPE draws at random before it models the results "
                                            "(default: a third of --trials, at least 1; as many as --trials is random "
                                            "search)", "int>=1", optional=True)
     storage: Optional[str] = option(None, "an Optuna storage URL that processes or machines share (default: "
                                     "sqlite in --out, optuna.db)", optional=True, metavar="URL")
-    study: Optional[str] = option(None, "the study's name (default: GUIDE[-T]-DATA-EPOCHSep)", optional=True)
+    study: Optional[str] = option(None, "the study's name in its storage (default: GUIDE[-T]-DATA-EPOCHSep and a hash "
+                                  "of the settings that change what a trial measures); a study of that name made "
+                                  "with other settings is refused", optional=True, flags=("--study-name", "--study"),
+                                  metavar="NAME")
     jit: bool = option(True, "do not compile the ELBO with Pyro's JIT", "bool", flags=("--no-jit",), negate=True)
     progress: bool = option(True, "hide progress bars", "bool", flags=("--no-progress",), negate=True)
     out: str = option("runs/tune", "output folder: config.json, optuna.db, trials.csv, best.json, trials.png")
@@ -459,10 +537,14 @@ def load_config(path) -> dict:
     """The settings in the file ``path``: JSON (a run's config.json) or YAML (``.yaml``, ``.yml``)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"--config {path} cannot be read ({e.strerror or e}): give the path of a JSON or YAML "
-                         f"file of settings.") from None
+        with open(path, encoding="utf-8") as f:
+            text = f.read(CONFIG_BYTES + 1)
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"--config {path} cannot be read ({getattr(e, 'strerror', None) or e}): give the path of a "
+                         f"JSON or YAML file of settings.") from None
+    if len(text) > CONFIG_BYTES:
+        raise InputError(f"--config {path} is larger than {CONFIG_BYTES // 2**10} KiB, and a file of settings is a "
+                         f"few lines: give the settings file itself.")
     yaml_file = path.suffix.lower() in (".yaml", ".yml")
     if yaml_file:
         import yaml  # PyYAML, a dependency
@@ -471,6 +553,9 @@ def load_config(path) -> dict:
             values = yaml.load(text, Loader=_yaml_loader())
         except yaml.YAMLError as e:
             raise InputError(f"--config {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file.") from None
+        except RecursionError:
+            raise InputError(f"--config {path} nests its values too deeply to be settings: write one setting per "
+                             f"key.") from None
         values = {} if values is None else values
     else:
         try:
@@ -478,10 +563,31 @@ def load_config(path) -> dict:
         except json.JSONDecodeError as e:
             raise InputError(f"--config {path} is not valid JSON ({e}); fix the file, or name a YAML file .yaml."
                              ) from None
+        except RecursionError:
+            raise InputError(f"--config {path} nests its values too deeply to be settings: write one setting per "
+                             f"key.") from None
     if not isinstance(values, dict):
         raise InputError(f"--config {path} holds a {type(values).__name__}, not settings by name: write one "
                          f"setting per key (guide: mvn, epochs: 40, ...).")
+    if _values_in(values, CONFIG_VALUES) > CONFIG_VALUES:
+        raise InputError(f"--config {path} expands to more than {CONFIG_VALUES:,} values (YAML aliases repeat what "
+                         f"they name): write the settings out, one per key.")
     return values
+
+
+def _values_in(value, limit: int) -> int:
+    """How many values ``value`` holds, counting each repeat of a shared one (as YAML aliases expand); the count
+    stops soon after ``limit``, so that a file of nested aliases is measured in ``limit`` steps."""
+    count, todo = 0, [value]
+    while todo and count <= limit:
+        item = todo.pop()
+        count += 1
+        if isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+    return count
 
 
 def _yaml_loader():
@@ -499,6 +605,23 @@ def _yaml_loader():
                    r"(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
         list("-+0123456789."))
     return Loader
+
+
+def refuse_changes_on_resume(command: str, out, saved: dict, given: dict, resumable, held: str = "study",
+                             made: str = "declared") -> None:
+    """An :class:`InputError` when ``--resume`` is given settings (``given``: the flags and config file the user
+    set) that would change the saved ones (``saved``: the folder's ``config.json``), other than those in
+    ``resumable``: a resumed run or study continues with its own settings, and a flag it ignored would mislead.
+
+    :param held: what the folder holds ("run", "study"); ``made``: how it got its settings ("trained", "declared").
+    """
+    changed = [k for k, v in given.items() if k not in resumable and k != "out" and saved.get(k) != v]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {shown(given[k])} ({made}: {shown(saved.get(k))})"
+                          for k in changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise InputError(f"{command} --resume: the {held} in {out} was {made} with other settings, and {flags} would "
+                         f"change it: drop them (it continues with its own), or start another {held} in another "
+                         f"--out.")
 
 
 def resolve(cls, given: Optional[dict] = None, config: Optional[dict] = None, preset: Optional[dict] = None,

@@ -19,11 +19,24 @@ trained and a mean-field-trained decoder are measured alike); the test split is 
 guide's rows (``local_lr``), and with ``tune_steps`` T, the guide's steps per batch (``local_steps``: for an
 encoder, T - 1 encoder-only steps with the decoder fixed, He et al. 2019's aggressive training).
 
-The study lives in an Optuna storage: by default SQLite in the output folder (``optuna.db``); any database URL
-(``--storage``) lets processes or machines add trials to one study, each stopping when it holds ``trials`` finished
-ones (complete or pruned). The sampler is TPE: its first ``startup_trials`` trials (default a third of ``trials``)
-are drawn at random, the rest from its model of the results. It is seeded by :func:`sampler_seed` (``sampler_seed``,
-or one derived from the study's name, never the training ``seed``: each study draws its own trials, and a tuning can
+The study lives in an Optuna storage: by default SQLite in the output folder (``optuna.db``, never a link out of
+it); any database URL (``--storage``; a relative SQLite path is relative to the output folder) lets processes or
+machines add trials to one study, each stopping when it holds ``trials`` finished ones (complete or pruned; failed
+and running ones are not counted). A study is named by ``study`` (``--study-name``) or by its settings
+(:func:`study_name`: ``meanfield-T-digits-100ep-1a2b3c4d``, a hash of every setting that changes what a trial
+measures, :func:`measured_settings`), which it keeps (user attribute :data:`SETTINGS_ATTR`): a process whose settings
+differ from a study's of the same name is refused, so tunings sharing a storage never mix their trials. ``--resume``
+never makes a database or a study. A trial whose process died (SIGKILL, a lost machine) is marked failed: by
+Optuna's heartbeat (:data:`pyro_vae.storage.HEARTBEAT`, :data:`~pyro_vae.storage.GRACE`) once it is stale, and at
+once by ``--resume`` of its folder.
+
+With ``seconds_cap`` each trial also stops inside that many seconds of training (arms compared at equal seconds).
+After the search the ``rescore_top`` best complete trials are scored again on ``rescore_seeds`` more training
+seeds, and the best mean is chosen (:func:`rescore`, :func:`chosen`; ``best.json``).
+
+The sampler is TPE: its first ``startup_trials`` trials (default a third of ``trials``) are drawn at random, the rest
+from its model of the results. It is seeded by :func:`sampler_seed` (``sampler_seed``, or one derived from the
+study's arm, data set and budget, never the training ``seed``: each study draws its own trials, and a tuning can
 be repeated on other training seeds with the same trial points) plus the number of trials the study already holds:
 the same settings give the same trials again, and a resumed study draws new ones; processes sharing a study are not
 reproducible (their order of completion decides what each samples next).
@@ -31,17 +44,26 @@ reproducible (their order of completion decides what each samples next).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
+import os
+import socket
+import warnings
 import zlib
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 
-from . import data, folders
+from . import data, folders, settings
+from .storage import (DATABASE, check_database, check_storage, open_storage, parse_url, password_of, problem,
+                      shown_url, sqlite_file, storage_url)
 from .budgets import measured_epochs
 from .compare import build_training, optimizer_and_loss
 from .measure import budget_row
+from .progress import progress_bar
 from .errors import InputError
 from .settings import CompareSettings, TuneSettings
 from .train import fit
@@ -49,17 +71,29 @@ from .train import fit
 #: the search space: name -> (low, high, log scale) for rates, the choices for T
 SPACE = {"lr": (1e-4, 3e-2, True), "local_lr": (1e-3, 3e-1, True), "local_steps": (1, 2, 5, 10, 20)}
 #: the files a tuning writes into its folder (beside config.json)
-OUTPUTS = {"storage": "optuna.db", "trials": "trials.csv", "best": "best.json", "figure": "trials.png"}
+OUTPUTS = {"storage": DATABASE, "trials": "trials.csv", "best": "best.json", "figure": "trials.png"}
 
 
 #: the settings a resumed study takes from the command line; every other one is the study's own
-RESUMABLE = ("trials", "progress", "device", "jit", "storage")
+RESUMABLE = ("trials", "progress", "device", "jit", "storage", "rescore_top", "rescore_seeds")
+#: the settings that do not change what a trial measures (how many trials, how they are drawn and pruned, where the
+#: study is kept and run, where the data are read from): every other one is part of a study's identity
+#: (:func:`measured_settings`), in its default name and checked against the study's own when it is joined
+UNMEASURED = ("trials", "sampler_seed", "startup_trials", "pruner", "storage", "study", "out", "progress", "device",
+              "jit", "root", "no_download", "validate_every_step", "lr",  # lr: each trial's own
+              "rescore_top", "rescore_seeds")  # what is done after the search
+#: the user attribute of an Optuna study that holds its :func:`measured_settings`
+SETTINGS_ATTR = "pyro_vae_settings"
+#: the user attribute of a trial naming the process that runs it: ``{"host", "pid", "folder"}``
+PROCESS_ATTR = "pyro_vae_process"
 
 
-def resumed_settings(out: Path, given: dict) -> TuneSettings:
+def resumed_settings(out: Path, given: dict, config: Optional[dict] = None) -> TuneSettings:
     """The settings of the study in ``out`` (its ``config.json``), with those of :data:`RESUMABLE` that ``given``
-    sets. A study whose storage lies outside the folder is resumed only when ``--storage`` names it again: a
-    config file alone never makes a command write elsewhere."""
+    (the flags given) or ``config`` (a ``--config`` file's) sets; any other of them that would change the study's
+    own is refused (:func:`pyro_vae.settings.refuse_changes_on_resume`). A study whose storage lies outside the
+    folder is resumed only when ``--storage`` names it again: a config file alone never makes a command write
+    elsewhere."""
     path = Path(out) / "config.json"
     try:
         saved = json.loads(path.read_text())
@@ -69,27 +103,162 @@ def resumed_settings(out: Path, given: dict) -> TuneSettings:
     if not isinstance(saved, dict) or "tune_steps" not in saved:
         raise InputError(f"tune --resume: {path} is not the config.json of a `pyro-vae tune` study; start one "
                          f"without --resume, or give the folder of a study.")
-    if saved.get("storage") and given.get("storage") != saved["storage"]:
-        raise InputError(f"tune --resume: the study in {out} lives in {saved['storage']}, outside its folder: give "
-                         f"--storage {saved['storage']} again to add trials there.")
-    values = {**saved, **{k: given[k] for k in RESUMABLE if k in given}, "out": str(out)}
+    settings.refuse_changes_on_resume("tune", out, saved, {**(config or {}), **given}, RESUMABLE, made="made")
+    own = TuneSettings.from_dict({**saved, "out": str(out)}, str(path))
+    if saved.get("storage") and (not given.get("storage") or storage_url(own.replace(storage=given["storage"]))
+                                 != storage_url(own)):
+        raise InputError(f"tune --resume: the study in {out} lives in {shown_url(saved['storage'])}, outside its "
+                         f"folder: give --storage {shown_url(saved['storage'])} again to add trials there"
+                         f"{' (its password in place of ***)' if password_of(saved['storage']) else ''}.")
+    taken = {**{k: v for k, v in (config or {}).items() if k != "storage"}, **given}  # never a storage from a file
+    values = {**saved, **{k: taken[k] for k in RESUMABLE if k in taken}, "out": str(out)}
     return TuneSettings.from_dict(values, str(path))
 
 
-def storage_url(s: TuneSettings) -> str:
-    """The study's storage: ``s.storage``, or SQLite in ``s.out``."""
-    return s.storage or f"sqlite:///{Path(s.out).resolve() / OUTPUTS['storage']}"
+def measured_settings(s: TuneSettings) -> dict:
+    """The settings that change what a trial measures (all but :data:`UNMEASURED`), as JSON values: a study's
+    identity, stored in it (user attribute :data:`SETTINGS_ATTR`)."""
+    return json.loads(json.dumps({k: v for k, v in s.to_dict().items() if k not in UNMEASURED}))
+
+
+def base_name(s: TuneSettings) -> str:
+    """The arm, data set and budget (``meanfield-T-digits-100ep``): the default name of a study before its settings
+    were part of it, and the start of the default name now."""
+    return f"{s.guide}{'-T' if s.tune_steps else ''}-{s.data}-{s.epochs}ep"
 
 
 def study_name(s: TuneSettings) -> str:
-    """The study's name: ``s.study``, or the arm, data set and budget (``meanfield-T-digits-100ep``)."""
-    return s.study or f"{s.guide}{'-T' if s.tune_steps else ''}-{s.data}-{s.epochs}ep"
+    """The study's name: ``s.study`` (``--study-name``), or :func:`base_name` and 8 hex digits of a hash of its
+    :func:`measured_settings` (``meanfield-T-digits-100ep-1a2b3c4d``), so that tunings with other settings sharing a
+    storage are other studies."""
+    digest = hashlib.sha256(json.dumps(measured_settings(s), sort_keys=True).encode()).hexdigest()[:8]
+    return s.study or f"{base_name(s)}-{digest}"
 
 
 def sampler_seed(s: TuneSettings) -> int:
-    """The TPE sampler's seed: ``s.sampler_seed``, or the CRC-32 of the study's name (so that studies of other arms,
-    data sets or budgets draw other trials)."""
-    return s.sampler_seed if s.sampler_seed is not None else zlib.crc32(study_name(s).encode())
+    """The TPE sampler's seed: ``s.sampler_seed``, or the CRC-32 of ``s.study`` or else of :func:`base_name` (so
+    that studies of other arms, data sets or budgets draw other trials, and studies on other training seeds the
+    same ones)."""
+    return s.sampler_seed if s.sampler_seed is not None else zlib.crc32((s.study or base_name(s)).encode())
+
+
+def _differences(theirs: dict, ours: dict) -> str:
+    keys = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+    return "; ".join(f"{k} {settings.shown(theirs.get(k))}, not {settings.shown(ours.get(k))}" for k in keys[:3]) + (
+        f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def _find_study(s: TuneSettings, url: str, resume: bool, create: bool):
+    """The storage and the name and id of the study of ``s`` in it (the id None when there is none), checked: a
+    study made with other settings (:func:`measured_settings`) is refused, and with ``resume`` a storage without the
+    study. Finds a study named by :func:`base_name` (an older pyro-vae's default) when resuming."""
+    import optuna
+    import sqlalchemy.exc
+
+    shown = shown_url(s.storage) if s.storage else str(Path(s.out) / OUTPUTS["storage"])
+    ours = measured_settings(s)
+    names = [study_name(s)] + ([base_name(s)] if resume and not s.study else [])
+    try:
+        try:
+            storage = open_storage(s, url, create)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError, RuntimeError, ValueError):
+            if create or resume:
+                raise
+            return None, names[0], None  # no Optuna tables yet, say: made with the study, or refused then
+        found = None
+        for name in names:
+            try:
+                found = (name, storage.get_study_id_from_name(name))
+                break
+            except KeyError:
+                continue
+        if found is None:
+            if resume:
+                raise InputError(f"tune --resume: {shown} holds no study {names[0]} (--resume never makes one): give "
+                                 f"the --storage and --study-name its study was made with, or start one without "
+                                 f"--resume.")
+            return storage, names[0], None
+        theirs = storage.get_study_user_attrs(found[1]).get(SETTINGS_ATTR)
+        if theirs is None and not resume and storage.get_all_trials(found[1], deepcopy=False):
+            raise InputError(f"tune: the study {found[0]} in {shown} was made by an older pyro-vae, which did not keep "
+                             f"its settings: resume it from its folder (tune --resume --out DIR), which records them, "
+                             f"or give another --study-name.")
+    except InputError:
+        raise
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError, RuntimeError, ValueError) as e:
+        if resume:
+            raise InputError(f"tune --resume: {shown} holds no Optuna study that can be read "
+                             f"({problem(e, url)}); nothing was changed: give the --storage its study was "
+                             f"made in, or start one without --resume.") from None
+        raise InputError(f"tune: the storage {shown} cannot be opened by Optuna ({problem(e, url)}): give "
+                         f"another --storage.") from None
+    if theirs is not None and theirs != ours:
+        raise InputError(f"tune: the study {found[0]} in {shown} was made with other settings "
+                         f"({_differences(theirs, ours)}): give another --study-name (or none: the default name is "
+                         f"the settings'), or its own settings.")
+    return storage, found[0], found[1]
+
+
+def check_study(s: TuneSettings, resume: bool = False) -> None:
+    """Before any work, reading only: a one-line :class:`InputError` when the study's database is a link out of its
+    folder or damaged, when ``resume`` and the storage holds no such study (nor database), or when the storage
+    holds a study of that name with other settings. A new study in the folder's own storage is not looked at: the
+    folder is claimed for it (``pyro-vae tune`` refuses a folder that holds one, or with ``--overwrite`` removes
+    it)."""
+    check_storage(s)
+    if not s.storage and not resume:
+        return
+    url = storage_url(s)
+    check_database(s, url, resume)
+    path = sqlite_file(parse_url(url))
+    if path and (not path.exists() or path.stat().st_size == 0) and not resume:  # a new database: nothing to check
+        return
+    _find_study(s, url, resume, create=False)
+
+
+def open_study(s: TuneSettings, resume: bool = False, exclusive: bool = False):
+    """The ``optuna.Study`` of ``s``: made in its storage unless it is there (with ``resume``, it must be),
+    checked as :func:`check_study`, its settings recorded. Running trials whose process is dead are marked failed:
+    those whose heartbeat stopped (Optuna's ``fail_stale_trials``), and those of this folder and machine when
+    ``exclusive`` (the caller holds the folder's writer lock, so no process of the folder runs; with the default
+    storage, every running trial, since only the folder's processes write it)."""
+    import optuna
+
+    check_storage(s)
+    url = storage_url(s)
+    check_database(s, url, resume)
+    path = sqlite_file(parse_url(url))
+    if path and not resume and path.parent == Path(s.out).resolve():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    storage, name, study_id = _find_study(s, url, resume, create=not resume)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if study_id is None:
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                    pruner=pruner(s))
+        _find_study(s, url, resume, create=False)  # another process may have made it meanwhile, with its settings
+    else:
+        study = optuna.load_study(study_name=name, storage=storage, pruner=pruner(s))
+    if SETTINGS_ATTR not in study.user_attrs:
+        study.set_user_attr(SETTINGS_ATTR, measured_settings(s))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    if exclusive:
+        here = {"host": socket.gethostname(), "folder": str(Path(s.out).resolve())}
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            process = t.user_attrs.get(PROCESS_ATTR)
+            if (process is None and not s.storage) or (
+                    isinstance(process, dict) and {k: process.get(k) for k in here} == here):
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+    return study
+
+
+def finished(study) -> list:
+    """The study's trials that count (complete or pruned: they were run); failed and running ones do not."""
+    import optuna
+
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                     optuna.trial.TrialState.PRUNED))
 
 
 def startup_trials(s: TuneSettings) -> int:
@@ -116,6 +285,11 @@ def score(ds: data.Dataset, s: TuneSettings, params: dict, trial=None) -> float:
     each of ``s.budget_epochs`` up to ``s.epochs`` and at ``s.epochs``; returns the best measurement, the checkpoint
     that validation selects within the budget (higher is better).
 
+    With ``s.seconds_cap``, training also stops at the epoch after which another one (as long as the last) would
+    pass that many seconds of training, and is measured there: every measurement lies inside the cap. A first epoch
+    that alone passes it leaves no measurement: the trial is pruned (``over_cap_at_epoch``), or without ``trial``
+    scores ``-inf``.
+
     With ``trial`` (an ``optuna.Trial``), each measurement is reported as the trial's intermediate value at that
     epoch, and the trial stops (``optuna.TrialPruned``) when its pruner says so. Measurements leave the training's
     random numbers as they were (``fit(on_epoch=...)``).
@@ -127,26 +301,36 @@ def score(ds: data.Dataset, s: TuneSettings, params: dict, trial=None) -> float:
     optim, loss = optimizer_and_loss(c, model, guide)
     x_val = ds.validation[:s.budget_points].to(s.device)
     measured = set(measured_epochs(s.budget_epochs, s.epochs)) - {0}
-    curve = []
+    curve, at, spent = [], [], [0.0]  # the measurements, their epochs, the seconds of training so far
+    cap = s.seconds_cap if s.seconds_cap is not None else math.inf
 
     def measure(epoch: int, row: dict) -> bool:
-        if epoch not in measured:
+        import optuna
+
+        spent[0] += row["seconds"]
+        if spent[0] > cap:  # the first epoch alone passed the cap: nothing inside it to measure
+            if trial is None:
+                return True
+            trial.set_user_attr("over_cap_at_epoch", epoch)
+            raise optuna.TrialPruned(f"its first epoch took {spent[0]:.3g} s, past --seconds-cap {cap:g}")
+        last = spent[0] + row["seconds"] > cap  # another epoch as long as this one would pass the cap
+        if epoch not in measured and not last:
             return False
         curve.append(float(budget_row(model, guide, x_val, c)["log_px"]))
+        at.append(epoch)
         if trial is not None:
-            import optuna
-
             trial.report(curve[-1], epoch)
             if trial.should_prune():
                 trial.set_user_attr("pruned_at_epoch", epoch)
                 raise optuna.TrialPruned(f"validation log p(x) {curve[-1]:.3f} at epoch {epoch}")
-        return False
+        return last
 
     fit(model, guide, ds, epochs=s.epochs, batch_size=s.batch_size, progress=False, seed=s.seed, device=s.device,
         local_steps=params.get("local_steps", 1), optim=optim, loss=loss, on_epoch=measure)
     if trial is not None:
-        trial.set_user_attr("selected_epoch", sorted(measured)[curve.index(max(curve))])
-    return max(curve)
+        trial.set_user_attr("selected_epoch", at[curve.index(max(curve))])
+        trial.set_user_attr("seconds_trained", spent[0])
+    return max(curve, default=-math.inf)
 
 
 def pruner(s: TuneSettings):
@@ -170,37 +354,87 @@ def check(ds: data.Dataset, s: TuneSettings) -> None:
                          f"give {len(ds.validation)} or fewer.")
 
 
-def tune(ds: data.Dataset, s: TuneSettings):
-    """Run the study until it holds ``s.trials`` complete trials; returns the ``optuna.Study``. The folder
-    ``s.out`` is created for the default storage (``pyro-vae tune`` also locks and claims it).
+def tune(ds: data.Dataset, s: TuneSettings, study=None):
+    """Run the study until it holds ``s.trials`` complete trials; returns the ``optuna.Study``: ``study``, or the
+    one :func:`open_study` opens (made unless it is there). The folder ``s.out`` is created for the default storage
+    (``pyro-vae tune`` also locks and claims it, and opens the study itself).
 
-    :raises InputError: as :func:`check`.
+    :raises InputError: as :func:`check` and :func:`open_study`.
     """
     import optuna
 
     check(ds, s)
-    if not s.storage:
-        Path(s.out).mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=study_name(s), storage=storage_url(s), direction="maximize",
-                                load_if_exists=True, pruner=pruner(s))
+    study = open_study(s) if study is None else study
     # seeded by the trials already there, so that a resumed study does not draw its first trials again
     study.sampler = optuna.samplers.TPESampler(seed=(sampler_seed(s) + len(study.trials)) % 2 ** 32,
                                                n_startup_trials=startup_trials(s))
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # a pruned trial counts: it was run
-    done = [t for t in study.trials if t.state in finished]
-    remaining = s.trials - len(done)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # a pruned trial counts: it was run
+    remaining = s.trials - len(finished(study))
     if remaining > 0:
-        stop = optuna.study.MaxTrialsCallback(s.trials, states=finished)
+        stop = optuna.study.MaxTrialsCallback(s.trials, states=states)
         quiet = _QuietInterrupt()
         logger = logging.getLogger("optuna.study._optimize")  # where Optuna reports a failed trial
         logger.addFilter(quiet)
+        process = {"host": socket.gethostname(), "pid": os.getpid(), "folder": str(Path(s.out).resolve())}
+
+        def objective(trial):
+            trial.set_user_attr(PROCESS_ATTR, process)  # whose it is: a resume of its folder fails it if left running
+            return score(ds, s, suggest(trial, s), trial)
         try:
-            study.optimize(lambda trial: score(ds, s, suggest(trial, s), trial), n_trials=remaining, callbacks=[stop],
-                           show_progress_bar=s.progress, catch=(FloatingPointError,))
+            study.optimize(objective, n_trials=remaining, callbacks=[stop], show_progress_bar=s.progress,
+                           catch=(FloatingPointError,))
         finally:
             logger.removeFilter(quiet)
+    rescore(ds, s, study)
     return study
+
+
+def rescore_key(trial: int, seed: int) -> str:
+    """The study's user attribute that keeps trial ``trial``'s score on training seed ``seed``."""
+    return f"rescore:{trial}:{seed}"
+
+
+def rescore(ds: data.Dataset, s: TuneSettings, study) -> pd.DataFrame:
+    """Score the ``s.rescore_top`` best complete trials again with training seeds ``s.seed + 1``, ...,
+    ``s.seed + s.rescore_seeds`` (no pruning), each kept in the study as it is done (:func:`rescore_key`: an
+    interrupted re-scoring continues where it stopped); returns :func:`rescored` of the study."""
+    import optuna
+
+    top = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                 key=lambda t: (-t.value, t.number))[:s.rescore_top]
+    todo = [(t, s.seed + k) for t in top for k in range(1, s.rescore_seeds + 1)
+            if rescore_key(t.number, s.seed + k) not in study.user_attrs]
+    for t, seed in progress_bar(todo, "re-score the best trials", s.progress and bool(todo)):
+        study.set_user_attr(rescore_key(t.number, seed), score(ds, s.replace(seed=seed), t.params))
+    return rescored(study, s)
+
+
+def rescored(study, s: TuneSettings) -> pd.DataFrame:
+    """The ``s.rescore_top`` best complete trials, one row each, best mean first: ``trial``, ``mean`` (validation
+    log p(x) over the study's seed and the re-scoring seeds, nats per datapoint), ``seeds`` (how many), and
+    ``seed_S``, the score on each seed S. Trials not yet re-scored on every seed have fewer; without re-scoring
+    (``rescore_top`` 0) it has no rows."""
+    import optuna
+
+    top = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                 key=lambda t: (-t.value, t.number))[:s.rescore_top]
+    rows = []
+    for t in top:
+        values = {s.seed: t.value}
+        for k in range(1, s.rescore_seeds + 1):
+            if rescore_key(t.number, s.seed + k) in study.user_attrs:
+                values[s.seed + k] = study.user_attrs[rescore_key(t.number, s.seed + k)]
+        rows.append({"trial": t.number, "mean": sum(values.values()) / len(values), "seeds": len(values),
+                     **{f"seed_{seed}": v for seed, v in values.items()}})
+    table = pd.DataFrame(rows, columns=["trial", "mean", "seeds"] if not rows else None)
+    return table.sort_values(["mean", "trial"], ascending=[False, True], ignore_index=True) if rows else table
+
+
+def chosen(study, s: TuneSettings):
+    """The trial the tuning chooses: of the re-scored ones (:func:`rescored`), the best mean; Optuna's best trial
+    when none was re-scored."""
+    table = rescored(study, s)
+    return study.best_trial if table.empty else study.trials[int(table["trial"].iloc[0])]
 
 
 class _QuietInterrupt(logging.Filter):
@@ -231,10 +465,17 @@ def trials_table(study) -> pd.DataFrame:
 
 
 def best(study, s: TuneSettings) -> dict:
-    """What ``best.json`` holds: the best trial's parameters and value, and how the study was run."""
-    trial = study.best_trial
-    return {"value": trial.value, "params": trial.params, "trial": trial.number, "study": study.study_name,
-            "storage": s.storage or OUTPUTS["storage"], "trials": len(study.trials), "epochs": s.epochs,
+    """What ``best.json`` holds: the chosen trial (:func:`chosen`): its parameters and ``value`` (its mean over the
+    re-scoring seeds, or Optuna's value without re-scoring); the re-scored trials (``rescored``: trial, mean, seeds,
+    seed_S), Optuna's best trial on the study's seed alone (``single_seed_best``), and how the study was run."""
+    trial, table = chosen(study, s), rescored(study, s)
+    value = float(table["mean"].iloc[0]) if len(table) else trial.value
+    return {"value": value, "params": trial.params, "trial": trial.number, "study": study.study_name,
+            "rescored": json.loads(table.to_json(orient="records")),
+            "single_seed_best": {"trial": study.best_trial.number, "value": study.best_trial.value},
+            "seconds_cap": s.seconds_cap,
+            "storage": shown_url(s.storage) if s.storage else OUTPUTS["storage"], "trials": len(finished(study)),
+            "epochs": s.epochs,
             "budget_points": s.budget_points, "split": "validation", "sampler_seed": sampler_seed(s),
             "startup_trials": startup_trials(s),
             "space": {k: list(v) for k, v in SPACE.items()}}

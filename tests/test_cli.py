@@ -60,9 +60,12 @@ def test_train_writes_its_outputs_and_resume_continues_the_run(tmp_path, capsys)
         assert (out / name).exists(), name
     assert json.loads((out / "config.json").read_text())["guide"] == "mvn"
     first = pd.read_csv(out / "history.csv")
-    # the saved flags are kept on resume: the changed --z-dim and --guide below must be ignored
+    # the saved settings are kept on resume: flags that would change them are refused, not ignored
     assert cli.main(["train", "--epochs", "3", "--out", str(out), "--resume", "--no-progress", "--z-dim", "6",
-                     "--guide", "normal"]) == 0
+                     "--guide", "normal"]) == 2
+    assert "--z-dim 6 (trained: 4), --guide 'normal' (trained: 'mvn') would change it" in capsys.readouterr().err
+    assert pd.read_csv(out / "history.csv").equals(first)
+    assert cli.main(["train", "--epochs", "3", "--out", str(out), "--resume", "--no-progress", "--z-dim", "4"]) == 0
     history = pd.read_csv(out / "history.csv")
     assert history["epoch"].tolist() == [1, 2, 3]
     # epochs 1-2 were restored, not trained again: even their wall-clock seconds are the first run's
@@ -122,6 +125,45 @@ def test_a_truncated_checkpoint_in_a_fresh_process(tmp_path):
         (out / name).write_bytes(b"\0" * 100)
     code, _, err = _run("train", "--resume", "--epochs", "4", "--out", str(out), "--no-progress")
     assert code == 2 and "neither checkpoint can be read" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_sample_of_a_run_whose_latest_checkpoint_is_a_foreign_pickle_reads_the_previous_in_one_line(tmp_path):
+    """A protocol-5 pickle in checkpoint.pt: torch's two-line notice about the protocol is not shown, and the one
+    warning speaks of reading (sample draws from the previous epoch), not of training epochs again."""
+    import pickle
+
+    out = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "2", "--out", str(out), *SMALL]) == 0
+    (out / CHECKPOINT).write_bytes(pickle.dumps({"epoch": 2}, protocol=5))
+    code, _, err = _run("sample", str(out), "--out", str(tmp_path / "s.png"))
+    assert code == 0 and (tmp_path / "s.png").is_file(), err
+    assert err.count("\n") == 1, err
+    assert "reading checkpoint.prev.pt (epoch 1), the last complete one, instead" in err and "trained again" not in err
+
+
+@pytest.mark.parametrize("raised, shown", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 17592186044416 bytes. Error code 12 (Cannot allocate memory)"),
+     "out of memory: an allocation of 1.64e+04 GiB failed; give smaller sizes"),
+    (MemoryError(), "out of memory: an allocation failed; give smaller sizes"),
+])
+def test_an_allocation_that_fails_is_one_line_with_the_size_asked_for(monkeypatch, capsys, tmp_path, raised, shown):
+    def allocate(*args, **kw):
+        raise raised
+    monkeypatch.setattr(cli, "cmd_train", allocate)
+    assert cli.main(["train", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"pyro-vae train: error: {shown} (--batch-size, --z-dim, --hidden, --ll-samples), or run it where " \
+                  f"there is more memory.\n"
+
+
+def test_a_runtime_error_that_is_not_about_memory_keeps_its_traceback(monkeypatch, tmp_path):
+    """Only allocation failures become one line: another RuntimeError is a bug, and shows as one."""
+    def broken(*args, **kw):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    monkeypatch.setattr(cli, "cmd_train", broken)
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        cli.main(["train", "--out", str(tmp_path / "run")])
 
 
 def test_an_encoder_width_sweep_without_the_normal_guide_is_refused_before_any_work(tmp_path):

@@ -18,7 +18,7 @@ import pyro
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_vae import cli, data, estimators, fit, folders, gaps, models, runs
-from pyro_vae.checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT
+from pyro_vae.checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT, save_weights
 
 SMALL = ["--z-dim", "2", "--hidden", "8", "--no-progress"]
 
@@ -52,7 +52,7 @@ def only_latest(run):
 
 def snapshot(root: Path) -> dict:
     return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != folders.LOCK}
+            if p.is_file() and p.name not in folders.LOCKS}  # lock files: not outputs (made on first use)
 
 
 def case_guide_changed(r, t):
@@ -112,6 +112,20 @@ def case_root_elsewhere(command):
     return setup
 
 
+def alias_bomb(levels=12):
+    """A YAML file of a few hundred bytes whose one setting, ``hidden``, holds a list whose aliases expand to
+    9**12 values (a message that quoted it whole would build that)."""
+    nested = ["&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    nested += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return f"hidden: [[{', '.join(nested)}]]\n"
+
+
+def case_huge_run(r, t):
+    edit_json(r["normal"] / "config.json", hidden=[10 ** 9])
+    edit_checkpoint(only_latest(r["normal"]), lambda s: s["config"].update(hidden=[10 ** 9]))
+    return ["sample", r["normal"]]
+
+
 def case_busy(r, t):
     r["hold"] = folders.writer(r["normal"], "train")  # another writer holds the folder (released after the case)
     r["hold"].__enter__()
@@ -133,6 +147,55 @@ def case_foreign_file(r, t):
 def case_out_is_file(r, t):
     (t / "a_file").write_text("x")
     return ["train", *SMALL, "--out", t / "a_file"]
+
+
+def planted(run, name, t, move=True, to=None):
+    """``run/name`` made a symlink to ``t/outside/name`` (or ``to``): what was there is moved there first, or with
+    ``move=False`` a new file is written there."""
+    link, target = run / name, t / "outside" / (to or name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if move and link.exists():
+        shutil.move(link, target)
+    elif not move:
+        target.write_text("outside")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(target)
+    return run
+
+
+def case_row_files_planted(command):
+    def setup(r, t):
+        for f in sorted((r["meanfield"] / "rows").glob("*.f32")):
+            planted(r["meanfield"], f"rows/{f.name}", t)
+        return {"resume": ["train", "--resume", "--epochs", "4", "--out", r["meanfield"]],
+                "sample": ["sample", r["meanfield"]]}[command]
+    return setup
+
+
+def case_rows_of_checkpoint_outside(r, t):
+    shutil.copytree(r["meanfield"] / "rows", t / "outside" / "rows")
+    edit_checkpoint(r["meanfield"], lambda s: s["rows_part"]["on_disk"].update(folder=str(t / "outside" / "rows")))
+    return ["train", "--resume", "--epochs", "4", "--out", r["meanfield"]]
+
+
+def case_shard_outside(r, t):
+    (t / "outside").mkdir()
+    torch.save({"version": 3, "epoch": 2, "rank": 0, "rows": {}, "optim": {}}, t / "outside" / "epoch2.rank0.pt")
+    edit_checkpoint(only_latest(r["normal"]), lambda s: s.update(shards={"files": [str(t / "outside" /
+                                                                                       "epoch2.rank0.pt")]}))
+    return ["evaluate", r["normal"]]
+
+
+def case_weights_planted(name, command):
+    def setup(r, t):
+        run = runs.load_run(r["normal"])
+        (t / "outside").mkdir()
+        save_weights(t / "outside" / "weights.pt", run.model, run.guide, 2, 1.0)
+        (r["normal"] / name).parent.mkdir(exist_ok=True)
+        (r["normal"] / name).symlink_to(t / "outside" / "weights.pt")
+        return command(r["normal"])
+    return setup
 
 
 #: (id, setup(runs, tmp) -> argv, the message's first words: a regular expression matched at its start)
@@ -266,7 +329,109 @@ CLI_CASES = [
      r"load_run: the data \S+ was trained on cannot be loaded"),
     ("--resume of a run whose data root is elsewhere", case_root_elsewhere("resume"),
      r"mnist: not in \S+deep, and nothing is downloaded"),
+    # issue 38: planted paths (symlinks, rows and shards outside the run)
+    ("--resume of a run whose row files are symlinks out of it", case_row_files_planted("resume"),
+     r"rows_on_disk rows/loc\.0\.f32 leads outside the run folder \S+ \(the symlink rows/loc\.0\.f32 in it "
+     r"leads to \S+outside/rows/loc\.0\.f32\): .*replace the link by what it leads to, or remove it\.$"),
+    ("sample of a run whose row files are symlinks out of it", case_row_files_planted("sample"),
+     r"rows_on_disk rows/loc\.0\.f32 leads outside the run folder"),
+    ("--resume of a run whose rows folder is a symlink out of it",
+     lambda r, t: (planted(r["meanfield"], "rows", t), ["train", "--resume", "--epochs", "4", "--out",
+                                                        r["meanfield"]])[1],
+     r"rows_on_disk rows leads outside the run folder \S+ \(the symlink rows in it leads to \S+outside/rows\)"),
+    ("--rows-on-disk a symlink out of --out", lambda r, t: (
+        (t / "outside").mkdir(), (t / "fresh").mkdir(), (t / "fresh" / "rows").symlink_to(t / "outside"),
+        ["train", *SMALL, "--guide", "meanfield", "--rows-on-disk", t / "fresh" / "rows", "--out", t / "fresh"])[-1],
+     r"rows_on_disk \S+fresh/rows leads outside the run folder \S+fresh \(the symlink rows in it leads to "
+     r"\S+outside\): a run reads and writes only inside its own folder; replace the link by what it leads to"),
+    ("--resume of a checkpoint naming its rows outside the run", case_rows_of_checkpoint_outside,
+     r"the checkpoint's rows \S+outside/rows is outside the run folder \S+: .*the checkpoint was edited or belongs "
+     r"to another run"),
+    ("evaluate of a checkpoint naming a shard outside the run", case_shard_outside,
+     r"the checkpoint's shard of rank 0 \S+outside/epoch2\.rank0\.pt is outside the run folder"),
+    ("--resume of a checkpoint naming a shard outside the run",
+     lambda r, t: (case_shard_outside(r, t), ["train", "--resume", "--epochs", "4", "--out", r["normal"]])[1],
+     r"--resume: the checkpoint's shard of rank 0 \S+ is outside the run folder"),
+    ("evaluate of a run whose shards folder is a symlink out of it",
+     lambda r, t: (planted(r["normal"], "shards", t, move=False), ["evaluate", r["normal"]])[1],
+     r"the run's shards leads outside the run folder \S+ \(the symlink shards in it"),
+    ("sample --at selected of a selected.pt that is a symlink out of the run",
+     case_weights_planted("selected.pt", lambda run: ["sample", run, "--at", "selected"]),
+     r"the run's selected\.pt leads outside the run folder \S+ \(the symlink selected\.pt in it leads to "
+     r"\S+outside/weights\.pt\)"),
+    ("evaluate --at 2 of kept weights that are a symlink out of the run",
+     case_weights_planted("kept/epoch-2.pt", lambda run: ["evaluate", run, "--at", "2"]),
+     r"the run's kept/epoch-2\.pt leads outside the run folder \S+ \(the symlink kept/epoch-2\.pt in it"),
+    ("sample of a run whose config.json is a symlink out of it",
+     lambda r, t: (planted(r["normal"], "config.json", t), ["sample", r["normal"]])[1],
+     r"the run's config\.json leads outside the run folder"),
+    ("--resume of a run whose lock file is a symlink", lambda r, t: (
+        planted(r["normal"], folders.LOCK, t, move=False, to="lock"), ["train", "--resume", "--epochs", "4", "--out",
+                                                                        r["normal"]])[1],
+     r"\S+/\.pyro-vae\.lock is a symlink \(to \S+outside/lock\), and pyro-vae's lock files are never one: "
+     r"remove the link"),
+    # issue 38: limits, config files and messages
+    ("--epochs 1e23", lambda r, t: ["train", *SMALL, "--epochs", "9" * 23, "--out", t / "new"],
+     r"epochs must be at most 1,000,000 \(a bound docs/cli.md lists, against runaways\), got 9{23} \(--epochs"),
+    ("compare --encoder-steps 1e8", lambda r, t: ["compare", "--encoder-steps", "100000000", "--out", t / "new"],
+     r"encoder_steps must be at most 1,000 "),
+    ("train --local-steps 1e8", lambda r, t: ["train", *SMALL, "--guide", "meanfield", "--local-steps", "100000000",
+                                              "--out", t / "new"], r"local_steps must be at most 1,000 "),
+    ("3000 hidden layers", lambda r, t: ["train", "--hidden", *["8"] * 3000, "--out", t / "new"],
+     r"hidden holds 3000 values, more than the 64 it may hold"),
+    ("--threads 100000", lambda r, t: ["train", *SMALL, "--threads", "100000", "--out", t / "new"],
+     r"threads must be at most \d+, the cores this process may use, got 100000"),
+    ("compare --workers 100000", lambda r, t: ["compare", "--quick", "--workers", "100000", "--out", t / "new"],
+     r"workers must be at most \d+, the cores this process may use"),
+    ("tune --trials 1e9", lambda r, t: ["tune", *SMALL, "--trials", "1000000000", "--out", t / "new"],
+     r"trials must be at most 10,000 "),
+    ("evaluate --ll-samples 1e12", lambda r, t: ["evaluate", r["normal"], "--ll-samples", "1000000000000"],
+     r"ll_samples must be at most 10,000,000 "),
+    ("activations past the memory", lambda r, t: ["train", "--z-dim", "20000000", "--hidden", "8", "--out",
+                                                  t / "new"],
+     r"a mini-batch of 128 points takes about \S+ GiB of activations \(z_dim=20000000, hidden=\[8\], trace loss\)"),
+    ("a seed of 5000 digits", lambda r, t: ["train", *SMALL, "--seed", "9" * 5000, "--out", t / "new"],
+     r"argument --seed: '9{10,60}\.\.\.9*' is not an integer"),
+    ("a YAML config of nested aliases", case_config_file(alias_bomb(), ".yaml"),
+     r"--config \S+ expands to more than 10,000 values \(YAML aliases"),
+    ("a JSON config nested 100 000 deep", case_config_file('{"hidden": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+     r"--config \S+ nests its values too deeply"),
+    ("a config file of 2 MiB", case_config_file('{"lr": 0.001, "pad": "' + "x" * 2 ** 21 + '"}'),
+     r"--config \S+ is larger than 1024 KiB"),
+    ("a bad value in a run's config.json", lambda r, t: (edit_json(r["normal"] / "config.json", lr="fast"),
+                                                         ["train", "--resume", "--epochs", "4", "--out",
+                                                          r["normal"]])[1],
+     r"lr in \S+config.json must be a number, got 'fast'\.$"),
+    ("train --resume --guide mvn --z-dim 7", lambda r, t: ["train", "--resume", "--epochs", "4", "--guide", "mvn",
+                                                           "--z-dim", "7", "--out", r["normal"]],
+     r"train --resume: the run in \S+ was trained with other settings, and --z-dim 7 \(trained: 2\), --guide 'mvn' "
+     r"\(trained: 'normal'\) would change it"),
+    ("train --resume with a config file that changes it", lambda r, t: (
+        (t / "other.json").write_text('{"batch_size": 7}'),
+        ["train", "--resume", "--epochs", "4", "--config", t / "other.json", "--out", r["normal"]])[1],
+     r"train --resume: the run in \S+ was trained with other settings, and --batch-size 7 \(trained: 128\)"),
+    ("evaluate --config of a run's config.json", lambda r, t: ["evaluate", r["normal"], "--config",
+                                                               r["normal"] / "config.json"],
+     r"'activation', 'batch_size', 'binarize', 'data' and \d+ more in \S+ are not settings of evaluate"),
+    ("sample of a run whose config and checkpoint say hidden 1e9", case_huge_run,
+     r"the model and guide hold \S+ parameters, \S+ GiB as weights"),
 ]
+
+
+def refused(argv, expected: str, capsys) -> str:
+    """``pyro-vae ARGV`` through ``cli.main``, asserted refused: exit status 2 and one line on stderr whose message
+    starts as the regular expression ``expected``; a traceback fails the test. Returns the line."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:  # argparse
+        code = e.code
+    except Exception as e:  # noqa: BLE001: the case's point
+        pytest.fail(f"TRACEBACK: {type(e).__name__}: {e}")
+    err = capsys.readouterr().err.strip()
+    assert code != 0, f"ACCEPTED: {argv} ran (exit 0)"
+    message = err.split(": error: ", 1)[-1]
+    assert code == 2 and len(err.splitlines()) == 1 and re.match(expected, message), f"MISLEADING: {err!r}"
+    return err
 
 
 @pytest.mark.parametrize("setup, expected", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
@@ -279,19 +444,10 @@ def test_command_line_refusals(trained, tmp_path, capsys, monkeypatch, setup, ex
     argv = [str(a) for a in args]
     before = snapshot(tmp_path)
     try:
-        try:
-            code = cli.main(argv)
-        except SystemExit as e:  # argparse
-            code = e.code
-        except Exception as e:  # noqa: BLE001: the case's point
-            pytest.fail(f"TRACEBACK: {type(e).__name__}: {e}")
+        refused(argv, expected, capsys)
     finally:
         if "hold" in r:
             r["hold"].__exit__(None, None, None)
-    err = capsys.readouterr().err.strip()
-    assert code != 0, f"ACCEPTED: {argv} ran (exit 0)"
-    message = err.split(": error: ", 1)[-1]
-    assert code == 2 and len(err.splitlines()) == 1 and re.match(expected, message), f"MISLEADING: {err!r}"
     assert snapshot(tmp_path) == before, "CHANGED: a refused command changed a file"
     assert not (tmp_path / "new").exists() and not (tmp_path / "elsewhere").exists(), "CHANGED: it made a folder"
 

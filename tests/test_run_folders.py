@@ -305,3 +305,218 @@ def test_a_real_full_disk_keeps_the_previous_checkpoint(tmp_path, small_filesyst
     filler.unlink()
     assert cli.main(["train", "--resume", "--epochs", "4", "--no-progress", "--out", str(run)]) == 0
     pd.testing.assert_frame_equal(history(run), history(ref), check_exact=True)
+
+
+# ---------------------------------------------------------------- readers and writers (issue 38)
+
+TINY_EVAL = ["--n-eval", "5", "--ll-samples", "20", "--elbo-samples", "5", "--qstar-steps", "2", "--no-progress"]
+
+
+def tiny_run(folder, epochs=2):
+    runs.train({"z_dim": 2, "hidden": [8], "epochs": epochs, "no_progress": True, "out": str(folder)})
+    return folder
+
+
+def files(*roots):
+    """Every file under ``roots`` but pyro-vae's lock files, with its bytes."""
+    return {p: p.read_bytes() for root in roots for p in sorted(Path(root).rglob("*"))
+            if p.is_file() and p.name not in folders.LOCKS}
+
+
+def test_two_evaluates_of_the_same_runs_into_one_out_do_not_mix(tmp_path, monkeypatch, capsys):
+    """A second evaluate (other runs' order, another seed) started while the first measures is refused in one line,
+    and the first's tables agree: each run's evaluation.csv is the combined table's rows for it."""
+    from pyro_vae import measure
+
+    a, b, out = tiny_run(tmp_path / "a"), tiny_run(tmp_path / "b"), tmp_path / "both"
+    real, calls, second = measure.evaluate, [], {}
+
+    def evaluate(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:  # the first evaluate has measured (and, unlocked, written) run a: a second one starts
+            second["code"] = cli.main(["evaluate", str(b), str(a), "--out", str(out), "--seed", "1", *TINY_EVAL])
+            second["err"] = capsys.readouterr().err
+        return real(*args, **kw)
+
+    monkeypatch.setattr(measure, "evaluate", evaluate)
+    assert cli.main(["evaluate", str(a), str(b), "--out", str(out), *TINY_EVAL]) == 0
+    assert second["code"] == 2 and second["err"].count("\n") == 1, second
+    assert second["err"].startswith(f"pyro-vae evaluate: error: {a} is being written by process {os.getpid()} "
+                                    f"(pyro-vae evaluate): wait for it to finish"), second["err"]
+    combined = pd.read_csv(out / "evaluation.csv").set_index(["run", "split"])
+    for run in (a, b):
+        own = pd.read_csv(run / "evaluation.csv").set_index(["run", "split"])
+        pd.testing.assert_frame_equal(own, combined.loc[own.index], check_exact=True)
+
+
+def test_overwrite_is_refused_while_a_run_is_read(tmp_path, capsys):
+    run = tiny_run(tmp_path / "run")
+    before = files(run)
+    with folders.reader(run, "evaluate"):
+        assert cli.main(["train", *SMALL, "--epochs", "2", "--overwrite", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"pyro-vae train: error: {run} is being read by process {os.getpid()}: wait for it to finish"), err
+    assert files(run) == before  # nothing removed or written
+    assert cli.main(["train", *SMALL, "--epochs", "2", "--overwrite", "--out", str(run)]) == 0  # free again
+
+
+def test_evaluate_and_sample_are_refused_while_a_run_is_replaced(tmp_path, capsys):
+    """`train --overwrite` holds the readers' lock from its claim to its end: evaluate and sample are refused in one
+    line naming it, and write nothing."""
+    run = tiny_run(tmp_path / "run")
+    replace = subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", "train", *SMALL, "--epochs", "100000",
+                                "--overwrite", "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        lock = run / folders.READERS
+        while not (lock.exists() and "--overwrite" in lock.read_text()) and time.time() < deadline:
+            time.sleep(0.2)
+        for command in (["evaluate", str(run), *TINY_EVAL], ["sample", str(run), "--n", "4"]):
+            assert cli.main(command) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and err.startswith(
+                f"pyro-vae {command[0]}: error: {run} is being replaced by process {replace.pid} (pyro-vae train "
+                f"--overwrite): wait for it to finish"), err
+        assert not {"evaluation.csv", "samples.png"} & set(folders.contents(run))
+    finally:
+        replace.kill()
+        replace.wait()
+    with folders.reader(run, "sample"):  # the kernel released it with the killed process
+        pass
+
+
+def test_evaluate_records_the_epoch_it_read(tmp_path):
+    """A run still training (config.json says 100000 epochs) is read at its last complete checkpoint, and the
+    evaluation says which epoch that was."""
+    a, b = tiny_run(tmp_path / "a"), tiny_run(tmp_path / "b", epochs=3)
+    config = json.loads((a / "config.json").read_text())
+    (a / "config.json").write_text(json.dumps({**config, "epochs": 100000}))
+    assert runs.load_run(a).epoch == load_checkpoint(a / CHECKPOINT)["epoch"] == 2
+    assert cli.main(["evaluate", str(a), str(b), "--out", str(tmp_path / "both"), *TINY_EVAL]) == 0
+    for run, epoch in ((a, 2), (b, 3)):
+        for name in ("evaluation.csv", "evaluation_per_point.csv"):
+            assert set(pd.read_csv(run / name)["epoch"]) == {epoch}, (run, name)
+    combined = pd.read_csv(tmp_path / "both" / "evaluation.csv")
+    assert dict(zip(combined["run"], combined["epoch"])) == {"a": 2, "b": 3}
+
+
+def full_disk_after(monkeypatch, writes):
+    """The disk fills after ``writes`` files have been written: the next fsync raises ENOSPC."""
+    real, count = os.fsync, []
+
+    def fsync(fd):
+        count.append(fd)
+        if len(count) > writes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_a_full_disk_in_sample_says_so_for_sample(tmp_path, monkeypatch, capsys):
+    run = tiny_run(tmp_path / "run")
+    full_disk_after(monkeypatch, 0)
+    assert cli.main(["sample", str(run), "--n", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"pyro-vae sample: error: no space left on the device ({run / 'samples.png'}): free some space; "
+                   f"no samples were written (the file goes into place whole or not at all); run sample again.\n")
+    assert "samples.png" not in folders.contents(run) and not any(map(folders.is_temp, folders.contents(run)))
+
+
+def test_a_full_disk_part_way_through_evaluate_replaces_no_file(tmp_path, monkeypatch, capsys):
+    """The disk fills after three of evaluate's eight files: each run and --out keep their earlier evaluation whole
+    (none of the new files mixed in), no temp file is left, and the line speaks of evaluate."""
+    a, b, out = tiny_run(tmp_path / "a"), tiny_run(tmp_path / "b"), tmp_path / "both"
+    assert cli.main(["evaluate", str(a), str(b), "--out", str(out), *TINY_EVAL]) == 0
+    before = files(a, b, out)
+    capsys.readouterr()
+    full_disk_after(monkeypatch, 3)
+    assert cli.main(["evaluate", str(a), str(b), "--out", str(out), "--seed", "1", *TINY_EVAL]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"pyro-vae evaluate: error: no space left on the device ({b / 'evaluation.csv'}): free some "
+                   f"space; no file was replaced (each run and --out keep their earlier evaluation, whole); run "
+                   f"evaluate again.\n"), err
+    assert files(a, b, out) == before
+    assert not any(folders.is_temp(p.name) for p in tmp_path.rglob("*"))
+
+
+# issue 38: temp files a killed write left, the mode of outputs, a link planted at a temp file's name
+
+def test_a_writer_removes_the_temp_files_that_killed_writes_left(tmp_path):
+    """Taking the writer lock of a folder pyro-vae wrote before removes the temp files of its killed writes, and
+    nothing else (another file, a subfolder's temp file: maybe another writer's); a folder pyro-vae never wrote
+    keeps them (claim then refuses it, naming them); nor does it touch the temp files of what a reader of the run
+    (evaluate, sample) may be writing into it at that moment."""
+    run, other = tmp_path / "run", tmp_path / "other"
+    with folders.writer(run, "train"):
+        (run / "sub").mkdir()
+    stale = [".checkpoint.pt.1a2b3c4d.tmp", "checkpoint.pt1a2b3c4d.tmp", "checkpoint.pt1a2b3c4d.prev.tmp",
+             ".config.json.abcd1234.tmp", ".learning_curves.png.0f0f0f0f.tmp"]
+    others = ["notes.tmp", "config.json", "sub/.history.csv.abcd1234.tmp", ".evaluation.csv.abcd1234.tmp",
+              ".samples.png.abcd1234.tmp"]
+    for name in stale + others:
+        (run / name).write_text("x")
+    other.mkdir()
+    (other / stale[0]).write_text("x")
+    with folders.writer(run, "train"), folders.writer(other, "train"):
+        assert [name for name in stale + others if (run / name).exists()] == others
+        assert (other / stale[0]).exists()
+
+
+def test_outputs_have_the_mode_a_plain_open_gives(tmp_path):
+    """config.json, the checkpoints, history.csv and the figure get 0o666 less the umask, as open() gives a file,
+    not tempfile.mkstemp's 0o600."""
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        assert cli.main(["train", *SMALL, "--epochs", "2", "--out", str(tmp_path / "run")]) == 0
+        (tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(old)
+    outputs = ["config.json", CHECKPOINT, "checkpoint.prev.pt", "history.csv", "learning_curves.png"]
+    modes = {name: stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) for name in outputs}
+    assert modes == {name: stat.S_IMODE((tmp_path / "plain").stat().st_mode) for name in outputs}
+    assert modes["config.json"] == 0o640
+
+
+def test_a_row_file_replaces_a_link_planted_at_its_temp_name(tmp_path):
+    """A symlink at a row file's temp name (``KEY.SLOT.f32.tmp``) is replaced, never written through: the file it
+    leads to keeps its bytes, and the row file is a file of its own."""
+    outside = tmp_path / "outside.f32"
+    outside.write_bytes(b"keep")
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    (folder / "loc.0.f32.tmp").symlink_to(outside)
+    rows.mapped_zeros(folder / "loc.0.f32", (4, 2))
+    assert outside.read_bytes() == b"keep"
+    assert not (folder / "loc.0.f32").is_symlink() and (folder / "loc.0.f32").stat().st_size == 4 * 2 * 4
+    assert sorted(p.name for p in folder.iterdir()) == ["loc.0.f32"]
+
+
+def test_a_stop_signal_during_a_held_write_is_raised_after_it_from_any_thread():
+    """SIGTERM sent while ``signals_held`` holds a write, from a thread started before it (which does not block the
+    signal, as torch's threads do not): the write ends first, then the handler runs. A thread mask alone lets the
+    kernel hand the signal to that thread, and Python runs the handler in the main thread mid-write."""
+    import signal
+    import threading
+
+    go, done = threading.Event(), []
+    killer = threading.Thread(target=lambda: (go.wait(), os.kill(os.getpid(), signal.SIGTERM)))
+    killer.start()
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with folders.signals_held():
+                go.set()
+                killer.join()
+                for _ in range(10_000):  # bytecodes at which Python would run a pending handler
+                    done.append(len(done))
+                done.append("written")
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert done[-1] == "written"

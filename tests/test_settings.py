@@ -106,3 +106,28 @@ def test_a_config_is_checked_like_the_command_line():
     """A device from a file gets the check the --device flag has, before any work."""
     with pytest.raises(settings.InputError, match="no.*CUDA|CUDA.*none"):
         settings.TrainSettings.from_dict({"device": "cuda:7"})
+
+
+def test_every_bound_is_the_one_docs_cli_lists_and_every_count_that_multiplies_work_has_one():
+    """docs/cli.md's Bounds table against the settings' own bounds: each field named there has that bound in every
+    command's settings, and each bounded field is named there (a bound added or changed without the docs fails)."""
+    from pathlib import Path
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    table = text.split("## Bounds", 1)[1].split("\n\n")[2]
+    listed = {}
+    for row in table.splitlines()[2:]:
+        names, _, bound = [c.strip() for c in row.strip("|").split("|")]
+        value = settings.cores if bound.startswith("the cores") else int(bound.replace(",", ""))
+        listed.update({name: value for name in re.findall(r"`(\w+)`", names)})
+    found = {}
+    for cls in (settings.TrainSettings, settings.CompareSettings, settings.EvaluateSettings, settings.TuneSettings):
+        for f in cls.options():
+            bound = f.metadata["most"] if f.metadata["most"] is not None else f.metadata["items"]
+            if bound is not None:
+                assert found.setdefault(f.name, bound) == bound, f"{f.name} has two bounds"
+    assert found == listed
+    counts = {"epochs", "local_steps", "encoder_steps", "refine_steps", "hidden", "trials", "seeds", "ll_samples",
+              "elbo_samples", "ais_steps", "qstar_steps", "threads", "workers"}
+    assert counts <= set(found)
