@@ -285,8 +285,9 @@ def score(ds: data.Dataset, s: TuneSettings, params: dict, trial=None) -> float:
     each of ``s.budget_epochs`` up to ``s.epochs`` and at ``s.epochs``; returns the best measurement, the checkpoint
     that validation selects within the budget (higher is better).
 
-    With ``s.seconds_cap``, training also stops at the epoch after which another one (as long as the last) would
-    pass that many seconds of training, and is measured there: every measurement lies inside the cap. A first epoch
+    With ``s.seconds_cap``, training also stops at the epoch after which another one (as long as the shortest so far:
+    the first carries the compilation) would pass that many seconds of training, and is measured there: every
+    measurement lies inside the cap. A first epoch
     that alone passes it leaves no measurement: the trial is pruned (``over_cap_at_epoch``), or without ``trial``
     scores ``-inf``.
 
@@ -301,19 +302,20 @@ def score(ds: data.Dataset, s: TuneSettings, params: dict, trial=None) -> float:
     optim, loss = optimizer_and_loss(c, model, guide)
     x_val = ds.validation[:s.budget_points].to(s.device)
     measured = set(measured_epochs(s.budget_epochs, s.epochs)) - {0}
-    curve, at, spent = [], [], [0.0]  # the measurements, their epochs, the seconds of training so far
+    curve, at, spent, shortest = [], [], [0.0], [math.inf]  # measurements, their epochs, seconds so far, an epoch's
     cap = s.seconds_cap if s.seconds_cap is not None else math.inf
 
     def measure(epoch: int, row: dict) -> bool:
         import optuna
 
         spent[0] += row["seconds"]
+        shortest[0] = min(shortest[0], row["seconds"])
         if spent[0] > cap:  # the first epoch alone passed the cap: nothing inside it to measure
             if trial is None:
                 return True
             trial.set_user_attr("over_cap_at_epoch", epoch)
             raise optuna.TrialPruned(f"its first epoch took {spent[0]:.3g} s, past --seconds-cap {cap:g}")
-        last = spent[0] + row["seconds"] > cap  # another epoch as long as this one would pass the cap
+        last = spent[0] + shortest[0] > cap  # another epoch as short as the shortest would pass the cap
         if epoch not in measured and not last:
             return False
         curve.append(float(budget_row(model, guide, x_val, c)["log_px"]))

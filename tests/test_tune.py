@@ -133,13 +133,14 @@ def test_the_best_trials_are_rescored_on_more_seeds_and_the_best_mean_is_chosen(
 
 
 def test_a_seconds_cap_stops_a_trial_inside_it_and_measures_it_there(digits, tmp_path, monkeypatch):
-    """Epochs of 0.3 s against a cap of 1 s: training stops after epoch 3 (a fourth would pass the cap), which is
+    """Epochs of 0.2, 0.5 and 0.2 s against a cap of 1 s: training stops after epoch 3 (a fourth as short as the
+    shortest would pass the cap; after epoch 2 one as long as the last would have, but not the shortest), which is
     measured although --budget-epochs does not name it; a first epoch longer than the cap prunes the trial."""
     measured, stopped = [], []
 
     def fake_fit(model, guide, ds, epochs, on_epoch, **kw):
         for epoch in range(1, epochs + 1):
-            if on_epoch(epoch, {"seconds": seconds}):
+            if on_epoch(epoch, {"seconds": seconds[min(epoch, len(seconds)) - 1]}):
                 stopped.append(epoch)
                 return
 
@@ -148,13 +149,13 @@ def test_a_seconds_cap_stops_a_trial_inside_it_and_measures_it_there(digits, tmp
         return {"log_px": -len(measured)}
     monkeypatch.setattr(tune, "fit", fake_fit)
     monkeypatch.setattr(tune, "budget_row", validation)
-    seconds = 0.3
+    seconds = [0.2, 0.5, 0.2]
     s = _settings(tmp_path, trials=1, epochs=50, budget_epochs=[2, 10], seconds_cap=1.0, tune_steps=False)
     study = tune.tune(digits, s)
     trial = study.trials[0]
     assert stopped == [3] and sorted(trial.intermediate_values) == [2, 3]
     assert trial.user_attrs["seconds_trained"] == pytest.approx(0.9) and trial.user_attrs["selected_epoch"] == 2
-    seconds = 2.0  # a first epoch past the cap: nothing inside it
+    seconds = [2.0]  # a first epoch past the cap: nothing inside it
     study = tune.tune(digits, s.replace(trials=2))
     assert study.trials[1].state.name == "PRUNED" and study.trials[1].user_attrs["over_cap_at_epoch"] == 1
     assert tune.score(digits, s, {"lr": 1e-3, "local_lr": 1e-2}) == -math.inf
