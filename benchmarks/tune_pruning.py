@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 
 def run(ds, guide: str, pruner: str, trials: int, epochs: int, out: Path) -> dict:
     s = settings.TuneSettings(guide=guide, trials=trials, epochs=epochs, pruner=pruner, progress=False, rescore_top=0,
+                              budget_points=100,
                               study=f"{guide}-pruning", out=str(out / f"{guide}-{pruner}"))
     t0 = time.perf_counter()
     study = tune.tune(ds, s)

@@ -485,8 +485,9 @@ class TuneSettings(DataModelSettings):
     trials: int = option(20, "trials the study should hold, complete or pruned (with --resume: the total to reach)",
                          "int>=1", most=TRIALS_BOUND)
     epochs: int = option(100, "the budget of every trial: passes over the training set", "int>=1", most=EPOCHS_BOUND)
-    budget_points: int = option(100, "validation points on which each trial's decoder is scored by log p(x)",
-                                "int>=1")
+    budget_points: Optional[int] = option(None, "the first N validation points, on which each trial's decoder is "
+                                          "scored by log p(x) (default: the whole validation split)", "int>=1",
+                                          optional=True, metavar="N")
     seconds_cap: Optional[float] = option(None, "a cap on each trial's seconds of training (measurements "
                                              "excluded), for arms compared at equal seconds: a trial stops before "
                                              "the epoch that would pass it, and is measured there; its score is the "

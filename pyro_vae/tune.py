@@ -12,7 +12,7 @@ Usage::
 Each trial trains a decoder with the arm's guide from ``seed`` for ``epochs`` epochs (the equal budget) with the
 trial's learning rates, measures it at ``budget_epochs`` (each measurement reported to the pruner, which stops a
 trial below the median of the earlier ones at that epoch), and scores it by its best measurement (the checkpoint
-validation selects) of log p(x) on the first ``budget_points`` **validation** points
+validation selects) of log p(x) on the **validation** split (its first ``budget_points``, when given)
 (:func:`pyro_vae.measure.budget_row`: importance sampling from q* fitted with the decoder frozen, so an encoder-
 trained and a mean-field-trained decoder are measured alike); the test split is never read. The search space
 (:data:`SPACE`): the Adam learning rate of the networks (``lr``, decoder and encoder together), of a per-datapoint
@@ -351,7 +351,7 @@ def check(ds: data.Dataset, s: TuneSettings) -> None:
     if ds.validation is None or len(ds.validation) == 0:
         raise InputError(f"tune scores trials on the validation split, and the {ds.name} data set has none: give "
                          f"one to data.from_tensors(..., validation=...).")
-    if s.budget_points > len(ds.validation):
+    if s.budget_points is not None and s.budget_points > len(ds.validation):
         raise InputError(f"tune --budget-points {s.budget_points}: the validation split has {len(ds.validation)}; "
                          f"give {len(ds.validation)} or fewer.")
 
@@ -478,7 +478,7 @@ def best(study, s: TuneSettings) -> dict:
             "seconds_cap": s.seconds_cap,
             "storage": shown_url(s.storage) if s.storage else OUTPUTS["storage"], "trials": len(finished(study)),
             "epochs": s.epochs,
-            "budget_points": s.budget_points, "split": "validation", "sampler_seed": sampler_seed(s),
+            "budget_points": s.budget_points, "split": "validation",  # None: all of it "sampler_seed": sampler_seed(s),
             "startup_trials": startup_trials(s),
             "space": {k: list(v) for k, v in SPACE.items()}}
 

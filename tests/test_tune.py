@@ -42,6 +42,13 @@ def test_a_trial_is_scored_by_validation_log_px_of_the_decoder_its_settings_trai
     assert value != tune.score(digits, s, {**params, "local_lr": 0.2})
 
 
+def test_by_default_a_trial_is_scored_on_the_whole_validation_split(digits, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(tune, "budget_row", lambda model, guide, x, c: seen.append(x) or {"log_px": -1.0})
+    tune.score(digits, _settings(tmp_path, budget_points=None), {"lr": 1e-3, "local_lr": 1e-2})
+    assert settings.TuneSettings().budget_points is None and torch.equal(seen[0], digits.validation)
+
+
 def test_a_study_is_stored_reproducible_and_resumable(digits, tmp_path):
     s = _settings(tmp_path)
     study = tune.tune(digits, s)
