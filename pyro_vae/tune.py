@@ -287,9 +287,10 @@ def score(ds: data.Dataset, s: TuneSettings, params: dict, trial=None) -> float:
 
     With ``s.seconds_cap``, training also stops at the epoch after which another one (as long as the shortest so far:
     the first carries the compilation) would pass that many seconds of training, and is measured there: every
-    measurement lies inside the cap. A first epoch
-    that alone passes it leaves no measurement: the trial is pruned (``over_cap_at_epoch``), or without ``trial``
-    scores ``-inf``.
+    measurement lies inside the cap. An epoch longer than the shortest may pass
+    the cap all the same: training stops there, unmeasured, and the score is the best measurement inside the cap;
+    with none (a first epoch longer than the cap), the trial is pruned (``over_cap_at_epoch``), or without
+    ``trial`` scores ``-inf``.
 
     With ``trial`` (an ``optuna.Trial``), each measurement is reported as the trial's intermediate value at that
     epoch, and the trial stops (``optuna.TrialPruned``) when its pruner says so. Measurements leave the training's
@@ -310,11 +311,12 @@ def score(ds: data.Dataset, s: TuneSettings, params: dict, trial=None) -> float:
 
         spent[0] += row["seconds"]
         shortest[0] = min(shortest[0], row["seconds"])
-        if spent[0] > cap:  # the first epoch alone passed the cap: nothing inside it to measure
-            if trial is None:
+        if spent[0] > cap:  # an epoch longer than the shortest passed the cap: it is not measured
+            if curve or trial is None:  # scored by the measurements inside the cap (-inf without any)
                 return True
             trial.set_user_attr("over_cap_at_epoch", epoch)
-            raise optuna.TrialPruned(f"its first epoch took {spent[0]:.3g} s, past --seconds-cap {cap:g}")
+            raise optuna.TrialPruned(f"epoch {epoch} passed --seconds-cap {cap:g} ({spent[0]:.3g} s) before any "
+                                     f"measurement")
         last = spent[0] + shortest[0] > cap  # another epoch as short as the shortest would pass the cap
         if epoch not in measured and not last:
             return False

@@ -142,7 +142,8 @@ def test_the_best_trials_are_rescored_on_more_seeds_and_the_best_mean_is_chosen(
 def test_a_seconds_cap_stops_a_trial_inside_it_and_measures_it_there(digits, tmp_path, monkeypatch):
     """Epochs of 0.2, 0.5 and 0.2 s against a cap of 1 s: training stops after epoch 3 (a fourth as short as the
     shortest would pass the cap; after epoch 2 one as long as the last would have, but not the shortest), which is
-    measured although --budget-epochs does not name it; a first epoch longer than the cap prunes the trial."""
+    measured although --budget-epochs does not name it; a first epoch longer than the cap prunes the trial; an
+    epoch longer than the shortest that passes the cap stops the trial there, scored by what was measured inside."""
     measured, stopped = [], []
 
     def fake_fit(model, guide, ds, epochs, on_epoch, **kw):
@@ -165,7 +166,14 @@ def test_a_seconds_cap_stops_a_trial_inside_it_and_measures_it_there(digits, tmp
     seconds = [2.0]  # a first epoch past the cap: nothing inside it
     study = tune.tune(digits, s.replace(trials=2))
     assert study.trials[1].state.name == "PRUNED" and study.trials[1].user_attrs["over_cap_at_epoch"] == 1
-    assert tune.score(digits, s, {"lr": 1e-3, "local_lr": 1e-2}) == -math.inf
+    seconds = [0.2, 0.2, 0.2, 0.2, 0.5]  # epoch 5, longer than the shortest, passes the cap: stopped, unmeasured
+    stopped.clear()
+    study = tune.tune(digits, s.replace(trials=3))
+    third = study.trials[2]
+    assert stopped == [5] and third.state.name == "COMPLETE" and sorted(third.intermediate_values) == [2]
+    assert third.value == third.intermediate_values[2] and third.user_attrs["seconds_trained"] == pytest.approx(1.3)
+    seconds = [2.0]
+    assert tune.score(digits, s, {"lr": 1e-3, "local_lr": 1e-2}) == -math.inf  # without a trial: nothing to prune
 
 
 def test_processes_share_a_study_through_a_storage_url(digits, tmp_path):
