@@ -130,11 +130,13 @@ def writer(folder, command: str, wait: bool = False) -> Iterator[Path]:
     used = lock.exists()
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except OSError as e:
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            os.close(fd)
-            raise
+        if wait:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        locked = wait or _try_lock(fd, fcntl.LOCK_EX)
+    except OSError:
+        os.close(fd)
+        raise
+    if not locked:
         holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
         os.close(fd)
         raise FolderError(f"{folder} is being written by {holder}: wait for it to finish, or give another --out."
