@@ -152,7 +152,19 @@ def paired(values: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
 
 
 #: the columns of :func:`differences`
-DIFFERENCE_COLUMNS = ["guide", "split", "budget", "value", "mean", "sd", "low", "high", "seeds", "resolved"]
+DIFFERENCE_COLUMNS = ["guide", "split", "estimator", "budget", "value", "mean", "sd", "low", "high", "seeds",
+                      "resolved"]
+#: the log p(x) estimators a test read may hold (its column -> the ``estimator`` of :func:`differences`): the
+#: importance-weighted one always, AIS where the study ran it (``ais_steps``)
+ESTIMATORS = {"log_px": "iwae", "log_px_ais": "ais"}
+
+
+def of_estimator(differences: pd.DataFrame, estimator: str = "iwae") -> pd.DataFrame:
+    """The rows of a :func:`differences` table read with ``estimator`` (``"iwae"`` or ``"ais"``); a table written
+    before the ``estimator`` column was added holds importance-weighted rows only."""
+    if "estimator" not in differences:
+        return differences if estimator == "iwae" else differences.iloc[:0]
+    return differences[differences["estimator"] == estimator]
 
 
 def seconds_grid(curves: pd.DataFrame, budget_seconds: Sequence[float], points: int = 40) -> list:
@@ -175,12 +187,16 @@ def differences(curves: pd.DataFrame, tests: Optional[pd.DataFrame] = None, budg
       every measured epoch (``budget`` ``"epochs"``) and on :func:`seconds_grid` (``"seconds"``);
     - ``split`` ``"test"``: ``tests`` (columns ``guide``, ``seed``, ``budget``, ``value``, ``log_px``; the study's
       ``test_at_budgets.csv``) at each pre-registered budget and at the ``"selected"`` checkpoints.
+
+    ``estimator`` says which log p(x) was compared: ``"iwae"`` (importance-weighted: every validation row, and the
+    test reads' ``log_px``), and ``"ais"`` for the test reads' ``log_px_ais`` where ``tests`` has it
+    (:data:`ESTIMATORS`). Each estimator is paired with itself alone.
     """
     rows = []
 
-    def add(values, split, budget, value):
+    def add(values, split, budget, value, estimator="iwae"):
         for _, d in paired(values, baseline).iterrows():
-            rows.append({"split": split, "budget": budget, "value": value, **d.to_dict()})
+            rows.append({"split": split, "estimator": estimator, "budget": budget, "value": value, **d.to_dict()})
 
     groups = list(curves.groupby(["guide", "seed"], sort=False))
     for budget, column, grid in (("epochs", "epoch", sorted(curves["epoch"].unique())),
@@ -190,6 +206,10 @@ def differences(curves: pd.DataFrame, tests: Optional[pd.DataFrame] = None, budg
                       for (g, s), c in groups]
             add(pd.DataFrame(values), "validation", budget, float(limit))
     if tests is not None:
-        for (budget, value), part in tests.groupby(["budget", "value"], sort=False, dropna=False):
-            add(part[["guide", "seed", "log_px"]].rename(columns={"log_px": "value"}), "test", budget, value)
+        for column, estimator in ESTIMATORS.items():
+            if column not in tests or tests[column].isna().all():
+                continue
+            for (budget, value), part in tests.groupby(["budget", "value"], sort=False, dropna=False):
+                add(part[["guide", "seed", column]].rename(columns={column: "value"}), "test", budget, value,
+                    estimator)
     return pd.DataFrame(rows, columns=DIFFERENCE_COLUMNS)

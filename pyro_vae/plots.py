@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from .budgets import of_estimator
 from .folders import write_file
 
 
@@ -142,11 +143,14 @@ def _midpoint(table: pd.DataFrame, budget: str) -> float:
 
 
 def differences(table: pd.DataFrame, title: str = "Each decoder against the normal encoder's, paired over seeds",
-                seconds_note: str = "seconds of training"):
+                seconds_note: str = "seconds of training", estimator: str = "iwae"):
     """Paired differences from the baseline decoder (:func:`pyro_vae.budgets.differences`), nats per datapoint:
     against epochs and against seconds (log axes), the validation curves as lines with their 95% band over seeds
     and the test reads at the pre-registered budgets as points with their 95% interval; a third panel gives the
-    test difference at each run's selected checkpoint."""
+    test difference at each run's selected checkpoint. With ``estimator="ais"`` the test reads are AIS's (the
+    validation curves are importance-weighted either way)."""
+    table = pd.concat([of_estimator(table, "iwae").query("split == 'validation'"),
+                       of_estimator(table, estimator).query("split == 'test'")])
     fig, axes = plt.subplots(1, 3, figsize=(16, 5), gridspec_kw={"width_ratios": [3, 3, 1.4]}, sharey=True)
     arms = list(dict.fromkeys(table["guide"]))
     colours = dict(zip(arms, sns.color_palette(n_colors=max(len(arms), 1))))

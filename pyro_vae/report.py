@@ -8,6 +8,8 @@ per-seed values, ddof = 1); with one seed, the mean alone.
 import numpy as np
 import pandas as pd
 
+from . import budgets
+
 #: the quantities of the gap table: (column of results.csv, heading, with its spread across seeds)
 GAP_COLUMNS = [
     ("log_px", "log p(x)", True),
@@ -165,12 +167,13 @@ def budget_name(budget: str, value: float) -> str:
     return f"{value:g} epochs" if budget == "epochs" else f"{value:g} s"
 
 
-def difference_table(differences: pd.DataFrame, split: str = "test", digits: int = 2) -> str:
-    """A study's paired differences (``differences.csv``) on ``split``: one row per arm, one column per
-    pre-registered budget and the selected checkpoint, each cell the mean difference from the ``normal`` encoder's
-    decoder with its 95% interval over seeds (nats per datapoint; positive: the arm's decoder is better), in bold
-    where the interval excludes 0."""
-    part = differences[(differences["split"] == split)]
+def difference_table(differences: pd.DataFrame, split: str = "test", digits: int = 2, estimator: str = "iwae") -> str:
+    """A study's paired differences (``differences.csv``) on ``split``, log p(x) read by ``estimator`` (``"iwae"``
+    or ``"ais"``): one row per arm, one column per pre-registered budget and the selected checkpoint, each cell the
+    mean difference from the ``normal`` encoder's decoder with its 95% interval over seeds (nats per datapoint;
+    positive: the arm's decoder is better), in bold where the interval excludes 0."""
+    part = budgets.of_estimator(differences, estimator)
+    part = part[part["split"] == split]
     columns = list(dict.fromkeys(budget_name(b, v) for b, v in zip(part["budget"], part["value"])))
     rows = []
     for guide, g in part.groupby("guide", sort=False):
@@ -198,12 +201,14 @@ def selection_table(selection: pd.DataFrame, tests: pd.DataFrame, digits: int = 
                                                 "validation log p(x)", "curves flattened", "test log p(x) there"]))
 
 
-def sign_changes(differences: pd.DataFrame, split: str = "validation") -> pd.DataFrame:
-    """Where a paired difference's mean changes sign along a budget axis (``differences.csv`` rows of ``split``):
+def sign_changes(differences: pd.DataFrame, split: str = "validation", estimator: str = "iwae") -> pd.DataFrame:
+    """Where a paired difference's mean changes sign along a budget axis (``differences.csv`` rows of ``split``
+    read by ``estimator``):
     one row per change with the arm, the axis (``epochs`` or ``seconds``), the last budget before and the first
     after it, and the means there."""
     rows = []
-    part = differences[(differences["split"] == split) & (differences["budget"] != "selected")]
+    part = budgets.of_estimator(differences, estimator)
+    part = part[(part["split"] == split) & (part["budget"] != "selected")]
     for (guide, budget), g in part.groupby(["guide", "budget"], sort=False):
         g = g.sort_values("value")
         signs = np.sign(g["mean"].to_numpy())
