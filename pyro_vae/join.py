@@ -5,8 +5,13 @@ each arm is a study of its own (``compare --guides meanfield --lr ... --local-st
 the finished studies' tables and pairs every arm with the baseline arm's decoder on the same seeds, as
 :func:`pyro_vae.compare.compare` does inside one study::
 
-    joined = join(["runs/study/compare-normal", "runs/study/compare-meanfield-T"], out="docs/q3")
+    joined = join(["runs/study/compare-normal", "runs/study/compare-meanfield"], out="docs/q3")
     joined.differences     # each arm minus the normal encoder's decoder, paired over seeds, IWAE and AIS
+    join({"normal": "runs/study/compare-normal", "normal-T": "runs/study/compare-normal-T"})  # arms named
+
+Given a list, each training keeps its study's label (``normal``, ``meanfield T=5``); given a mapping from arm
+names to folders, each study must hold one training label, and its rows take the arm's name instead (two arms
+that trained the same guide with other settings, such as a tuned T that came out 1).
 
 It reads only each study's own small files (:data:`TABLES` and ``config.json``), so it runs on copies of them
 (a study committed without its run folders). The studies must measure alike: every setting but those an arm may
@@ -19,7 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence, Union
 
 import pandas as pd
 
@@ -67,16 +72,19 @@ def _read_study(folder: Path) -> tuple:
     return settings, tables
 
 
-def join(studies: Sequence, out=None, baseline: str = budgets.BASELINE, overwrite: bool = False) -> Joined:
-    """Read the finished compare studies in the folders ``studies`` as one comparison; with ``out``, write its
+def join(studies: Union[Sequence, Mapping], out=None, baseline: str = budgets.BASELINE,
+         overwrite: bool = False) -> Joined:
+    """Read the finished compare studies in the folders ``studies`` (or arm name -> folder) as one comparison;
+    with ``out``, write its
     tables (:data:`TABLES`, ``differences.csv``, ``config.json``) and figures (``differences.png``, with AIS
     ``differences_ais.png``, and ``budget.png``) there (a new folder, or with ``overwrite`` one join wrote).
 
     Refused in one line, before anything is written: fewer than two studies, a folder that is not a finished
-    study, settings that differ beyond :data:`ARM_SETTINGS`, other seeds, a training label in two studies, or no
-    ``baseline`` arm.
+    study, settings that differ beyond :data:`ARM_SETTINGS`, other seeds, a training label in two studies (or, with
+    arm names, a study of several), or no ``baseline`` arm.
     """
-    folders_in = [Path(s) for s in studies]
+    names = list(studies) if isinstance(studies, Mapping) else None
+    folders_in = [Path(studies[n]) for n in names] if names else [Path(s) for s in studies]
     if len(folders_in) < 2:
         raise InputError(f"join: give two or more compare studies to compare (got {len(folders_in)}).")
     if out is not None:
@@ -85,6 +93,14 @@ def join(studies: Sequence, out=None, baseline: str = budgets.BASELINE, overwrit
             if target == folder.resolve() or folder.resolve() in target.parents:
                 raise InputError(f"join: --out {out} is inside the study {folder} it reads: give another folder.")
     read = [_read_study(f) for f in folders_in]
+    if names:
+        for name, folder, (_, tables) in zip(names, folders_in, read):
+            held = list(tables["selection.csv"]["guide"].unique())
+            if len(held) != 1:
+                raise InputError(f"join: the arm {name!r} names {folder}, which holds {len(held)} trainings "
+                                 f"({', '.join(map(str, held))}): name an arm of one training, or pass a list.")
+            for table in tables.values():
+                table["guide"] = name
     first = read[0][0]
     for folder, (settings, _) in zip(folders_in[1:], read[1:]):
         differ = [k for k in sorted(set(first) | set(settings))

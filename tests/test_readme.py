@@ -194,6 +194,20 @@ def test_the_tuned_arms_page_shows_its_committed_tables():
         assert table in page, f"docs/tuned.md does not show the {name} of docs/tuned/"
 
 
+def test_the_digits_study_page_shows_its_tuning():
+    """docs/digits-study.md's tuning table is pyro_vae.report's rendering of the six arms' committed best.json."""
+    import json
+
+    from pyro_vae import report
+
+    arms = ["normal", "normal-T", "mvn", "meanfield", "meanfield-T", "semi_amortized"]
+    study = ROOT / "docs" / "digits-study"
+    bests = {arm: json.loads((study / f"tune-{arm}" / "best.json").read_text()) for arm in arms}
+    assert all(best["trials"] >= 20 and best["seconds_cap"] == 10 for best in bests.values())
+    page = (ROOT / "docs" / "digits-study.md").read_text(encoding="utf-8")
+    assert report.tuning_table(bests) in page, "docs/digits-study.md does not show the tuning of docs/digits-study/"
+
+
 def test_the_scaling_page_shows_the_committed_measurements():
     """docs/scaling.md's before/after tables are benchmarks/scale.py's rendering of its committed CSVs."""
     import importlib.util

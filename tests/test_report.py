@@ -42,7 +42,11 @@ def test_the_gap_table_shows_means_and_sds_over_seeds_in_the_studys_order():
 
 
 @pytest.mark.parametrize("guide, text", [("normal", "`normal` encoder"), ("semi_amortized", "`semi_amortized`"),
-                                         ("meanfield", "`meanfield`, T = 1"), ("meanfield T=20", "`meanfield`, T = 20")])
+                                         ("meanfield", "`meanfield`, T = 1"), ("meanfield T=20", "`meanfield`, T = 20"),
+                                         ("normal T=5", "`normal` encoder, T = 5"),
+                                         # a study's arms whose T was tuned (docs/digits-study/tune-ARM)
+                                         ("normal-T", "`normal` encoder, T tuned"),
+                                         ("meanfield-T", "`meanfield`, T tuned")])
 def test_labels(guide, text):
     assert report.label(guide) == text
 
