@@ -50,6 +50,7 @@ from .optim import LazyAdam
 from .progress import progress_bar
 from .runs import KEPT, SELECTED, build, build_guide, build_model, check_paths, guide_options, kept_path  # noqa: F401
 from .settings import CompareSettings, TrainSettings
+from .threads import intra_op_threads, training_threads
 from .train import fit
 
 #: everything a comparison run depends on (saved as its config.json): the one definition is
@@ -244,13 +245,18 @@ def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: st
     selected = chosen[chosen["budget"] == "selected"].iloc[0]
     folders.write_file(folder / SELECTED, lambda f: f.write(kept_path(folder, selected["epoch"]).read_bytes()))
 
-    t0 = time.perf_counter()
-    tests, results, points = read_test(model, guide, ds, s, chosen, folder, seed)
-    test_seconds = time.perf_counter() - t0
-    load_weights(folder / SELECTED, model, guide)
-    t0 = time.perf_counter()
-    widths = encoder_width_sweep(model, guide, ds, points, s, seed) if label == "normal" and s.encoder_widths else []
-    sweep_seconds = time.perf_counter() - t0
+    # the test reads take the training's intra-op threads (one for a digits-sized VAE): torch's default, every
+    # core, stalls about 4x beside another process of a shared study (AIS on 100 digits: 26.5 s on 2 threads
+    # beside a busy core, 6.7 s on 1), and slows the other process's timed epochs
+    with intra_op_threads(training_threads(model, guide, s.batch_size)):
+        t0 = time.perf_counter()
+        tests, results, points = read_test(model, guide, ds, s, chosen, folder, seed)
+        test_seconds = time.perf_counter() - t0
+        load_weights(folder / SELECTED, model, guide)
+        t0 = time.perf_counter()
+        widths = encoder_width_sweep(model, guide, ds, points, s, seed) if label == "normal" and s.encoder_widths \
+            else []
+        sweep_seconds = time.perf_counter() - t0
     n_params = sum(p.numel() for p in guide.parameters())
     labels = {"guide": label, "seed": seed}
     cost = {
@@ -497,8 +503,6 @@ def selection(result: Result) -> pd.DataFrame:
 def seconds_note(result: Result, s: Settings) -> str:
     """How a study's training seconds were timed, for its figures: intra-op threads per training and processes."""
     import os
-
-    from .threads import training_threads
 
     counts = {training_threads(result.models[label], result.guides[label], s.batch_size) for label in result.models}
     cores = max(1, (os.cpu_count() or 1) // s.workers)

@@ -138,6 +138,29 @@ def test_each_seed_is_the_study_with_that_seed_alone_and_workers_change_nothing(
     pd.testing.assert_frame_equal(_no_clock(both.budget), _no_clock(two.budget))
 
 
+def test_the_test_reads_take_the_trainings_threads(lg, tmp_path, monkeypatch):
+    """Beside another process of a shared study, torch's default threads (every core) stall the reads about 4x."""
+    from pyro_vae import threads
+
+    seen = []
+
+    def read_test(*args):
+        seen.append(torch.get_num_threads())
+        raise KeyboardInterrupt  # the point is made: stop the run here
+
+    monkeypatch.setattr(compare, "read_test", read_test)
+    monkeypatch.setattr(compare, "training_threads", lambda *a: 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            compare.compare(lg, compare.Settings(**{**TINY, "guides": ("normal",)}), tmp_path / "t")
+    finally:
+        after = torch.get_num_threads()
+        torch.set_num_threads(before)
+    assert seen == [1] and after == 2
+
+
 def test_early_stopping_after_patience_measurements_without_a_new_best(lg, tmp_path):
     s = compare.Settings(**{**TINY, "guides": ("normal",), "epochs": 30, "budget_epochs": list(range(1, 31)),
                             "test_epochs": [30], "lr": 0.3}, patience=2)
