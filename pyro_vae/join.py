@@ -29,6 +29,7 @@ from typing import Mapping, Sequence, Union
 import pandas as pd
 
 from . import budgets, folders
+from .compare import saved_settings
 from .errors import InputError
 
 #: the settings an arm of a joined comparison may choose for itself (what its tuning chose, and how its study ran)
@@ -58,12 +59,10 @@ class Joined:
 def _read_study(folder: Path) -> tuple:
     config = folder / "config.json"
     try:
-        settings = json.loads(config.read_text())
-    except (OSError, ValueError):
-        settings = None
-    if not isinstance(settings, dict) or "guides" not in settings:
+        settings = saved_settings(folder)
+    except InputError:
         raise InputError(f"join: {folder} holds no compare study (no config.json of `pyro-vae compare`): give the "
-                         f"folders that `pyro-vae compare --out` wrote.")
+                         f"folders that `pyro-vae compare --out` wrote.") from None
     missing = [name for name in TABLES if not (folder / name).is_file()]
     if missing:
         raise InputError(f"join: the study in {folder} has no {missing[0]} (not finished?): run `pyro-vae compare "

@@ -140,8 +140,6 @@ def test_each_seed_is_the_study_with_that_seed_alone_and_workers_change_nothing(
 
 def test_the_test_reads_take_the_trainings_threads(lg, tmp_path, monkeypatch):
     """Beside another process of a shared study, torch's default threads (every core) stall the reads about 4x."""
-    from pyro_vae import threads
-
     seen = []
 
     def read_test(*args):
