@@ -211,13 +211,18 @@ def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: st
     else:
         folders.write_text(folder / "config.json", json.dumps(cfg, indent=2))
     spent = {"measure": 0.0, "seconds": seconds}
+    # measurements and test reads take the training's intra-op threads (one for a digits-sized VAE): torch's
+    # default, every core, stalls about 4x beside another process of a shared study (AIS on 100 digits: 26.5 s on 2
+    # threads beside a busy core, 6.7 s on 1), and slows the other process's timed epochs
+    threads = training_threads(model, guide, s.batch_size)
 
     def measure(epoch, row):
         spent["seconds"] += row["seconds"]
         if epoch not in measured:
             return False
         t0 = time.perf_counter()
-        values = budget_row(model, guide, x_val, s)
+        with intra_op_threads(threads):
+            values = budget_row(model, guide, x_val, s)
         best = max((r["log_px"] for r in curve), default=-math.inf)
         point = {"guide": label, "seed": seed, "epoch": epoch, "seconds": spent["seconds"],
                  "decoder_gradients": epoch * batches, "steps": epoch * batches * local_steps, **values}
@@ -245,10 +250,7 @@ def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: st
     selected = chosen[chosen["budget"] == "selected"].iloc[0]
     folders.write_file(folder / SELECTED, lambda f: f.write(kept_path(folder, selected["epoch"]).read_bytes()))
 
-    # the test reads take the training's intra-op threads (one for a digits-sized VAE): torch's default, every
-    # core, stalls about 4x beside another process of a shared study (AIS on 100 digits: 26.5 s on 2 threads
-    # beside a busy core, 6.7 s on 1), and slows the other process's timed epochs
-    with intra_op_threads(training_threads(model, guide, s.batch_size)):
+    with intra_op_threads(threads):
         t0 = time.perf_counter()
         tests, results, points = read_test(model, guide, ds, s, chosen, folder, seed)
         test_seconds = time.perf_counter() - t0

@@ -58,6 +58,7 @@ from typing import Optional
 import pandas as pd
 
 from . import data, folders, settings
+from .threads import intra_op_threads, training_threads
 from .storage import (DATABASE, check_database, check_storage, open_storage, parse_url, password_of, problem,
                       shown_url, sqlite_file, storage_url)
 from .budgets import measured_epochs
@@ -320,7 +321,8 @@ def score(ds: data.Dataset, s: TuneSettings, params: dict, trial=None) -> float:
         last = spent[0] + shortest[0] > cap  # another epoch as short as the shortest would pass the cap
         if epoch not in measured and not last:
             return False
-        curve.append(float(budget_row(model, guide, x_val, c)["log_px"]))
+        with intra_op_threads(training_threads(model, guide, c.batch_size)):  # as compare measures
+            curve.append(float(budget_row(model, guide, x_val, c)["log_px"]))
         at.append(epoch)
         if trial is not None:
             trial.report(curve[-1], epoch)

@@ -138,15 +138,21 @@ def test_each_seed_is_the_study_with_that_seed_alone_and_workers_change_nothing(
     pd.testing.assert_frame_equal(_no_clock(both.budget), _no_clock(two.budget))
 
 
-def test_the_test_reads_take_the_trainings_threads(lg, tmp_path, monkeypatch):
+def test_the_measurements_and_test_reads_take_the_trainings_threads(lg, tmp_path, monkeypatch):
     """Beside another process of a shared study, torch's default threads (every core) stall the reads about 4x."""
-    seen = []
+    seen, measured = [], []
+    budget_row = compare.budget_row
 
     def read_test(*args):
         seen.append(torch.get_num_threads())
         raise KeyboardInterrupt  # the point is made: stop the run here
 
+    def recorded(*args):
+        measured.append(torch.get_num_threads())
+        return budget_row(*args)
+
     monkeypatch.setattr(compare, "read_test", read_test)
+    monkeypatch.setattr(compare, "budget_row", recorded)
     monkeypatch.setattr(compare, "training_threads", lambda *a: 1)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -156,7 +162,7 @@ def test_the_test_reads_take_the_trainings_threads(lg, tmp_path, monkeypatch):
     finally:
         after = torch.get_num_threads()
         torch.set_num_threads(before)
-    assert seen == [1] and after == 2
+    assert seen == [1] and set(measured) == {1} and len(measured) == 5 and after == 2  # epochs 0 to 4
 
 
 def test_early_stopping_after_patience_measurements_without_a_new_best(lg, tmp_path):
