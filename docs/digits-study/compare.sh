@@ -36,7 +36,13 @@ EOF
   if [ -f "$out/config.json" ]; then
     pyro-vae compare --resume --config "$out/config.json" --out "$out" --no-progress
   else
-    pyro-vae compare "${flags[@]}" "${tuned[@]}" "${COMMON[@]}" --out "$out"
+    # two copies reaching a new arm together: the one refused (exit 2, the folder now holds the study) joins it
+    pyro-vae compare "${flags[@]}" "${tuned[@]}" "${COMMON[@]}" --out "$out" || {
+      code=$?
+      sleep 2
+      [ "$code" -eq 2 ] && [ -f "$out/config.json" ] || exit "$code"
+      pyro-vae compare --resume --config "$out/config.json" --out "$out" --no-progress
+    }
   fi
   mkdir -p "docs/digits-study/compare-$arm"
   for f in config.json results.csv test_at_budgets.csv budget.csv cost.csv selection.csv; do
