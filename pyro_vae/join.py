@@ -29,12 +29,13 @@ from typing import Mapping, Sequence, Union
 import pandas as pd
 
 from . import budgets, folders
-from .compare import saved_settings
+from .compare import RESUMABLE, saved_settings
 from .errors import InputError
 
-#: the settings an arm of a joined comparison may choose for itself (what its tuning chose, and how its study ran)
+#: the settings an arm of a joined comparison may choose for itself (what its tuning chose); besides these, only how
+#: its study ran (:data:`pyro_vae.compare.RESUMABLE`: workers, progress, device, out) may differ between the studies
 ARM_SETTINGS = ("guides", "lr", "local_lr", "local_steps", "encoder_steps", "refine_steps", "refine_lr", "num_flows",
-                "encoder_widths", "workers", "progress", "out")
+                "encoder_widths")
 #: the study tables a join reads (``compare``'s names) and writes, concatenated over the arms
 TABLES = ("results.csv", "test_at_budgets.csv", "budget.csv", "cost.csv", "selection.csv")
 
@@ -74,9 +75,9 @@ def _read_study(folder: Path) -> tuple:
 def join(studies: Union[Sequence, Mapping], out=None, baseline: str = budgets.BASELINE,
          overwrite: bool = False) -> Joined:
     """Read the finished compare studies in the folders ``studies`` (or arm name -> folder) as one comparison;
-    with ``out``, write its
-    tables (:data:`TABLES`, ``differences.csv``, ``config.json``) and figures (``differences.png``, with AIS
-    ``differences_ais.png``, and ``budget.png``) there (a new folder, or with ``overwrite`` one join wrote).
+    with ``out``, write its tables (:data:`TABLES`, ``differences.csv``, ``config.json``) and figures
+    (``differences.png``, with AIS ``differences_ais.png``, and ``budget.png``) there (a new folder, or with
+    ``overwrite`` one join wrote).
 
     Refused in one line, before anything is written: fewer than two studies, a folder that is not a finished
     study, settings that differ beyond :data:`ARM_SETTINGS`, other seeds, a training label in two studies (or, with
@@ -100,16 +101,15 @@ def join(studies: Union[Sequence, Mapping], out=None, baseline: str = budgets.BA
                                  f"({', '.join(map(str, held))}): name an arm of one training, or pass a list.")
             for table in tables.values():
                 table["guide"] = name
-    first = read[0][0]
+    first, free = read[0][0], set(ARM_SETTINGS) | set(RESUMABLE)
     for folder, (settings, _) in zip(folders_in[1:], read[1:]):
-        differ = [k for k in sorted(set(first) | set(settings))
-                  if k not in ARM_SETTINGS and first.get(k) != settings.get(k)]
+        differ = [k for k in sorted(set(first) | set(settings)) if k not in free and first.get(k) != settings.get(k)]
         if differ:
             k = differ[0]
             raise InputError(f"join: {folders_in[0]} and {folder} were measured differently ({k} {first.get(k)!r} "
                              f"there, {settings.get(k)!r} here): join studies run with the same settings but "
-                             f"those an arm chooses ({', '.join(ARM_SETTINGS[:-3])}).")
-    shared = {k: v for k, v in first.items() if k not in ARM_SETTINGS}
+                             f"those an arm chooses ({', '.join(ARM_SETTINGS)}).")
+    shared = {k: v for k, v in first.items() if k not in free}
     labels = {}
     for folder, (_, tables) in zip(folders_in, read):
         for label in tables["selection.csv"]["guide"].unique():
@@ -123,8 +123,8 @@ def join(studies: Union[Sequence, Mapping], out=None, baseline: str = budgets.BA
     frames = {name: pd.concat([tables[name] for _, tables in read], ignore_index=True) for name in TABLES}
     differences = budgets.differences(frames["budget.csv"], frames["test_at_budgets.csv"],
                                       shared.get("budget_seconds") or (), baseline)
-    arms = {folder.name: {k: settings.get(k) for k in ARM_SETTINGS[:-3]} for folder, (settings, _) in
-            zip(folders_in, read)}
+    arms = {name: {k: settings.get(k) for k in ARM_SETTINGS}
+            for name, (settings, _) in zip(names or [f.name for f in folders_in], read)}
     joined = Joined(results=frames["results.csv"], tests=frames["test_at_budgets.csv"], budget=frames["budget.csv"],
                     cost=frames["cost.csv"], selection=frames["selection.csv"], differences=differences,
                     settings={**shared, "arms": arms})

@@ -95,7 +95,9 @@ def test_named_arms_pair_two_studies_of_the_same_guide(tmp_path):
         table.assign(guide="normal").to_csv(other / name, index=False)
     with pytest.raises(InputError, match="the training 'normal' is in"):
         join.join([normal, other])
-    d = join.join({"normal": normal, "normal-T": other}).differences
+    joined = join.join({"normal": normal, "normal-T": other})
+    d = joined.differences
+    assert joined.settings["arms"]["normal-T"]["lr"] == 2e-3 and joined.settings["arms"]["normal"]["lr"] == 1e-3
     row = _row(d, "test", "iwae", "selected")
     assert row["guide"] == "normal-T"
     assert row["mean"] == pytest.approx(np.mean([m[0] - n[0] for m, n in zip(TEST["mvn"], TEST["normal"])]))
