@@ -28,7 +28,8 @@ def label(guide: str) -> str:
     """The row label of a decoder: ``normal`` → "`normal` encoder", ``meanfield T=5`` → "`meanfield`, T = 5"; a
     study's arm whose T was tuned, ``meanfield-T`` → "`meanfield`, T tuned"."""
     if guide.endswith("-T"):
-        return label(guide[:-2]).replace(", T = 1", "") + ", T tuned"
+        base = guide[:-2]
+        return (f"`{base}`" if base.startswith("meanfield") else label(base)) + ", T tuned"
     if guide.startswith("meanfield"):
         steps = guide.partition("T=")[2] or "1"
         return f"`meanfield`, T = {steps}"
