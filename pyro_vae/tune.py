@@ -306,6 +306,7 @@ def score(ds: data.Dataset, s: TuneSettings, params: dict, trial=None) -> float:
     measured = set(measured_epochs(s.budget_epochs, s.epochs)) - {0}
     curve, at, spent, shortest = [], [], [0.0], [math.inf]  # measurements, their epochs, seconds so far, an epoch's
     cap = s.seconds_cap if s.seconds_cap is not None else math.inf
+    threads = training_threads(model, guide, c.batch_size)  # the measurements' too: two would stall beside a lane
 
     def measure(epoch: int, row: dict) -> bool:
         import optuna
@@ -321,7 +322,7 @@ def score(ds: data.Dataset, s: TuneSettings, params: dict, trial=None) -> float:
         last = spent[0] + shortest[0] > cap  # another epoch as short as the shortest would pass the cap
         if epoch not in measured and not last:
             return False
-        with intra_op_threads(training_threads(model, guide, c.batch_size)):  # as compare measures
+        with intra_op_threads(threads):  # as compare measures
             curve.append(float(budget_row(model, guide, x_val, c)["log_px"]))
         at.append(epoch)
         if trial is not None:
