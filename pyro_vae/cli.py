@@ -1,4 +1,5 @@
-"""The ``pyro-vae`` command line: ``train``, ``compare``, ``evaluate``, ``sample``, ``tune``, ``guides``, ``datasets``.
+"""The ``pyro-vae`` command line: ``train``, ``compare``, ``evaluate``, ``sample``, ``tune``, ``join``, ``guides``,
+``datasets``.
 
 Usage::
 
@@ -7,6 +8,7 @@ Usage::
     pyro-vae sample runs/mvn --n 64               # runs/mvn/samples.png
     pyro-vae compare --out runs/compare           # the amortization question on digits
     pyro-vae tune --guide meanfield --tune-steps --trials 20 --out runs/tune-mf   # an arm tuned on validation
+    pyro-vae join normal=runs/compare-normal meanfield=runs/compare-mf --out runs/joined   # arms tuned apart
     pyro-vae guides                               # the guide registry
 
 The only module that parses arguments or prints.
@@ -192,6 +194,15 @@ def parser() -> argparse.ArgumentParser:
                    help="add trials to the study in --out, with its saved settings (--trials: the total to reach)")
     u.add_argument("--overwrite", action="store_true", help="replace the study (or other pyro-vae output) in --out")
     _config_flag(u, "JSON such as the config.json a study wrote, or YAML")
+
+    j = sub.add_parser("join", help="arms tuned apart (one compare study each) paired as one comparison")
+    j.add_argument("studies", nargs="+", metavar="[ARM=]STUDY",
+                   help="folders written by pyro-vae compare, each of one arm; ARM=STUDY names the arm (all or none "
+                        "named: two studies of one guide, such as a tuned T that came out 1, need names)")
+    j.add_argument("--out", required=True, help="the folder of the joined tables and figures")
+    j.add_argument("--baseline", default="normal",
+                   help="the arm every other is paired with (default: normal)")
+    j.add_argument("--overwrite", action="store_true", help="replace what an earlier join wrote in --out")
 
     for command in IMPORTING:
         sub.choices[command].add_argument(
@@ -413,6 +424,39 @@ def cmd_evaluate(paths: List[str], s: settings.EvaluateSettings) -> None:
     if len(loaded) > 1:
         written.append(f"{out}/{{{EVALUATION['table']}, {EVALUATION['figure']}}}")
     print("\nwrote " + "; ".join(written))
+
+
+def join_arms(given: List[str]):
+    """The studies ``pyro-vae join`` was given: a list of folders, or, where each is ARM=FOLDER, arm -> folder."""
+    named = ["=" in s for s in given]
+    if any(named) and not all(named):
+        plain = given[named.index(False)]
+        raise InputError(f"join: {plain} has no arm name where the others have one: name every study (ARM=FOLDER) "
+                         f"or none.")
+    if not any(named):
+        return list(given)
+    arms = {}
+    for s in given:
+        name, folder = s.split("=", 1)
+        if not name or not folder:
+            raise InputError(f"join: {s!r} is not ARM=FOLDER: give the arm's name and its study's folder.")
+        if name in arms:
+            raise InputError(f"join: the arm {name!r} is named twice: give each arm once.")
+        arms[name] = folder
+    return arms
+
+
+def cmd_join(given: List[str], out: str, baseline: str, overwrite: bool) -> None:
+    from .join import join
+
+    joined = join(join_arms(given), out=out, baseline=baseline, overwrite=overwrite)
+    test = joined.differences[joined.differences["split"] == "test"]
+    for estimator, rows in test.groupby("estimator", sort=False):
+        print(f"test log p(x) ({estimator}) minus the {baseline} arm's decoder, paired over the seeds (95% interval):")
+        print(format_differences(rows))
+        print()
+    written = sorted(p.name for p in Path(out).iterdir() if p.is_file() and not p.name.startswith("."))
+    print(f"wrote {out}/{{{', '.join(written)}}}")
 
 
 def check_evaluation_folder(out: Path) -> None:
@@ -647,6 +691,8 @@ def _run(args, cfg: dict) -> int:
                       f"{row.licence}; {row.source}")
         elif args.command == "sample":
             cmd_sample(cfg)
+        elif args.command == "join":
+            cmd_join(cfg["studies"], cfg["out"], cfg["baseline"], cfg["overwrite"])
         else:
             classes = {"train": settings.TrainSettings, "compare": settings.CompareSettings,
                        "evaluate": settings.EvaluateSettings, "tune": settings.TuneSettings}

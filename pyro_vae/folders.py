@@ -74,6 +74,7 @@ OUTPUTS = frozenset({
     "optuna.db", "optuna.db-journal", "trials.csv", "best.json", "trials.png",
     "shards",  # a data-parallel run's folder of shard checkpoints
     "runs", "test_at_budgets.csv", "differences.csv", "differences.png", "selection.csv",  # a study's
+    "differences_ais.png",  # a join's, beside a study's
     "kept", "selected.pt",  # a study's run: the weights its budgets and its selection chose
 })
 #: what a folder holding these files is, for messages (first match wins)

@@ -2,6 +2,7 @@
 differences are known by hand (no training)."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -152,3 +153,38 @@ def test_a_join_that_cannot_pair_is_refused_in_one_line_before_anything_is_writt
         join.join(studies, out=out)
     assert "\n" not in str(e.value)
     assert not out.exists()
+
+
+def test_the_command_line_joins_named_arms_and_writes_the_pairs(two, tmp_path, capsys):
+    from pyro_vae import cli
+
+    normal, meanfield = two
+    out = tmp_path / "answer"
+    assert cli.main(["join", f"normal={normal}", f"meanfield={meanfield}", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    written = pd.read_csv(out / "differences.csv")
+    row = _row(written, "test", "ais", "selected")
+    assert row["guide"] == "meanfield" and f"{row['mean']:+.3f}" in printed and "(ais)" in printed
+    assert json.loads((out / "config.json").read_text())["arms"]["meanfield"]["local_lr"] == 0.2
+    # a second join into the same folder needs --overwrite, and then replaces it
+    assert cli.main(["join", str(normal), str(meanfield), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main(["join", str(normal), str(meanfield), "--out", str(out), "--overwrite"]) == 0
+    assert set(json.loads((out / "config.json").read_text())["arms"]) == {"compare-normal", "compare-meanfield"}
+
+
+@pytest.mark.parametrize("given, expected", [
+    (["normal={normal}", "{meanfield}"], r"has no arm name where the others have one"),
+    (["normal={normal}", "normal={meanfield}"], r"the arm 'normal' is named twice"),
+    (["={normal}", "meanfield={meanfield}"], r"is not ARM=FOLDER"),
+    (["{normal}", "{normal}/nothing"], r"holds no compare study"),
+])
+def test_the_command_line_refuses_a_bad_join_in_one_line(two, tmp_path, capsys, given, expected):
+    from pyro_vae import cli
+
+    normal, meanfield = two
+    args = [g.format(normal=normal, meanfield=meanfield) for g in given]
+    assert cli.main(["join", *args, "--out", str(tmp_path / "answer")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(expected, err), err
+    assert not (tmp_path / "answer").exists()
