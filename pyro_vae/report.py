@@ -13,6 +13,7 @@ from . import budgets
 #: the quantities of the gap table: (column of results.csv, heading, with its spread across seeds)
 GAP_COLUMNS = [
     ("log_px", "log p(x)", True),
+    ("log_px_ais", "log p(x), AIS", True),
     ("elbo_qstar_normal", "L[q\\*] diagonal", False),
     ("elbo_qstar_mvn", "L[q\\*] full", False),
     ("elbo_qstar_flow", "L[q\\*] flow", False),
@@ -223,3 +224,50 @@ def sign_changes(differences: pd.DataFrame, split: str = "validation", estimator
                              "mean_after": g["mean"].iloc[i]})
     return pd.DataFrame(rows, columns=["guide", "budget", "before", "after", "mean_before", "mean_after"])
 
+
+
+def sign_change_table(differences: pd.DataFrame, split: str = "test", estimator: str = "iwae") -> str:
+    """:func:`sign_changes` on ``split`` as a Markdown table: one row per arm and budget axis whose paired mean
+    difference turns sign between two neighbouring budgets (the selected checkpoint is no budget), with the means
+    on either side; "none" when no difference turns."""
+    changes = sign_changes(differences, split, estimator)
+    if changes.empty:
+        return "none"
+    rows = [[label(r["guide"]), r["budget"], budget_name(r["budget"], r["before"]), number(r["mean_before"], 2),
+             budget_name(r["budget"], r["after"]), number(r["mean_after"], 2)] for _, r in changes.iterrows()]
+    return markdown(pd.DataFrame(rows, columns=["decoder trained with", "axis", "from", "mean there", "to",
+                                                "mean there "]))
+
+
+#: the q* family each guide's gaps are measured in (a per-datapoint or semi-amortized guide refines a diagonal q)
+OWN_FAMILY = {"mvn": "mvn"}
+
+
+def qstar_starts_table(evaluations: pd.DataFrame, results: pd.DataFrame, digits: int = 3) -> str:
+    """q*'s sensitivity to its start at the selected decoders: ``evaluations`` are ``pyro-vae evaluate --at selected
+    --qstar-starts ...`` rows (one per run and split, with ``arm``), ``results`` the study's ``results.csv`` (q* from
+    the encoder's q alone, or the prior for per-datapoint guides), both with a ``guide`` column naming the arm.
+
+    Per arm and split, means over seeds (nats per datapoint): L[q*] in the arm's own family with each point's best
+    start, how much that is above the study's L[q*] (paired by run), the mean per-point spread of the starts'
+    L[q*] (max − min; it includes the Monte Carlo noise of each start's estimate), for the diagonal and the full
+    family, and the approximation and amortization gaps from the best starts."""
+    rows = []
+    for (guide, split), g in evaluations.groupby(["guide", "split"], sort=False):
+        family = OWN_FAMILY.get(guide.split(" ")[0].removesuffix("-T"), "normal")
+        column = f"elbo_qstar_{family}"
+        base = results[(results["guide"] == guide) & (results["split"] == split)]
+        base = base.set_index(base["run"].map(_run_name))[column]
+        mine = g.set_index(g["run"].map(_run_name))[column]
+        moved = (mine - base.reindex(mine.index)).dropna()
+        rows.append([label(guide), split, cell(g[column], True, digits), cell(moved, True, digits),
+                     cell(g["elbo_qstar_normal_spread"], True, digits), cell(g["elbo_qstar_mvn_spread"], True, digits),
+                     cell(g["approximation_gap"], True, digits), cell(g["amortization_gap"], True, digits)])
+    return markdown(pd.DataFrame(rows, columns=[
+        "decoder trained with", "split", "L[q\\*] own family, best start", "above one start",
+        "spread of starts, diagonal", "spread, full", "approximation gap", "amortization gap"]))
+
+
+def _run_name(run: str) -> str:
+    """A run's folder name, however a table wrote its path ("runs/normal-seed100" or "normal-seed100")."""
+    return str(run).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]

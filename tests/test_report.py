@@ -111,3 +111,34 @@ def test_sign_changes_name_the_budgets_between_which_the_order_turns():
                       "high": np.nan, "seeds": 3, "resolved": False})
     changes = report.sign_changes(d)
     assert changes[["before", "after"]].values.tolist() == [[10.0, 100.0]]
+
+
+def test_the_sign_change_table_names_the_test_budgets_where_an_arm_turns():
+    d = pd.DataFrame({"guide": ["mvn"] * 4 + ["meanfield"] * 3, "split": "test",
+                      "budget": ["epochs", "epochs", "seconds", "selected", "epochs", "epochs", "selected"],
+                      "value": [100.0, 300.0, 3.0, np.nan, 100.0, 300.0, np.nan],
+                      "mean": [-0.02, 0.07, -0.07, 0.07, -0.15, -0.03, 0.03], "low": np.nan, "high": np.nan,
+                      "seeds": 10, "resolved": False})
+    lines = report.sign_change_table(d).splitlines()
+    # mvn turns between 100 and 300 epochs; meanfield never turns across budgets (the selected checkpoint is no budget)
+    assert lines[2:] == ["| `mvn` encoder | epochs | 100 epochs | −0.02 | 300 epochs | 0.07 |"]
+    assert report.sign_change_table(d[d["guide"] == "meanfield"]) == "none"
+
+
+def test_the_qstar_starts_table_pairs_each_run_with_its_own_single_start_qstar():
+    """Rows in another order in the two tables: a table that paired by position, not by run, would be off."""
+    runs = ["runs/normal-seed100", "runs/normal-seed101", "runs/normal-seed102"]
+    results = pd.DataFrame({"guide": "normal", "split": "test", "run": runs,
+                            "elbo_qstar_normal": [-23.3, -23.1, -23.2], "elbo_qstar_mvn": -23.0})
+    evaluations = pd.DataFrame({"guide": "normal", "split": "test",
+                                "run": ["normal-seed102", "normal-seed100", "normal-seed101"],
+                                "elbo_qstar_normal": [-23.19, -23.28, -23.09], "elbo_qstar_mvn": -22.99,
+                                "elbo_qstar_normal_spread": [0.05, 0.07, 0.06], "elbo_qstar_mvn_spread": 0.02,
+                                "approximation_gap": 0.25, "amortization_gap": 0.45})
+    line = report.qstar_starts_table(evaluations, results).splitlines()[2]
+    # the best starts are 0.01, 0.02 and 0.01 above the one start: mean 0.013, sd 0.006; spreads 0.06 +- 0.01
+    assert line == ("| `normal` encoder | test | −23.187 ± 0.095 | 0.013 ± 0.006 | 0.060 ± 0.010 | 0.020 ± 0.000 | "
+                    "0.250 ± 0.000 | 0.450 ± 0.000 |")
+    # an mvn arm is measured in its own (full) family
+    mvn = report.qstar_starts_table(evaluations.assign(guide="mvn"), results.assign(guide="mvn"))
+    assert "| `mvn` encoder | test | −22.990 ± 0.000 | 0.010 ± 0.000 |" in mvn
