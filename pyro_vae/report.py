@@ -137,13 +137,16 @@ def tuning_table(bests: dict, digits: int = 3) -> str:
                                                 "epochs per trial"]))
 
 
+def _signed(value: float, digits: int = 2) -> str:
+    """A difference with its sign: "+0.04", "−0.08"."""
+    return ("+" if value >= 0 else "") + number(value, digits)
+
+
 def interval(row, digits: int = 2) -> str:
     """A paired difference as "+0.04 [−0.08, +0.16]" (mean and 95% interval)."""
-    def signed(v):
-        return ("+" if v >= 0 else "") + number(v, digits)
     if not np.isfinite(row["low"]):
-        return signed(row["mean"])
-    return f"{signed(row['mean'])} [{signed(row['low'])}, {signed(row['high'])}]"
+        return _signed(row["mean"], digits)
+    return f"{_signed(row['mean'], digits)} [{_signed(row['low'], digits)}, {_signed(row['high'], digits)}]"
 
 
 def cost_table(cost: pd.DataFrame, num_data: int) -> str:
@@ -233,10 +236,10 @@ def sign_change_table(differences: pd.DataFrame, split: str = "test", estimator:
     changes = sign_changes(differences, split, estimator)
     if changes.empty:
         return "none"
-    rows = [[label(r["guide"]), r["budget"], budget_name(r["budget"], r["before"]), number(r["mean_before"], 2),
-             budget_name(r["budget"], r["after"]), number(r["mean_after"], 2)] for _, r in changes.iterrows()]
-    return markdown(pd.DataFrame(rows, columns=["decoder trained with", "axis", "from", "mean there", "to",
-                                                "mean there "]))
+    rows = [[label(r["guide"]), r["budget"], budget_name(r["budget"], r["before"]), _signed(r["mean_before"]),
+             budget_name(r["budget"], r["after"]), _signed(r["mean_after"])] for _, r in changes.iterrows()]
+    return markdown(pd.DataFrame(rows, columns=["decoder trained with", "axis", "last budget before",
+                                                "difference there", "first budget after", "difference after"]))
 
 
 #: the q* family each guide's gaps are measured in (a per-datapoint or semi-amortized guide refines a diagonal q)

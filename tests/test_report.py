@@ -121,7 +121,7 @@ def test_the_sign_change_table_names_the_test_budgets_where_an_arm_turns():
                       "seeds": 10, "resolved": False})
     lines = report.sign_change_table(d).splitlines()
     # mvn turns between 100 and 300 epochs; meanfield never turns across budgets (the selected checkpoint is no budget)
-    assert lines[2:] == ["| `mvn` encoder | epochs | 100 epochs | −0.02 | 300 epochs | 0.07 |"]
+    assert lines[2:] == ["| `mvn` encoder | epochs | 100 epochs | −0.02 | 300 epochs | +0.07 |"]
     assert report.sign_change_table(d[d["guide"] == "meanfield"]) == "none"
 
 
