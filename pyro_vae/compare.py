@@ -259,14 +259,16 @@ def train_and_measure(ds: data.Dataset, settings: Settings, label: str, name: st
         widths = encoder_width_sweep(model, guide, ds, points, s, seed) if label == "normal" and s.encoder_widths \
             else []
         sweep_seconds = time.perf_counter() - t0
+        # timed on the training's threads too: beside two busy processes a one-point q* fit on two threads took
+        # 250-720 ms, on one 30-110 ms (meanfield, digits)
+        infer_seconds = inference_seconds(model, guide, ds.test[:1].to(s.device), s.qstar_steps, s.qstar_lr)
     n_params = sum(p.numel() for p in guide.parameters())
     labels = {"guide": label, "seed": seed}
     cost = {
         **labels, "local_steps": local_steps, "amortized": guide.amortized, "guide_params": n_params,
         "guide_params_at_60000": n_params if guide.amortized else n_params * 60000 // len(ds.train),
         "decoder_params": sum(p.numel() for p in model.parameters()),
-        "infer_ms_per_new_point": 1e3 * inference_seconds(model, guide, ds.test[:1].to(s.device), s.qstar_steps,
-                                                           s.qstar_lr),
+        "infer_ms_per_new_point": 1e3 * infer_seconds,
         "epochs_trained": int(history["epoch"].iloc[-1]) if len(history) else 0,
         "selected_epoch": int(selected["epoch"]), "selected_seconds": float(selected["seconds"]),
         "train_seconds": float(history["seconds"].sum()), "budget_seconds": spent["measure"],
