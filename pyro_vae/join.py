@@ -152,6 +152,7 @@ def write(joined: Joined, out, overwrite: bool = False) -> list:
                 name = "differences.png" if estimator == "iwae" else "differences_ais.png"
                 figures[name] = plots.differences(
                     joined.differences, estimator=estimator,
+                    seconds_note="each study's clock, measurements excluded",
                     title=f"Each tuned arm's decoder against the normal encoder's on {data_name}, paired over "
                           f"{note} (test: {'AIS' if estimator == 'ais' else 'importance-weighted'})")
         for name, table in tables.items():

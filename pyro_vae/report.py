@@ -44,7 +44,10 @@ def number(value: float, digits: int = 3) -> str:
     """``value`` with a typographic minus sign, and "—" for a missing value."""
     if value is None or not np.isfinite(value):
         return "—"
-    return f"{value:.{digits}f}".replace("-", "−")
+    text = f"{value:.{digits}f}"
+    if float(text) == 0:  # -0.0004 shown at 3 digits is 0.000, not −0.000
+        text = text.lstrip("-")
+    return text.replace("-", "−")
 
 
 def cell(values: pd.Series, spread: bool, digits: int = 3) -> str:
@@ -138,8 +141,10 @@ def tuning_table(bests: dict, digits: int = 3) -> str:
 
 
 def _signed(value: float, digits: int = 2) -> str:
-    """A difference with its sign: "+0.04", "−0.08"."""
-    return ("+" if value >= 0 else "") + number(value, digits)
+    """A difference with its sign, kept where it rounds to zero: "+0.04", "−0.08", "−0.00"."""
+    if value is None or not np.isfinite(value):
+        return "—"
+    return ("+" if value >= 0 else "−") + number(abs(value), digits)
 
 
 def interval(row, digits: int = 2) -> str:

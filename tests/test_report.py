@@ -53,6 +53,7 @@ def test_labels(guide, text):
 
 def test_numbers_use_a_minus_sign_and_a_dash_for_missing():
     assert report.number(-0.5) == "−0.500" and report.number(float("nan")) == "—"
+    assert report.number(-0.0004) == "0.000" and report.number(-0.0006) == "−0.001"  # no negative zero
     assert report.cell(pd.Series([np.nan, np.nan]), True) == "—"
 
 
