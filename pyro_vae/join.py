@@ -145,14 +145,15 @@ def write(joined: Joined, out, overwrite: bool = False) -> list:
               "cost.csv": joined.cost, "selection.csv": joined.selection, "differences.csv": joined.differences}
     with folders.writer(out, "join"):
         folders.claim(out, "join", overwrite)
-        figures = {"budget.png": plots.budget_curves(joined.budget, title=f"Validation log p(x) during training on "
-                                                                            f"{data_name}, each arm tuned")}
+        clock = "each study's clock, measurements excluded"
+        figures = {"budget.png": plots.budget_curves(joined.budget, seconds_note=clock,
+                                                     title=f"Validation log p(x) during training on {data_name}, "
+                                                           f"each arm tuned")}
         for estimator in ("iwae", "ais"):
             if len(budgets.of_estimator(joined.differences, estimator).query("split == 'test'")):
                 name = "differences.png" if estimator == "iwae" else "differences_ais.png"
                 figures[name] = plots.differences(
-                    joined.differences, estimator=estimator,
-                    seconds_note="each study's clock, measurements excluded",
+                    joined.differences, estimator=estimator, seconds_note=clock,
                     title=f"Each tuned arm's decoder against the normal encoder's on {data_name}, paired over "
                           f"{note} (test: {'AIS' if estimator == 'ais' else 'importance-weighted'})")
         for name, table in tables.items():

@@ -259,9 +259,11 @@ def qstar_starts_table(evaluations: pd.DataFrame, results: pd.DataFrame, digits:
     Per arm and split, means over seeds (nats per datapoint): L[q*] in the arm's own family with each point's best
     start, how much that is above the study's L[q*] (paired by run), the mean per-point spread of the starts'
     L[q*] (max − min; it includes the Monte Carlo noise of each start's estimate), for the diagonal and the full
-    family, and the approximation and amortization gaps from the best starts."""
+    family, and the approximation and amortization gaps from the best starts. Rows in the order of ``results``' arms."""
     rows = []
-    for (guide, split), g in evaluations.groupby(["guide", "split"], sort=False):
+    order = {guide: i for i, guide in enumerate(dict.fromkeys([*results["guide"], *evaluations["guide"]]))}
+    groups = sorted(evaluations.groupby(["guide", "split"], sort=False), key=lambda item: order[item[0][0]])
+    for (guide, split), g in groups:  # in the study's order of arms
         family = OWN_FAMILY.get(guide.split(" ")[0].removesuffix("-T"), "normal")
         column = f"elbo_qstar_{family}"
         base = results[(results["guide"] == guide) & (results["split"] == split)]
