@@ -315,7 +315,9 @@ def report_study(result, s: settings.CompareSettings, out: Path) -> None:
 def format_differences(test: pd.DataFrame) -> str:
     """Test differences (:func:`pyro_vae.budgets.differences`' test rows) as one line per arm and budget."""
     view = test.assign(at=[report.budget_name(b, v) for b, v in zip(test["budget"], test["value"])])
-    return view[["guide", "at", "mean", "low", "high", "seeds", "resolved"]].to_string(
+    # with AIS a study pairs each estimator with itself: say which row is which
+    by = ["estimator"] if "estimator" in view and view["estimator"].nunique() > 1 else []
+    return view[["guide", *by, "at", "mean", "low", "high", "seeds", "resolved"]].to_string(
         index=False, float_format=lambda v: f"{v:+.3f}")
 
 

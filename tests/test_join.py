@@ -188,3 +188,14 @@ def test_the_command_line_refuses_a_bad_join_in_one_line(two, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and re.search(expected, err), err
     assert not (tmp_path / "answer").exists()
+
+
+def test_printed_differences_name_their_estimator_when_a_study_has_two():
+    from pyro_vae import cli
+
+    d = pd.DataFrame({"guide": "mvn", "split": "test", "budget": "selected", "value": np.nan, "mean": [0.07, 0.06],
+                      "low": 0.04, "high": 0.1, "seeds": 10, "resolved": True, "estimator": ["iwae", "ais"]})
+    lines = cli.format_differences(d).splitlines()
+    assert lines[0].split()[:3] == ["guide", "estimator", "at"]
+    assert "iwae" in lines[1] and "+0.070" in lines[1] and "ais" in lines[2] and "+0.060" in lines[2]
+    assert "estimator" not in cli.format_differences(d.iloc[:1])  # one estimator: no column to tell them apart
