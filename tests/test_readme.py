@@ -191,6 +191,8 @@ def test_the_results_page_shows_the_answer_from_the_tuned_study():
     for name, table in tables.items():
         assert table in page, f"docs/results.md does not show the {name} of docs/q3"
     assert report.sign_change_table(differences, estimator="ais") == tables["sign changes"]  # "AIS names the same"
+    if len(arms) < 6:  # the page says how many of the declared arms it holds
+        assert f"**Status: {['two', 'three', 'four', 'five'][len(arms) - 2]} of the six arms are in.**" in page
     starts = _qstar_starts()  # every arm's ten selected decoders, q* from all four starts
     assert starts.groupby("guide")["run"].nunique().reindex(list(arms)).eq(10).all()
     assert starts.filter(like="_spread").columns.size >= 2 and starts["split"].eq("test").all()
