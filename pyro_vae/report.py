@@ -233,7 +233,6 @@ def sign_changes(differences: pd.DataFrame, split: str = "validation", estimator
     return pd.DataFrame(rows, columns=["guide", "budget", "before", "after", "mean_before", "mean_after"])
 
 
-
 def sign_change_table(differences: pd.DataFrame, split: str = "test", estimator: str = "iwae") -> str:
     """:func:`sign_changes` on ``split`` as a Markdown table: one row per arm and budget axis whose paired mean
     difference turns sign between two neighbouring budgets (the selected checkpoint is no budget), with the means
@@ -247,14 +246,15 @@ def sign_change_table(differences: pd.DataFrame, split: str = "test", estimator:
                                                 "difference there", "first budget after", "difference after"]))
 
 
-#: the q* family each guide's gaps are measured in (a per-datapoint or semi-amortized guide refines a diagonal q)
-OWN_FAMILY = {"mvn": "mvn"}
+#: the q* family each guide's gaps are measured in, where it is not the diagonal one (``normal``, ``meanfield`` and
+#: ``semi_amortized`` refine a diagonal Gaussian); an arm's name is its guide's, with ``-T`` for a tuned T
+OWN_FAMILY = {"mvn": "mvn", "local_mvn": "mvn", "flow": "flow", "local_flow": "flow"}
 
 
 def qstar_starts_table(evaluations: pd.DataFrame, results: pd.DataFrame, digits: int = 3) -> str:
     """q*'s sensitivity to its start at the selected decoders: ``evaluations`` are ``pyro-vae evaluate --at selected
-    --qstar-starts ...`` rows (one per run and split, with ``arm``), ``results`` the study's ``results.csv`` (q* from
-    the encoder's q alone, or the prior for per-datapoint guides), both with a ``guide`` column naming the arm.
+    --qstar-starts ...`` rows (one per run and split), ``results`` the study's ``results.csv`` (q* from the encoder's
+    q alone, or the prior for per-datapoint guides), both with a ``guide`` column naming the arm and a ``run``.
 
     Per arm and split, means over seeds (nats per datapoint): L[q*] in the arm's own family with each point's best
     start, how much that is above the study's L[q*] (paired by run), the mean per-point spread of the starts'
