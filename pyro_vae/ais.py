@@ -94,17 +94,35 @@ def _trace(model: Callable, x: torch.Tensor, num_particles: int, z: Optional[tor
         return poutine.trace(program).get_trace(x)
 
 
+def _direct_terms(model: Callable, x: torch.Tensor, z: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """log p(z) and log p(x | z) from the model's module itself, when ``model`` is a module (or its ``model`` or
+    ``forward``) that offers ``log_prior_likelihood(x, z)`` and does not decline it; else None."""
+    if isinstance(model, torch.nn.Module):
+        module = model
+    elif getattr(model, "__name__", None) in ("model", "forward"):
+        module = getattr(model, "__self__", None)
+    else:
+        return None
+    direct = getattr(module, "log_prior_likelihood", None)
+    terms = direct(x, z) if callable(direct) else NotImplemented
+    return None if terms is NotImplemented else terms
+
+
 def log_prior_likelihood(model: Callable, x: torch.Tensor, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """log p(z) and log p(x | z) for ``x: (B, D)`` and ``z: (C, B, K)``: each ``(C, B)``, nats.
 
     ``model(x)`` runs with ``"z"`` conditioned on ``z`` under a plate of C particles at dim -2
     (the model is called without ``idx``: unscaled, per-datapoint densities). The ``"z"``
     site's log-density is the prior term; the sum over every other sample site is the
-    likelihood. Differentiable in ``z``.
+    likelihood. Differentiable in ``z``. A model whose module offers ``log_prior_likelihood(x, z)``
+    (:meth:`pyro_vae.models.LatentVariableModel.log_prior_likelihood`) gives them without the trace.
 
     :raises ValueError: when the model has no ``"z"`` site, or a latent site besides it
         (AIS anneals over ``"z"`` alone, so every other site must be observed).
     """
+    terms = _direct_terms(model, x, z)
+    if terms is not None:
+        return terms
     trace = _trace(model, x, z.shape[0], z)
     trace.compute_log_prob()
     prior, likelihood = None, 0.0

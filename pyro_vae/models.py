@@ -108,6 +108,19 @@ class LatentVariableModel(PyroModule):
         """The model as a plain callable for ``SVI(model.model, guide, ...)``."""
         return self(x, idx)
 
+    def log_prior_likelihood(self, x: torch.Tensor, z: torch.Tensor):
+        """log p(z) and log p(x | z) for ``x: (B, D)`` and ``z: (..., B, K)``: each ``(..., B)``, nats, computed
+        directly rather than read from a Pyro trace of :meth:`forward` (what :func:`pyro_vae.ais.log_prior_likelihood`
+        does for any model; AIS evaluates them at every leapfrog step, where the trace is half the time).
+
+        Returns ``NotImplemented`` for a subclass that overrides :meth:`forward` or :meth:`model` (it may have other
+        sites): their densities are then read from the trace.
+        """
+        if type(self).forward is not LatentVariableModel.forward or type(self).model is not LatentVariableModel.model:
+            return NotImplemented
+        prior = dist.Normal(z.new_zeros(()), 1.0).log_prob(z).sum(-1)
+        return prior, self.likelihood_dist(z).log_prob(x)
+
     def check_data(self, x: torch.Tensor, what: str = "x") -> None:
         """Raise a clear ValueError if ``x`` does not fit this model (see :func:`check_data`)."""
         check_data(x, self.x_dim, self.likelihood, what)

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from pyro_vae import estimators, models
+import pyro_vae.ais as ais_module
 from pyro_vae.ais import ais, bdmc
 
 from .conftest import se_tolerance
@@ -422,3 +423,68 @@ def test_bad_init_raises_one_line_before_any_model_evaluation(make_init, kwargs,
     with torch.no_grad():  # as gaps.decompose may call it
         est = ais(model, x, num_chains=3, num_steps=3, leapfrog_steps=2, init=dist.Normal(loc, 1.0).to_event(1))
     assert likelihood_calls and torch.isfinite(est.value).all() and loc.grad is None
+
+
+def _traced(model):
+    """The same model as a plain function, so that ais reads its densities from Pyro's trace."""
+    return lambda x, idx=None: model(x, idx)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli", "gaussian"])
+def test_a_vaes_own_densities_are_its_traces(likelihood):
+    """The direct log p(z) and log p(x | z) that AIS takes from the model equal those of its trace, values and
+    gradients in z (a decoder with random weights, so that a wrong term cannot hide behind a small one)."""
+    from pyro_vae.ais import log_prior_likelihood
+
+    pyro.set_rng_seed(0)
+    vae = models.VAE(x_dim=6, z_dim=3, hidden=(5,), likelihood=likelihood)
+    x = torch.rand(4, 6).round() if likelihood == "bernoulli" else torch.rand(4, 6)
+    z = torch.randn(7, 4, 3, requires_grad=True)
+    for model in (vae.model, vae):
+        assert ais_module._direct_terms(model, x, z) is not None
+    direct = log_prior_likelihood(vae.model, x, z)
+    traced = log_prior_likelihood(_traced(vae.model), x, z)
+    assert ais_module._direct_terms(_traced(vae.model), x, z) is None
+    for a, b in zip(direct, traced):
+        assert a.shape == (7, 4)
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(torch.autograd.grad(a.sum(), z, retain_graph=True)[0],
+                                   torch.autograd.grad(b.sum(), z, retain_graph=True)[0])
+
+
+def test_a_model_that_overrides_forward_keeps_its_traced_densities():
+    """A subclass with another observed site: its own forward's densities, read from the trace, not the parent's."""
+    from pyro_vae.ais import log_prior_likelihood
+
+    class TwoViews(models.VAE):
+        def forward(self, x, idx=None):
+            z = super().forward(x, idx)
+            with pyro.plate("data2", len(x)):
+                pyro.sample("y", dist.Normal(z.sum(-1), 1.0), obs=x.sum(-1))
+            return z
+
+    pyro.set_rng_seed(1)
+    vae = TwoViews(x_dim=6, z_dim=3, hidden=(5,))
+    x, z = torch.rand(4, 6).round(), torch.randn(2, 4, 3)
+    assert vae.log_prior_likelihood(x, z) is NotImplemented
+    prior, likelihood = log_prior_likelihood(vae.model, x, z)
+    vae_terms = models.VAE(x_dim=6, z_dim=3, hidden=(5,))
+    vae_terms.load_state_dict(vae.state_dict())
+    _, without_y = vae_terms.log_prior_likelihood(x, z)
+    extra = dist.Normal(z.sum(-1), 1.0).log_prob(x.sum(-1))
+    torch.testing.assert_close(likelihood, without_y + extra)
+
+
+def test_ais_is_the_same_with_the_direct_densities_as_with_the_trace():
+    """Same seed, same draws: the direct path changes the speed of AIS, not its numbers."""
+    pyro.set_rng_seed(0)
+    vae = models.VAE(x_dim=6, z_dim=3, hidden=(5,))
+    x = torch.rand(5, 6).round()
+    results = []
+    for model in (vae.model, _traced(vae.model)):
+        pyro.set_rng_seed(3)
+        est = ais(model, x, num_chains=4, num_steps=8, leapfrog_steps=3)
+        results.append((est.value, est.stderr, float(torch.rand(()))))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=1e-5)
+    assert results[0][2] == results[1][2]  # the same random numbers consumed
