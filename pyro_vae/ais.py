@@ -58,7 +58,7 @@ from pyro.poutine.runtime import NonlocalExit
 from pyro.poutine.util import site_is_subsample
 
 from .errors import InputError, InputTypeError
-from .contract import SITE, check_batch
+from .contract import SITE, check_batch, model_terms
 from .estimators import Estimate, draw
 from .nets import frozen
 from .progress import progress_bar
@@ -94,20 +94,6 @@ def _trace(model: Callable, x: torch.Tensor, num_particles: int, z: Optional[tor
         return poutine.trace(program).get_trace(x)
 
 
-def _direct_terms(model: Callable, x: torch.Tensor, z: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    """log p(z) and log p(x | z) from the model's module itself, when ``model`` is a module (or its ``model`` or
-    ``forward``) that offers ``log_prior_likelihood(x, z)`` and does not decline it; else None."""
-    if isinstance(model, torch.nn.Module):
-        module = model
-    elif getattr(model, "__name__", None) in ("model", "forward"):
-        module = getattr(model, "__self__", None)
-    else:
-        return None
-    direct = getattr(module, "log_prior_likelihood", None)
-    terms = direct(x, z) if callable(direct) else NotImplemented
-    return None if terms is NotImplemented else terms
-
-
 def log_prior_likelihood(model: Callable, x: torch.Tensor, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """log p(z) and log p(x | z) for ``x: (B, D)`` and ``z: (C, B, K)``: each ``(C, B)``, nats.
 
@@ -120,7 +106,7 @@ def log_prior_likelihood(model: Callable, x: torch.Tensor, z: torch.Tensor) -> T
     :raises ValueError: when the model has no ``"z"`` site, or a latent site besides it
         (AIS anneals over ``"z"`` alone, so every other site must be observed).
     """
-    terms = _direct_terms(model, x, z)
+    terms = model_terms(model, x, z)
     if terms is not None:
         return terms
     trace = _trace(model, x, z.shape[0], z)
