@@ -445,6 +445,8 @@ def test_a_vaes_own_densities_are_its_traces(likelihood):
     direct = log_prior_likelihood(vae.model, x, z)
     traced = log_prior_likelihood(_traced(vae.model), x, z)
     assert model_terms(_traced(vae.model), x, z) is None
+    from pyro_vae.contract import log_joint  # the estimators' log p(x, z) takes the same path
+    torch.testing.assert_close(log_joint(vae.model, x, z), log_joint(_traced(vae.model), x, z))
     for a, b in zip(direct, traced):
         assert a.shape == (7, 4)
         torch.testing.assert_close(a, b)
