@@ -110,8 +110,8 @@ class LatentVariableModel(PyroModule):
 
     def log_prior_likelihood(self, x: torch.Tensor, z: torch.Tensor):
         """log p(z) and log p(x | z) for ``x: (B, D)`` and ``z: (..., B, K)``: each ``(..., B)``, nats, computed
-        directly rather than read from a Pyro trace of :meth:`forward` (what :func:`pyro_vae.ais.log_prior_likelihood`
-        does for any model; AIS evaluates them at every leapfrog step, where the trace is half the time).
+        directly rather than read from a Pyro trace of :meth:`forward`, as :func:`pyro_vae.contract.model_terms`
+        takes them for the estimators (a trace is what they read for any other model).
 
         Returns ``NotImplemented`` for a subclass that overrides :meth:`forward` or :meth:`model` (it may have other
         sites): their densities are then read from the trace.
