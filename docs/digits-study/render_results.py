@@ -44,14 +44,14 @@ def tables(q3: Path = ROOT / "docs" / "q3") -> dict:
     }
 
 
-def render(page: str) -> str:
-    """``page`` with its answer's tables replaced by fresh renderings."""
+def render(page: str, fresh: dict = None) -> str:
+    """``page`` with its answer's tables replaced by ``fresh`` renderings (default: :func:`tables`)."""
     answer, rest = page[:page.index(END)], page[page.index(END):]
     found = list(re.finditer(r"(?m)^\|.*\|\n(?:^\|.*\|\n)*", answer))
     if len(found) != len(TABLES):
         raise SystemExit(f"render_results: {PAGE} has {len(found)} tables above {END!r}, not {len(TABLES)} "
                          f"({', '.join(TABLES)}): put them back in that order.")
-    fresh = tables()
+    fresh = fresh or tables()
     out, last = [], 0
     for match, name in zip(found, TABLES):
         out += [answer[last:match.start()], fresh[name] + "\n"]
