@@ -4,6 +4,7 @@ page; and the numbers it quotes from the main job agree with the committed table
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -188,11 +189,27 @@ def test_the_results_page_shows_the_answer_from_the_tuned_study():
     assert render.render(page, tables) == page, "docs/results.md's tables differ from docs/q3: run render_results.py"
     assert tables["IWAE differences"] != tables["AIS differences"]  # each estimator paired with itself
     assert report.sign_change_table(differences, estimator="ais") == tables["sign changes"]  # "AIS names the same"
-    if len(arms) < 6:  # the page says how many of the declared arms it holds
+    if len(arms) < 6:  # the page says how many of the declared arms it holds, and how many running seeds are kept
         assert f"**Status: {['two', 'three', 'four', 'five'][len(arms) - 2]} of the six arms are in.**" in page
+        from pyro_vae.compare import finished
+
+        kept = [run for run in (study / "compare-semi_amortized" / "runs").glob("*") if finished(run)]
+        assert f"({len(kept)} of 10 committed)" in " ".join(page.split())
     starts = render.qstar_starts()  # every arm's ten selected decoders, q* from all four starts
     assert starts.groupby("guide")["run"].nunique().reindex(list(arms)).eq(10).all()
     assert starts.filter(like="_spread").columns.size >= 2 and starts["split"].eq("test").all()
+
+
+def test_no_committed_result_folder_is_ignored_by_git():
+    """Result files under docs/ are committed: a .gitignore pattern that matches them (``runs/`` once matched
+    docs/digits-study/compare-ARM/runs/, and five seeds' files were lost with their machine) fails here."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    probes = ["docs/digits-study/compare-semi_amortized/runs/semi_amortized-seed100/cost.csv",
+              "docs/digits-study/compare-normal/runs/normal-seed100/results.csv", "docs/q3/runs/x/config.json"]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *probes], cwd=ROOT, capture_output=True, text=True)
+    assert ignored.stdout == "", f"git ignores result files under docs/: {ignored.stdout}"
+    assert subprocess.run(["git", "check-ignore", "-q", "--no-index", "runs/study/config.json"], cwd=ROOT).returncode == 0
 
 
 def test_the_untuned_studys_page_shows_its_committed_tables():
