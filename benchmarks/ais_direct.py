@@ -9,7 +9,7 @@ offers ``log_prior_likelihood(x, z)`` (``models.LatentVariableModel``), takes th
 ``contract.log_joint``, the importance-weighted passes' and q* fits' log p(x, z). Both give the
 same numbers from the same seed (``tests/test_ais.py``); this times them on a digits decoder trained with the
 ``normal`` encoder (``pyro-vae train --guide normal --epochs 100``), on its first test points, AIS from the
-full-covariance q* (100 steps x 16 chains x 5 leapfrog, as the digits study's test reads run it), against the
+full-covariance q* (100 steps x 16 chains x 5 leapfrog; the digits study's test reads ran 10 leapfrog), against the
 K = 5 000 importance-weighted pass with the same q* as proposal. One thread pinned to one core; the four variants
 in interleaved rounds in this one process; medians.
 """

@@ -392,7 +392,8 @@ def cmd_evaluate(paths: List[str], s: settings.EvaluateSettings) -> None:
         flows = ["flow"] if any(run.guide.family == "flow" for run in loaded) else []
         families = cfg["families"] or ["normal", "mvn", *flows]
         measured = settings.CompareSettings(n_eval=cfg["n_eval"], ll_samples=cfg["ll_samples"],
-                                            ais_steps=cfg["ais_steps"], elbo_samples=cfg["elbo_samples"],
+                                            ais_steps=cfg["ais_steps"], ais_leapfrog=cfg["ais_leapfrog"],
+                                            elbo_samples=cfg["elbo_samples"],
                                             qstar_steps=cfg["qstar_steps"], qstar_lr=cfg["qstar_lr"],
                                             qstar_starts=cfg["qstar_starts"], families=families,
                                             device=cfg["device"], progress=not cfg["no_progress"])

@@ -31,6 +31,8 @@ from .qstar import FAMILIES, as_gaussian, check_starts, fit_from_starts, fit_loc
 
 #: AIS chains per datapoint when decompose runs AIS
 AIS_CHAINS = 16
+#: leapfrog steps per HMC transition when decompose runs AIS (what every committed study ran; ``ais_leapfrog``)
+AIS_LEAPFROG = 10
 #: the families whose q* can be fitted from several starts (:func:`pyro_vae.qstar.fit_from_starts`)
 STARTS_FAMILIES = ("normal", "mvn")
 
@@ -65,8 +67,8 @@ def diagonal_gap(posterior: torch.distributions.MultivariateNormal) -> torch.Ten
 def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tensor] = None, *,
               families: Sequence[str] = ("normal", "mvn"), ll_samples: int = 5000, elbo_samples: int = 500,
               chunk_size: Optional[int] = None, exact: Optional[Callable] = None, ais_steps: Optional[int] = None,
-              ais_chains: int = AIS_CHAINS, starts: Optional[Sequence[str]] = None, progress: bool = False,
-              **fit_kwargs) -> pd.DataFrame:
+              ais_chains: int = AIS_CHAINS, ais_leapfrog: int = AIS_LEAPFROG, starts: Optional[Sequence[str]] = None,
+              progress: bool = False, **fit_kwargs) -> pd.DataFrame:
     """The gap decomposition for ``guide`` on ``x: (n, D)``: one row per datapoint, in nats.
 
     Columns, each estimate with a ``_se`` Monte Carlo standard error column:
@@ -75,8 +77,8 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
       mean ELBO among the guide's q and the q*s); ``log_px_exact`` when ``exact`` (a function x -> exact
       log p(x)) is given;
     - ``log_px_ais``, with ``ais_steps``: log p(x) by AIS (:func:`pyro_vae.ais.ais`, ``ais_chains`` chains of
-      ``ais_steps`` steps) annealed from the same best q, beside ``log_px``. Each is a stochastic lower bound; the
-      gaps use ``log_px``. Choose between the two estimators for a whole study (the higher mean over its
+      ``ais_steps`` steps, ``ais_leapfrog`` leapfrog steps per transition) annealed from the same best q, beside
+      ``log_px``. Each is a stochastic lower bound; the gaps use ``log_px``. Choose between the two estimators for a whole study (the higher mean over its
       points), never per point: the per-point larger of two noisy lower bounds is biased upwards;
     - ``elbo_q``: L[q] of ``guide`` (NaN when a per-datapoint guide has no parameters for
       these rows, i.e. ``idx`` is None);
@@ -111,6 +113,7 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
     if ais_steps is not None:
         estimators.check_count("decompose: ais_steps (annealing steps; None for no AIS)", ais_steps)
         estimators.check_count("decompose: ais_chains", ais_chains)
+        estimators.check_count("decompose: ais_leapfrog", ais_leapfrog)
         check_annealable(model, x)
     if starts is not None:
         check_starts(starts)
@@ -155,7 +158,7 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
         with torch.no_grad():
             start = proposal.distribution(x, proposal_idx)
         put("log_px_ais", ais_estimate(model, x, init=start, num_chains=ais_chains, num_steps=ais_steps,
-                                       progress=progress))
+                                       leapfrog_steps=ais_leapfrog, progress=progress))
     put("log_px", iwae)
     if exact is not None:
         out["log_px_exact"] = exact(x).detach().cpu().numpy()

@@ -143,7 +143,8 @@ def evaluate(model, guide, ds: data.Dataset, settings: Settings = Settings(),
         x = ds.split(split)[:n].to(s.device)
         idx = torch.arange(n, device=s.device) if split == "train" else None
         table = gaps.decompose(model.model, guide, x, idx, families=s.families, ll_samples=s.ll_samples,
-                               ais_steps=s.ais_steps, starts=s.qstar_starts,
+                               ais_steps=s.ais_steps, ais_leapfrog=s.ais_leapfrog,
+                               starts=s.qstar_starts,
                                elbo_samples=s.elbo_samples, exact=exact, steps=s.qstar_steps, lr=s.qstar_lr,
                                progress=s.progress)
         points.append(table.assign(split=split))

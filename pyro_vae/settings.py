@@ -131,6 +131,8 @@ DATA_SEED_HELP = ("seeds the data: the digits train/test split, the static binar
                   "linear-gaussian data (kept apart from --seed so that runs with several seeds see the same data)")
 AIS_HELP = ("also estimate log p(x) by AIS with this many annealing steps (16 chains per point, from the best q found), "
             "reported beside the importance-weighted estimate as log_px_ais (default: no AIS)")
+AIS_LEAPFROG_HELP = ("leapfrog steps per HMC transition of AIS (default 10, what the digits study ran; its cost is "
+                     "about steps x leapfrog decoder gradients per chain)")
 QSTAR_STEPS_HELP = ("steps of each q* fit: natural-gradient iterations for the normal and mvn families (default 12), "
                     "Adam steps for the flow family (default 200)")
 QSTAR_STARTS_HELP = ("fit each Gaussian q* from these starts (encoder, prior, random, long: 4x the iterations) and keep "
@@ -407,6 +409,7 @@ class CompareSettings(DataModelSettings):
                                         "--quick)", "int>=1", optional=True, metavar="N")
     ll_samples: int = option(5000, "importance samples for log p(x)", "int>=1", most=SAMPLES_BOUND)
     ais_steps: Optional[int] = option(None, AIS_HELP, "int>=1", optional=True, most=ITERATIONS_BOUND)
+    ais_leapfrog: int = option(10, AIS_LEAPFROG_HELP, "int>=1", most=ITERATIONS_BOUND)
     elbo_samples: int = option(500, "samples for each ELBO estimate", "int>=1", most=SAMPLES_BOUND)
     budget_epochs: list = option(list(SCHEDULE), "the epochs at which each decoder in training is measured on the "
                                  "validation split (budget.csv, budget.png), declared before the run: those up to "
@@ -452,6 +455,7 @@ class EvaluateSettings(Settings):
     n_eval: int = option(200, "points evaluated per split", "int>=1")
     ll_samples: int = option(5000, "importance samples for log p(x)", "int>=1", most=SAMPLES_BOUND)
     ais_steps: Optional[int] = option(None, AIS_HELP, "int>=1", optional=True, most=ITERATIONS_BOUND)
+    ais_leapfrog: int = option(10, AIS_LEAPFROG_HELP, "int>=1", most=ITERATIONS_BOUND)
     elbo_samples: int = option(500, "samples for each ELBO estimate", "int>=1", most=SAMPLES_BOUND)
     families: Optional[list] = option(None, "families of q*; each run's own guide family must be among them "
                                       "(default: normal and mvn, and flow when a run's guide is a flow)",

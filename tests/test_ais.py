@@ -210,6 +210,33 @@ def test_decompose_puts_ais_from_the_best_q_beside_iwae():
     assert error["log_px_ais"] > error["log_px"] + 0.2  # AIS from q* removes most of it
 
 
+def test_the_ais_settings_of_an_evaluation_reach_ais(monkeypatch):
+    """--ais-steps, --ais-leapfrog (default 10: what the digits study ran) and the 16 chains reach pyro_vae.ais.ais
+    from a comparison's settings, and AIS anneals from the best q found (here the mvn q*, the largest family)."""
+    import guides
+    from pyro_vae import data, gaps, measure
+    from pyro_vae.estimators import Estimate
+    from pyro_vae.settings import CompareSettings
+
+    seen = []
+
+    def spy(model, x, **kwargs):
+        seen.append(kwargs)
+        return Estimate(torch.zeros(len(x)), torch.zeros(len(x)))
+
+    monkeypatch.setattr(gaps, "ais_estimate", spy)
+    lg = models.LinearGaussian.random(4, 2, seed=0, correlation=0.98)  # the mvn q* is the best q
+    ds = data.Dataset("oracle", *(lg.sample(6, generator=torch.Generator().manual_seed(i))[1] for i in range(2)))
+    guide = guides.make("normal", x_dim=4, z_dim=2, hidden=(8,))
+    for given, leapfrog in (({}, 10), ({"ais_leapfrog": 3}, 3)):
+        s = CompareSettings(ais_steps=7, ll_samples=50, elbo_samples=20, families=["normal", "mvn"], progress=False,
+                            **given)
+        measure.evaluate(lg, guide, ds, s, ("test",))
+        assert {k: seen[-1][k] for k in ("num_steps", "leapfrog_steps", "num_chains")} == \
+            {"num_steps": 7, "leapfrog_steps": leapfrog, "num_chains": 16}
+        assert isinstance(seen[-1]["init"], torch.distributions.MultivariateNormal), type(seen[-1]["init"])
+
+
 def test_decompose_refuses_bad_ais_settings_before_any_work(monkeypatch):
     """ais_steps 0, a model AIS cannot anneal (a latent site besides z): one line, before any q* is fitted."""
     import guides
@@ -222,6 +249,9 @@ def test_decompose_refuses_bad_ais_settings_before_any_work(monkeypatch):
     for steps in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="ais_steps") as e:
             gaps.decompose(lg.model, guide, x, ais_steps=steps)
+        assert "\n" not in str(e.value)
+        with pytest.raises(ValueError, match="ais_leapfrog") as e:
+            gaps.decompose(lg.model, guide, x, ais_steps=10, ais_leapfrog=steps)
         assert "\n" not in str(e.value)
 
     def two_latents(x, idx=None):
@@ -430,14 +460,17 @@ def _traced(model):
     return lambda x, idx=None: model(x, idx)
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli", "gaussian"])
-def test_a_vaes_own_densities_are_its_traces(likelihood):
+@pytest.mark.parametrize("likelihood, hidden, activation", [
+    ("bernoulli", (5,), "relu"), ("bernoulli", (5, 4), "elu"), ("continuous_bernoulli", (5,), "relu"),
+    ("gaussian", (5,), "relu")])
+def test_a_vaes_own_densities_are_its_traces(likelihood, hidden, activation):
     """The direct log p(z) and log p(x | z) that AIS takes from the model equal those of its trace, values and
-    gradients in z (a decoder with random weights, so that a wrong term cannot hide behind a small one)."""
+    gradients in z (a decoder with random weights, so that a wrong term cannot hide behind a small one); for the
+    Bernoulli likelihood the sum over pixels is folded through the last layer (VAE.log_likelihood)."""
     from pyro_vae.ais import log_prior_likelihood
 
     pyro.set_rng_seed(0)
-    vae = models.VAE(x_dim=6, z_dim=3, hidden=(5,), likelihood=likelihood)
+    vae = models.VAE(x_dim=6, z_dim=3, hidden=hidden, likelihood=likelihood, activation=activation)
     x = torch.rand(4, 6).round() if likelihood == "bernoulli" else torch.rand(4, 6)
     z = torch.randn(7, 4, 3, requires_grad=True)
     for model in (vae.model, vae):
@@ -445,6 +478,9 @@ def test_a_vaes_own_densities_are_its_traces(likelihood):
     direct = log_prior_likelihood(vae.model, x, z)
     traced = log_prior_likelihood(_traced(vae.model), x, z)
     assert model_terms(_traced(vae.model), x, z) is None
+    pyro.clear_param_store()  # the direct densities put the model's parameters in Pyro's store under their own names
+    vae.log_prior_likelihood(x, z)
+    assert set(pyro.get_param_store().keys()) <= {f"{vae._pyro_name}.{name}" for name, _ in vae.named_parameters()}
     from pyro_vae.contract import log_joint  # the estimators' log p(x, z) takes the same path
     torch.testing.assert_close(log_joint(vae.model, x, z), log_joint(_traced(vae.model), x, z))
     for a, b in zip(direct, traced):
@@ -452,6 +488,23 @@ def test_a_vaes_own_densities_are_its_traces(likelihood):
         torch.testing.assert_close(a, b)
         torch.testing.assert_close(torch.autograd.grad(a.sum(), z, retain_graph=True)[0],
                                    torch.autograd.grad(b.sum(), z, retain_graph=True)[0])
+
+
+def test_a_vae_whose_likelihood_is_overridden_is_not_folded():
+    """The Bernoulli fold assumes the parent's likelihood_dist: a subclass with its own (here: the logits shifted)
+    gets log p(x | z) from that one, as its trace does."""
+    from pyro_vae.ais import log_prior_likelihood
+
+    class Shifted(models.VAE):
+        def likelihood_dist(self, z):
+            return dist.Bernoulli(logits=self.decoder(z) + 1.0).to_event(1)
+
+    pyro.set_rng_seed(2)
+    vae = Shifted(x_dim=6, z_dim=3, hidden=(5,))
+    x, z = torch.rand(4, 6).round(), torch.randn(2, 4, 3)
+    torch.testing.assert_close(vae.log_likelihood(x, z), vae.likelihood_dist(z).log_prob(x))
+    torch.testing.assert_close(log_prior_likelihood(vae.model, x, z)[1],
+                               log_prior_likelihood(_traced(vae.model), x, z)[1])
 
 
 def test_a_model_that_overrides_forward_keeps_its_traced_densities():

@@ -302,6 +302,8 @@ CLI_CASES = [
      r"argument --ais-steps: 0 is not positive"),
     ("compare --ais-steps 0", lambda r, t: ["compare", "--ais-steps", "0", "--out", t / "new"],
      r"argument --ais-steps: 0 is not positive"),
+    ("evaluate --ais-leapfrog 0", lambda r, t: ["evaluate", r["normal"], "--ais-steps", "30", "--ais-leapfrog", "0"],
+     r"argument --ais-leapfrog: 0 is not positive"),
     ("evaluate --qstar-starts nowhere", lambda r, t: ["evaluate", r["normal"], "--qstar-starts", "nowhere"],
      r"argument --qstar-starts: invalid choice: 'nowhere'"),
     ("evaluate --qstar-starts prior prior", lambda r, t: ["evaluate", r["normal"], "--qstar-starts", "prior", "prior"],

@@ -129,5 +129,5 @@ def test_every_bound_is_the_one_docs_cli_lists_and_every_count_that_multiplies_w
                 assert found.setdefault(f.name, bound) == bound, f"{f.name} has two bounds"
     assert found == listed
     counts = {"epochs", "local_steps", "encoder_steps", "refine_steps", "hidden", "trials", "seeds", "ll_samples",
-              "elbo_samples", "ais_steps", "qstar_steps", "threads", "workers"}
+              "elbo_samples", "ais_steps", "ais_leapfrog", "qstar_steps", "threads", "workers"}
     assert counts <= set(found)
