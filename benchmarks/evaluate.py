@@ -4,6 +4,10 @@ pass, AIS from the best q* with its BDMC bracket, q* from several starts, and in
     python benchmarks/evaluate.py                          # every part; writes benchmarks/evaluate.csv and evaluate.md
     python benchmarks/evaluate.py --parts digits --rounds 1 --out /tmp/ev      # one part, a smoke run
 
+A run of some parts keeps the rows of the others that ``--out`` already holds (``--parts mnist`` re-measures only
+the mnist rows of benchmarks/evaluate.csv); a part run again replaces all its rows (``throughput``'s two-thread rows
+too: run ``--threads 2`` after it).
+
 Two decoders are trained first, each with the ``normal`` encoder: digits (``pyro-vae train --guide normal --epochs
 100``, 8-256-64) and mnist-5k (``--config docs/mnist-5k/cremer.yaml --epochs 200``, 784-200-200-50 ELU). Every timing
 runs on one thread pinned to one core (``--threads 2``: two on two), its variants in interleaved rounds in this one
@@ -55,6 +59,18 @@ ROOT = HERE.parent
 BEFORE = "2f223a6"  # the last commit before issue 34's estimators
 ROWS = []
 OUT = HERE  # where write() puts the tables (--out)
+
+
+def kept_rows(out: Path, parts) -> list:
+    """The rows of ``out/evaluate.csv`` that the ``parts`` being run do not measure again (row parts are a part's
+    name, or ``ais-``, ``starts-`` or ``throughput-`` and a decoder's)."""
+    path = out / "evaluate.csv"
+    if not path.exists():
+        return []
+    table = pd.read_csv(path)
+    rerun = table["part"].map(lambda part: part in parts or part.split("-")[0] in parts)
+    return [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
+            for r in table[~rerun].to_dict("records")]
 
 
 def row(part: str, name: str, seconds: float, **extra) -> None:
@@ -298,6 +314,7 @@ def main(argv=None) -> None:
     global OUT
     out = OUT = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    ROWS[:] = kept_rows(out, args.parts)
     pin(args.threads)
     folder = Path(args.decoders or tempfile.mkdtemp(prefix="pyro-vae-evaluate-"))
     digits = decoder(folder, "digits", {"guide": "normal", "epochs": 100})

@@ -83,7 +83,7 @@ def log_weights(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Ten
 #: floats one block of draws may hold per activation (draws x rows x the widest layer), by device type: on the CPU a
 #: block that stays in the caches. On digits (8-256-64), 250 draws of all 359 test points at once (23 M floats) made
 #: a hand-written K = 5 000 importance-weighted pass 3.4x slower than blocks of 64 points (benchmarks/evaluate.md).
-BLOCK_ELEMENTS = {"cpu": 2 ** 19}
+BLOCK_ELEMENTS = {"cpu": 2 ** 21}
 #: the block of a device type not in :data:`BLOCK_ELEMENTS` (an accelerator: large blocks, fewer kernels)
 LARGE_BLOCK_ELEMENTS = 2 ** 24
 #: the fewest draws per block when rows are split into blocks (fewer would cost more in Pyro's tracing than they save)
