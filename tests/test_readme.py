@@ -278,3 +278,39 @@ def test_the_scaling_page_shows_the_committed_measurements():
     checkpoints = pd.read_csv(ROOT / "benchmarks" / "scale_checkpoint.csv")
     assert set(checkpoints.n) == {10**7, 10**8}
     assert scale.checkpoint_table(checkpoints) in page, "docs/scaling.md does not show benchmarks/scale_checkpoint.csv"
+
+
+STUDY_SCRIPTS = sorted((ROOT / "docs").glob("*-study/run.sh")) + sorted((ROOT / "docs").glob("*-study/compare.sh"))
+
+
+def _bash_arrays(script: Path) -> dict:
+    """The script's ``NAME=(...)`` arrays (DATA, COMMON and each case's flags), as bash reads them: name -> lists."""
+    text = script.read_text(encoding="utf-8")
+    found = {}
+    for match in re.finditer(r"^\s*(?:(\S+)\)\s+)?(DATA|COMMON|flags)=\((.*?)\)\s*;*;?\s*$", text, re.M | re.S):
+        arm, name, body = match.groups()
+        words = subprocess.run(["bash", "-c", f'a=({body}); printf "%s\\0" "${{a[@]}}"'], capture_output=True,
+                               text=True, check=True).stdout.split("\0")[:-1]
+        found.setdefault(name, []).append((arm, words))
+    return found
+
+
+@pytest.mark.parametrize("script", STUDY_SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_study_scripts_commands_are_valid_settings(script, tmp_path):
+    """Each arm's command of a study's run.sh (tune) and compare.sh, as the script builds it from its arrays, parses
+    and passes every settings check: a misspelt flag or a budget outside the schedule would otherwise surface only
+    hours into a study (compare.sh's tuned flags stand in as --lr 0.001)."""
+    from pyro_vae import cli, compare, settings
+
+    arrays = _bash_arrays(script)
+    assert arrays.get("COMMON") and arrays.get("flags"), f"{script} defines no COMMON or no arm flags"
+    command, cls = ("tune", settings.TuneSettings) if script.name == "run.sh" else ("compare", settings.CompareSettings)
+    common = arrays["COMMON"][0][1] + (arrays["DATA"][0][1] if "DATA" in arrays else [])
+    tuned = [] if command == "tune" else ["--lr", "0.001"]
+    for arm, flags in arrays["flags"]:
+        args = cli.parser().parse_args([command, *flags, *common, *tuned, "--out", str(tmp_path / arm)])
+        given = {f.name: getattr(args, f.name) for f in cls.options() if hasattr(args, f.name)}
+        chosen = settings.resolve(cls, given)
+        if command == "compare":
+            compare.check(chosen)  # the budgets, as compare refuses them before any training
+        assert chosen.epochs >= 100, (arm, chosen.epochs)
