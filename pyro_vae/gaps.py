@@ -78,8 +78,9 @@ def decompose(model: Callable, guide, x: torch.Tensor, idx: Optional[torch.Tenso
       log p(x)) is given;
     - ``log_px_ais``, with ``ais_steps``: log p(x) by AIS (:func:`pyro_vae.ais.ais`, ``ais_chains`` chains of
       ``ais_steps`` steps, ``ais_leapfrog`` leapfrog steps per transition) annealed from the same best q, beside
-      ``log_px``. Each is a stochastic lower bound; the gaps use ``log_px``. Choose between the two estimators for a whole study (the higher mean over its
-      points), never per point: the per-point larger of two noisy lower bounds is biased upwards;
+      ``log_px``. Each is a stochastic lower bound; the gaps use ``log_px``. Choose between the two estimators for
+      a whole study (the higher mean over its points), never per point: the per-point larger of two noisy lower
+      bounds is biased upwards;
     - ``elbo_q``: L[q] of ``guide`` (NaN when a per-datapoint guide has no parameters for
       these rows, i.e. ``idx`` is None);
     - ``elbo_qstar_<family>`` for each family: L[q*], the per-datapoint optimum, decoder frozen; for the largest

@@ -194,7 +194,8 @@ class VAE(LatentVariableModel):
         l = W h + b), the sum over pixels is folded: sum_d x_d l_d - softplus(l_d) with sum_d x_d l_d = h . (W^T x)
         + b . x, a product over the last hidden layer's width rather than over the D pixels, so of the D-wide
         elementwise work only softplus(l) is left: 0.73x the time of ``likelihood_dist(z).log_prob(x)`` without a
-        gradient and 0.81x with one in z, on mnist-5k's 200-784 layer (the same numbers to float rounding; tested).
+        gradient and 0.81x with one in z, on mnist-5k's 200-784 layer beside two busy processes (the same numbers to
+        float rounding; tested against the trace). See docs/decisions.md, "What an evaluation costs".
         Any other likelihood, decoder or subclass overriding :meth:`likelihood_dist`: ``likelihood_dist``'s.
         """
         last = self.decoder[-1] if isinstance(self.decoder, torch.nn.Sequential) else None
