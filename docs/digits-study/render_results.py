@@ -29,6 +29,12 @@ def qstar_starts(study: Path = ROOT / "docs" / "digits-study") -> pd.DataFrame:
     return pd.concat([pd.read_csv(f).assign(guide=f.parent.name.removeprefix("qstar-")) for f in files])
 
 
+def joined(starts: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """The q*-starts rows of the arms that ``results`` (the join's) holds: an arm still running is read run by run
+    (``qstar.sh``), and enters the table when it enters the join."""
+    return starts[starts["guide"].isin(results["guide"])]
+
+
 def tables(q3: Path = ROOT / "docs" / "q3") -> dict:
     """Each table of :data:`TABLES`, rendered from ``q3``."""
     read = lambda name: pd.read_csv(q3 / f"{name}.csv")
@@ -39,7 +45,7 @@ def tables(q3: Path = ROOT / "docs" / "q3") -> dict:
         "sign changes": report.sign_change_table(d),
         "selection": report.selection_table(read("selection"), read("test_at_budgets")),
         "gaps": report.gap_table(read("results")),
-        "q* starts": report.qstar_starts_table(qstar_starts(), read("results")),
+        "q* starts": report.qstar_starts_table(joined(qstar_starts(), read("results")), read("results")),
         "cost": report.cost_table(read("cost"), len(data.load("digits").train)),
     }
 
