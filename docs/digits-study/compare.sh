@@ -14,17 +14,7 @@ for arm in "$@"; do
   best="docs/digits-study/tune-$arm/best.json"
   [ -f "$best" ] || { echo "compare.sh: $best is not there: tune the $arm arm first (run.sh $arm)" >&2; exit 2; }
   # the tuned settings as flags: lr, local_lr, and T as --local-steps (per-datapoint rows) or --encoder-steps
-  read -r -a tuned < <(python - "$best" "$arm" <<'EOF'
-import json, sys
-params, arm = json.load(open(sys.argv[1]))["params"], sys.argv[2]
-flags = ["--lr", repr(params["lr"])]
-if "local_lr" in params:
-    flags += ["--local-lr", repr(params["local_lr"])]
-T = params.get("local_steps", 1)
-flags += ["--local-steps" if arm.startswith("meanfield") else "--encoder-steps", str(T)]
-print(" ".join(flags))
-EOF
-)
+  read -r -a tuned < <(python docs/tuned_flags.py "$best" "$arm")
   case "$arm" in
     normal|normal-T) flags=(--guides normal) ;;
     mvn)             flags=(--guides mvn) ;;

@@ -14,18 +14,8 @@ COMMON=(--epochs 1000 --seeds 5 --seed 100 --budget-epochs 10 30 100 300 1000 --
 for arm in "$@"; do
   best="docs/mnist-5k-study/tune-$arm/best.json"
   [ -f "$best" ] || { echo "compare.sh: $best is not there: tune the $arm arm first (run.sh $arm)" >&2; exit 2; }
-  read -r -a tuned < <(python - "$best" "$arm" <<'PY'
-import json, sys
-params, arm = json.load(open(sys.argv[1]))["params"], sys.argv[2]
-flags = ["--lr", repr(params["lr"])]
-if "local_lr" in params:
-    flags += ["--local-lr", repr(params["local_lr"])]
-T = params.get("local_steps", 1)
-flags += ["--local-steps" if arm.startswith("meanfield") else "--encoder-steps", str(T)]
-# declared: an arm whose T would make 1 000 epochs longer than 40 minutes a seed trains to 300
-print(" ".join(flags + (["--epochs", "300"] if T >= 10 else [])))
-PY
-)
+  # declared: an arm tuned to T >= 10, whose 1 000 epochs would take over 40 minutes a seed, trains to 300
+  read -r -a tuned < <(python docs/tuned_flags.py "$best" "$arm" --short-epochs 300)
   case "$arm" in
     normal)                flags=(--guides normal) ;;
     mvn)                   flags=(--guides mvn) ;;
