@@ -2,20 +2,26 @@
 
     python benchmarks/bdmc.py                     # writes benchmarks/bdmc.csv and bdmc.md
     python benchmarks/bdmc.py --steps 50 200 --points 20 --out /tmp/bdmc    # a smoke run
+    python benchmarks/bdmc.py --run runs/mnist-5k-study/compare-normal/runs/normal-seed100 --at selected \
+        --from-qstar --steps 30 --leapfrog 5 --out docs/mnist-5k-study/bdmc     # a study's decoder, its own AIS
 
 A decoder is trained as ``pyro-vae train --guide normal`` (digits, static binarization, 300
-epochs, seed 0). Then ``--points`` latents z ~ p(z) are drawn and images x ~ p(x | z) simulated
+epochs, seed 0), or read from a trained run (``--run``, at its selected checkpoint with ``--at
+selected``). Then ``--points`` latents z ~ p(z) are drawn and images x ~ p(x | z) simulated
 from it, so that each z is an exact posterior sample for its x. For each number of annealing
-steps, forward AIS from the prior gives a stochastic lower bound and reverse AIS from z an
-upper bound of log p(x) (Grosse, Ghahramani & Adams 2015); the bracket's width bounds the error
-of either. The importance-weighted estimate with 5000 draws from the trained encoder (what
-``decompose`` reports as log p(x), there with the best q as proposal) is put beside them.
-Nats per datapoint; ``_se`` columns are standard errors across the points.
+steps, forward AIS gives a stochastic lower bound and reverse AIS from z an upper bound of
+log p(x) (Grosse, Ghahramani & Adams 2015); the bracket's width bounds the error of either. AIS
+anneals from the prior, or with ``--from-qstar`` from the full-covariance q* fitted to the
+simulated images with the decoder frozen (from the encoder's q where the run has an encoder),
+as a study's ``--ais-steps`` reading does. The importance-weighted estimate with
+``--ll-samples`` draws from the encoder, or from that q*, is put beside them. Nats per
+datapoint; ``_se`` columns are standard errors across the points.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import platform
 import sys
 import tempfile
@@ -26,8 +32,9 @@ import pandas as pd
 import pyro
 import torch
 
-from pyro_vae import estimators, runs
-from pyro_vae.ais import bdmc
+from pyro_vae import estimators, qstar, runs
+from pyro_vae.ais import ais, bdmc
+from pyro_vae.errors import InputError
 
 from iwae import markdown  # benchmarks/ is on the path when a script here runs
 
@@ -43,26 +50,53 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, nargs="+", default=[100, 500, 2000], help="annealing steps of each run")
     p.add_argument("--points", type=int, default=100, help="simulated images")
     p.add_argument("--chains", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--leapfrog", type=int, default=None, help="leapfrog steps per transition (default: ais's)")
+    p.add_argument("--epochs", type=int, default=300, help="epochs of the decoder trained here (without --run)")
+    p.add_argument("--run", type=Path, help="a trained run's folder: its decoder instead of one trained here")
+    p.add_argument("--at", help="with --run: 'selected' or a kept epoch (pyro-vae evaluate's --at)")
+    p.add_argument("--from-qstar", action="store_true",
+                   help="anneal from the full-covariance q* of the simulated images, not from the prior")
     p.add_argument("--ll-samples", type=int, default=5000)
     p.add_argument("--out", type=Path, default=HERE, help="folder for bdmc.csv and bdmc.md")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        run = runs.train({"guide": "normal", "epochs": args.epochs, "out": tmp, "no_progress": True})
+    if args.at is not None and args.run is None:
+        p.error("--at reads a run's kept weights: give the run with --run")
+    if args.run is not None:
+        try:
+            run = runs.load_run(args.run, at=runs.kept_weights(args.at))
+        except InputError as e:  # not a run, no such kept weights, a damaged checkpoint: one line, exit 2
+            p.error(str(e))
+        source = f"the run {args.run} at epoch {run.epoch}" + (f" (--at {args.at})" if args.at else "")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = runs.train({"guide": "normal", "epochs": args.epochs, "out": tmp, "no_progress": True})
+        source = f"`pyro-vae train --guide normal --epochs {args.epochs}` (digits, 64-256-8)"
     model, guide = run.model, run.guide
     pyro.set_rng_seed(0)
     with torch.no_grad():
         z = torch.randn(args.points, model.z_dim)
         x = model.likelihood_dist(z).sample()
-    iwae = estimators.log_likelihood(model.model, guide, x, num_samples=args.ll_samples)
+    rows_of_x = torch.arange(len(x))
+    init = None
+    if args.from_qstar:
+        guide = qstar.fit_local(model.model, x, "mvn", init=guide if guide.amortized else None)
+        with torch.no_grad():
+            init = guide.distribution(x, rows_of_x)
+    elif not guide.amortized:
+        p.error(f"{args.run} has a per-datapoint guide, which has no q for new images: give --from-qstar")
+    iwae = estimators.log_likelihood(model.model, guide, x, rows_of_x if args.from_qstar else None,
+                                     num_samples=args.ll_samples)
+    ais_kwargs = {} if args.leapfrog is None else {"leapfrog_steps": args.leapfrog}
     rows = []
     for steps in args.steps:
         pyro.set_rng_seed(1)
         t0 = time.perf_counter()
-        table = bdmc(model.model, x, z, num_chains=args.chains, num_steps=steps)
+        table = bdmc(model.model, x, z, init=init, num_chains=args.chains, num_steps=steps, **ais_kwargs)
         seconds = time.perf_counter() - t0
         lower, upper, width = (torch.tensor(table[c].values) for c in ("lower", "upper", "width"))
-        row = {"num_steps": steps, "chains": args.chains, "points": args.points, "seconds": seconds}
+        row = {"num_steps": steps, "chains": args.chains, "points": args.points, "seconds": seconds,
+               "start": "q*" if args.from_qstar else "prior",
+               "leapfrog": args.leapfrog or inspect.signature(ais).parameters["leapfrog_steps"].default}
         for name, values in (("lower", lower), ("upper", upper), ("width", width),
                              ("iwae_minus_lower", iwae.value.double() - lower)):
             row[name], row[f"{name}_se"] = mean_se(values)
@@ -75,8 +109,9 @@ def main(argv=None) -> int:
     table.to_csv(args.out / "bdmc.csv", index=False)
     command = " ".join(["python benchmarks/bdmc.py", *(argv if argv is not None else sys.argv[1:])])
     lines = [f"Measured by `{command}` on {platform.system()} {platform.machine()}, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}, pyro {pyro.__version__}. Decoder: `pyro-vae train --guide normal --epochs "
-             f"{args.epochs}` (digits, 64-256-8); {args.points} images simulated from it; nats per datapoint.", "",
+             f"torch {torch.__version__}, pyro {pyro.__version__}. Decoder: {source}; {args.points} images "
+             f"simulated from it; AIS from {'q* (full covariance)' if args.from_qstar else 'the prior'}; nats per "
+             f"datapoint.", "",
              markdown(table, digits=4)]
     (args.out / "bdmc.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}/bdmc.csv and bdmc.md")
