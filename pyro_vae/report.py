@@ -196,6 +196,37 @@ def difference_table(differences: pd.DataFrame, split: str = "test", digits: int
     return markdown(pd.DataFrame(rows, columns=["decoder trained with"] + columns))
 
 
+def answer_table(studies: dict, arm: str = "meanfield", reference: str = "normal", split: str = "test",
+                 estimator: str = "iwae", digits: int = 2) -> str:
+    """The question in its own words, per budget: can the ``reference`` encoder's decoder outperform the one trained
+    with the per-datapoint ``arm``? ``studies`` maps a data set's name to its joined study's ``differences.csv``
+    (``arm`` minus ``reference``, as :func:`pyro_vae.budgets.differences` writes it); each cell is the encoder's
+    decoder minus the arm's, mean [95% interval] over seeds in nats per datapoint, after a verdict: "yes" where the
+    interval is above 0, "no (behind)" where it is below, "level" where it holds 0 (not resolved). One row per data
+    set, one column per budget any study measured ("—" where a study did not).
+
+    :raises ValueError: when a study holds no such differences of ``arm``."""
+    parts = {}
+    for name, differences in studies.items():
+        part = budgets.of_estimator(differences, estimator)
+        parts[name] = part[(part["split"] == split) & (part["guide"] == arm)]
+        if parts[name].empty:
+            raise ValueError(f"answer_table: the {name} study holds no {split} {estimator} differences of {arm!r}")
+    every = pd.concat(parts.values())
+    order = every.assign(kind=every["budget"].map({"epochs": 0, "seconds": 1, "selected": 2}))
+    order = order.sort_values(["kind", "value"]).drop_duplicates(["budget", "value"])
+    columns = [budget_name(b, v) for b, v in zip(order["budget"], order["value"])]
+    rows = []
+    for name, part in parts.items():
+        cells = {}
+        for _, r in part.iterrows():
+            flipped = {"mean": -r["mean"], "low": -r["high"], "high": -r["low"]}  # the encoder's decoder minus the arm's
+            verdict = "level" if not r["resolved"] else "yes" if flipped["mean"] > 0 else "no (behind)"
+            cells[budget_name(r["budget"], r["value"])] = f"{verdict}, {interval(flipped, digits)}"
+        rows.append([name, f"{part['seeds'].min()}"] + [cells.get(c, "—") for c in columns])
+    return markdown(pd.DataFrame(rows, columns=["data", "seeds"] + columns))
+
+
 def selection_table(selection: pd.DataFrame, tests: pd.DataFrame, digits: int = 2) -> str:
     """Where validation chose each arm's checkpoint (``selection.csv``) and what test read there
     (``test_at_budgets.csv``): the selected epoch and training seconds (mean ± sd over seeds), the validation

@@ -157,6 +157,42 @@ def test_the_readmes_headline_numbers_are_the_main_jobs():
         assert abs(float(text_value) - table.loc[("normal", "test"), column]) <= 0.005, column
 
 
+def test_the_readmes_answer_is_the_studys():
+    """The README's first screen answers the question per budget: its table is pyro_vae.report's answer table of the
+    joined study (the same cells under AIS, as it says), and what the encoder buys comes from the committed tables."""
+    from pyro_vae import report
+
+    q3 = ROOT / "docs" / "q3"
+    text = README.read_text(encoding="utf-8")
+    differences = pd.read_csv(q3 / "differences.csv")
+    table = report.answer_table({"digits, 8×8": differences})
+    assert table in text, "the README's answer table is not docs/q3's: re-render it with report.answer_table"
+    assert report.answer_table({"digits, 8×8": differences}, estimator="ais") == table
+    bench = pd.read_csv(ROOT / "benchmarks" / "evaluate.csv").set_index(["part", "name"])
+    speed = lambda part, name: bench.loc[(part, name), "points_per_second"]
+    selection = pd.read_csv(q3 / "selection.csv").groupby("guide")["selected_seconds"].mean()
+    gaps = pd.read_csv(q3 / "results.csv").query("split == 'test'").groupby("guide")[
+        ["amortization_gap", "approximation_gap"]].mean()
+    flat = " ".join(text.split())
+    numbers = re.search(r"q for new points at ([\d ]+) a second against (\d+) for q\\\* fits \(one thread, digits; "
+                        r"([\d ]+) against (\d+) on mnist-5k.*?\((\d+) kB of encoder against ([\d.]+) MB of rows at "
+                        r"N = 60 000\); the selected checkpoint in the same time \(([\d.]+) s against ([\d.]+) s\)\. "
+                        r"Its price is the amortization gap: ([\d.]+) nats per test digit at those decoders, against an "
+                        r"approximation gap of ([\d.]+)\.", flat)
+    assert numbers, "the README no longer says what the encoder buys in the words this test reads"
+    values = [speed("throughput-digits", "encoder, 1 thread(s)"), speed("throughput-digits", "q* normal fit, 1 thread(s)"),
+              speed("throughput-mnist", "encoder, 1 thread(s)"), speed("throughput-mnist", "q* normal fit, 1 thread(s)"),
+              bench.loc[("throughput-digits", "meanfield rows in memory"), "encoder_bytes"] / 1e3,
+              bench.loc[("throughput-digits", "meanfield rows in memory"), "bytes_at_60000"] / 1e6,
+              selection["normal"], selection["meanfield"],
+              gaps.loc["normal", "amortization_gap"], gaps.loc["normal", "approximation_gap"]]
+    for shown, value in zip(numbers.groups(), values):
+        shown = float(shown.replace(" ", ""))
+        digits = len(str(shown).split(".")[1]) if shown != int(shown) else 0
+        step = 10 ** -digits if digits else 10 ** max(0, len(str(int(shown))) - 3)  # 731 000: three significant
+        assert abs(value - shown) <= 0.5 * step + 1e-9, (shown, value)
+
+
 def _render_results():
     """docs/digits-study/render_results.py, the script that renders the answer's tables into docs/results.md."""
     import importlib.util

@@ -106,6 +106,25 @@ def test_the_difference_table_marks_resolved_intervals_in_bold():
     assert lines[3].startswith("| `mvn` encoder | +0.03 [−0.48, +0.55] |")
 
 
+def test_the_answer_table_says_yes_no_or_level_for_the_encoder_against_the_mean_field_arm_per_budget():
+    digits = _differences()
+    # the same study with mean-field ahead at 100 epochs and level at 3 s, and a budget digits did not measure
+    other = digits.copy()
+    mf = other["guide"] == "meanfield"
+    other.loc[mf, ["mean", "low", "high"]] = -other.loc[mf, ["mean", "high", "low"]].values
+    other.loc[mf & (other["budget"] == "seconds"), ["low", "resolved"]] = [-0.2, False]
+    other.loc[other["budget"] == "seconds", "value"] = 30.0
+    lines = report.answer_table({"digits": digits, "other": other}).splitlines()
+    assert lines[0] == "| data | seeds | 100 epochs | 3 s | 30 s | selected checkpoint |"
+    # normal minus meanfield: +0.5, +0.4, +0.6 at 100 epochs (resolved), +1.5, +1.4, +1.6 at 3 s
+    assert lines[2] == ("| digits | 3 | yes, +0.50 [+0.25, +0.75] | yes, +1.50 [+1.25, +1.75] | — | "
+                        "yes, +0.50 [+0.25, +0.75] |")
+    assert lines[3] == ("| other | 3 | no (behind), −0.50 [−0.75, −0.25] | — | level, −1.50 [−1.75, +0.20] | "
+                        "no (behind), −0.50 [−0.75, −0.25] |")
+    with pytest.raises(ValueError, match="holds no test iwae differences of 'flow'"):
+        report.answer_table({"digits": digits}, arm="flow")
+
+
 def test_sign_changes_name_the_budgets_between_which_the_order_turns():
     d = pd.DataFrame({"guide": "meanfield", "split": "validation", "budget": "epochs",
                       "value": [1.0, 10.0, 100.0, 300.0], "mean": [-1.0, -0.2, 0.1, 0.3], "low": np.nan,
