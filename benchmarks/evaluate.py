@@ -5,8 +5,8 @@ pass, AIS from the best q* with its BDMC bracket, q* from several starts, and in
     python benchmarks/evaluate.py --parts digits --rounds 1 --out /tmp/ev      # one part, a smoke run
 
 A run of some parts keeps the rows of the others that ``--out`` already holds (``--parts mnist`` re-measures only
-the mnist rows of benchmarks/evaluate.csv); a part run again replaces all its rows (``throughput``'s two-thread rows
-too: run ``--threads 2`` after it).
+the mnist rows of benchmarks/evaluate.csv); a part run again replaces its rows, those of another thread count kept
+(``--parts throughput`` and then ``--parts throughput --threads 2`` re-measure both).
 
 Two decoders are trained first, each with the ``normal`` encoder: digits (``pyro-vae train --guide normal --epochs
 100``, 8-256-64) and mnist-5k (``--config docs/mnist-5k/cremer.yaml --epochs 200``, 784-200-200-50 ELU). Every timing
@@ -61,14 +61,17 @@ ROWS = []
 OUT = HERE  # where write() puts the tables (--out)
 
 
-def kept_rows(out: Path, parts) -> list:
-    """The rows of ``out/evaluate.csv`` that the ``parts`` being run do not measure again (row parts are a part's
-    name, or ``ais-``, ``starts-`` or ``throughput-`` and a decoder's)."""
+def kept_rows(out: Path, parts, threads: int = 1) -> list:
+    """The rows of ``out/evaluate.csv`` that the ``parts`` being run on ``threads`` threads do not measure again
+    (row parts are a part's name, or ``ais-``, ``starts-`` or ``throughput-`` and a decoder's; a row whose name
+    says "N thread(s)" is measured again only by a run on N threads)."""
     path = out / "evaluate.csv"
     if not path.exists():
         return []
     table = pd.read_csv(path)
+    counts = table["name"].str.extract(r"(\d+) thread\(s\)", expand=False).astype(float)
     rerun = table["part"].map(lambda part: part in parts or part.split("-")[0] in parts)
+    rerun &= counts.isna() | (counts == threads)
     return [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
             for r in table[~rerun].to_dict("records")]
 
@@ -322,7 +325,7 @@ def main(argv=None) -> None:
     global OUT
     out = OUT = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ROWS[:] = kept_rows(out, args.parts)
+    ROWS[:] = kept_rows(out, args.parts, args.threads)
     pin(args.threads)
     folder = Path(args.decoders or tempfile.mkdtemp(prefix="pyro-vae-evaluate-"))
     digits = decoder(folder, "digits", {"guide": "normal", "epochs": 100})
