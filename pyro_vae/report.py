@@ -196,11 +196,11 @@ def difference_table(differences: pd.DataFrame, split: str = "test", digits: int
     return markdown(pd.DataFrame(rows, columns=["decoder trained with"] + columns))
 
 
-def answer_table(studies: dict, arm: str = "meanfield", reference: str = "normal", split: str = "test",
-                 estimator: str = "iwae", digits: int = 2) -> str:
-    """The question in its own words, per budget: can the ``reference`` encoder's decoder outperform the one trained
+def answer_table(studies: dict, arm: str = "meanfield", split: str = "test", estimator: str = "iwae",
+                 digits: int = 2) -> str:
+    """The question in its own words, per budget: can the ``normal`` encoder's decoder outperform the one trained
     with the per-datapoint ``arm``? ``studies`` maps a data set's name to its joined study's ``differences.csv``
-    (``arm`` minus ``reference``, as :func:`pyro_vae.budgets.differences` writes it); each cell is the encoder's
+    (each arm minus ``normal``, as :func:`pyro_vae.budgets.differences` writes it); each cell is the encoder's
     decoder minus the arm's, mean [95% interval] over seeds in nats per datapoint, after a verdict: "yes" where the
     interval is above 0, "no (behind)" where it is below, "level" where it holds 0 (not resolved). One row per data
     set, one column per budget any study measured ("—" where a study did not).
