@@ -177,7 +177,7 @@ def test_the_readmes_answer_is_the_studys():
     numbers = re.search(r"q for new points at ([\d ]+) a second against (\d+) for q\\\* fits \(one thread, digits; "
                         r"([\d ]+) against (\d+) on mnist-5k.*?\((\d+) kB of encoder against ([\d.]+) MB of rows at "
                         r"N = 60 000\); the selected checkpoint in the same time \(([\d.]+) s against ([\d.]+) s\)\. "
-                        r"Its price is the amortization gap: ([\d.]+) nats per test digit at those decoders, against an "
+                        r"Its price is the amortization gap: ([\d.]+) nats per test digit at the study's decoders, against an "
                         r"approximation gap of ([\d.]+)\.", flat)
     assert numbers, "the README no longer says what the encoder buys in the words this test reads"
     values = [speed("throughput-digits", "encoder, 1 thread(s)"), speed("throughput-digits", "q* normal fit, 1 thread(s)"),
