@@ -2,8 +2,10 @@
 the README invites; every pyro-vae command they show parses; their links lead to files; the README stays a landing
 page; and the numbers it quotes from the main job agree with the committed tables."""
 
+import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -350,3 +352,39 @@ def test_the_study_scripts_commands_are_valid_settings(script, tmp_path):
         if command == "compare":
             compare.check(chosen)  # the budgets, as compare refuses them before any training
         assert chosen.epochs >= 100, (arm, chosen.epochs)
+
+
+def test_a_stopped_tuning_is_kept_for_committing_and_continued_from_the_copy(tmp_path):
+    """docs/mnist-5k-study/run.sh --keep copies a stopped arm's study (config.json, optuna.db) into docs/ and refuses
+    while a tuning holds the database; on a machine whose runs/ lacks the arm, run.sh starts from that copy with
+    --resume (a stub pyro-vae records the call: nothing is tuned)."""
+    repo = tmp_path / "repo"
+    (repo / "docs" / "mnist-5k-study").mkdir(parents=True)
+    script = repo / "docs" / "mnist-5k-study" / "run.sh"
+    script.write_text((ROOT / "docs" / "mnist-5k-study" / "run.sh").read_text())
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "pyro-vae").write_text('#!/bin/sh\necho "$@" >> "$CALLS"\nout=$(echo "$@" | sed "s/.*--out \\([^ ]*\\).*/\\1/")\n'
+                                   'for f in trials.csv best.json; do echo x > "$out/$f"; done\n')
+    (stub / "pyro-vae").chmod(0o755)
+    env = {**os.environ, "PATH": f"{stub}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls")}
+    run = lambda *args: subprocess.run(["bash", str(script), *args], cwd=tmp_path, env=env, capture_output=True,
+                                       text=True)
+    tuning = repo / "runs" / "mnist-5k-study" / "tune-normal"
+    tuning.mkdir(parents=True)
+    (tuning / "config.json").write_text('{"trials": 10}')
+    (tuning / "optuna.db").write_bytes(b"study")
+    (tuning / "optuna.db-journal").write_bytes(b"")
+    refused = run("--keep", "normal")
+    assert refused.returncode == 2 and "still running" in refused.stderr
+    (tuning / "optuna.db-journal").unlink()
+    assert run("--keep", "normal").returncode == 0
+    kept = repo / "docs" / "mnist-5k-study" / "tune-normal"
+    assert (kept / "optuna.db").read_bytes() == b"study" and (kept / "config.json").exists()
+    assert not (tmp_path / "calls").exists()  # --keep tunes nothing
+    shutil.rmtree(repo / "runs")  # another machine
+    done = run("normal")
+    assert done.returncode == 0, done.stderr
+    assert (tuning / "optuna.db").read_bytes() == b"study"
+    assert (tmp_path / "calls").read_text().split()[:4] == ["tune", "--resume", "--trials", "10"]
+    assert (kept / "best.json").exists()  # the finished arm's files, the study with them
