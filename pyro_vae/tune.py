@@ -26,7 +26,8 @@ and running ones are not counted). A study is named by ``study`` (``--study-name
 (:func:`study_name`: ``meanfield-T-digits-100ep-1a2b3c4d``, a hash of every setting that changes what a trial
 measures, :func:`measured_settings`), which it keeps (user attribute :data:`SETTINGS_ATTR`): a process whose settings
 differ from a study's of the same name is refused, so tunings sharing a storage never mix their trials. ``--resume``
-never makes a database or a study. A trial whose process died (SIGKILL, a lost machine) is marked failed: by
+never makes a database or a study. A trial whose loss diverges (NaN or inf) is pruned, marked ``diverged``: it was run,
+and its rates are what it measured. A trial whose process died (SIGKILL, a lost machine) is marked failed: by
 Optuna's heartbeat (:data:`pyro_vae.storage.HEARTBEAT`, :data:`~pyro_vae.storage.GRACE`) once it is stale, and at
 once by ``--resume`` of its folder.
 
@@ -87,6 +88,9 @@ UNMEASURED = ("trials", "sampler_seed", "startup_trials", "pruner", "storage", "
 SETTINGS_ATTR = "pyro_vae_settings"
 #: the user attribute of a trial naming the process that runs it: ``{"host", "pid", "folder"}``
 PROCESS_ATTR = "pyro_vae_process"
+#: the trial user attribute of a trial pruned because its loss diverged (the error's message): a rate too high is
+#: a result about the search space, counted as run like any pruned trial, and TPE ranks it among the worst
+DIVERGED_ATTR = "diverged"
 
 
 def resumed_settings(out: Path, given: dict, config: Optional[dict] = None) -> TuneSettings:
@@ -386,10 +390,13 @@ def tune(ds: data.Dataset, s: TuneSettings, study=None):
 
         def objective(trial):
             trial.set_user_attr(PROCESS_ATTR, process)  # whose it is: a resume of its folder fails it if left running
-            return score(ds, s, suggest(trial, s), trial)
+            try:
+                return score(ds, s, suggest(trial, s), trial)
+            except FloatingPointError as e:  # the loss went to NaN or inf: a result about the rates, not a crash
+                trial.set_user_attr(DIVERGED_ATTR, str(e))
+                raise optuna.TrialPruned(f"diverged: {e}") from None
         try:
-            study.optimize(objective, n_trials=remaining, callbacks=[stop], show_progress_bar=s.progress,
-                           catch=(FloatingPointError,))
+            study.optimize(objective, n_trials=remaining, callbacks=[stop], show_progress_bar=s.progress)
         finally:
             logger.removeFilter(quiet)
     rescore(ds, s, study)
@@ -461,13 +468,14 @@ class _QuietInterrupt(logging.Filter):
 
 def trials_table(study) -> pd.DataFrame:
     """One row per trial: ``number``, ``state``, ``value`` (validation log p(x), nats per datapoint: a complete
-    trial's best measurement, a pruned one's last), the parameters (``lr``, ...), ``seconds`` and ``best_so_far``
-    (of the complete trials)."""
+    trial's best measurement, a pruned one's last), the parameters (``lr``, ...), ``seconds``, ``best_so_far``
+    (of the complete trials) and ``diverged`` (pruned because its loss went to NaN or inf)."""
     table = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration"))
     table = table.rename(columns=lambda c: c.removeprefix("params_"))
     table["seconds"] = table.pop("duration").dt.total_seconds()
     table["best_so_far"] = table["value"].where(table["state"] == "COMPLETE").cummax()  # a pruned trial's value is
     # its last measurement, not a score
+    table["diverged"] = [DIVERGED_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False)]
     return table
 
 
