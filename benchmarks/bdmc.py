@@ -21,7 +21,6 @@ datapoint; ``_se`` columns are standard errors across the points.
 from __future__ import annotations
 
 import argparse
-import inspect
 import platform
 import sys
 import tempfile
@@ -32,8 +31,8 @@ import pandas as pd
 import pyro
 import torch
 
-from pyro_vae import estimators, qstar, runs
-from pyro_vae.ais import ais, bdmc
+from pyro_vae import estimators, gaps, qstar, runs
+from pyro_vae.ais import bdmc
 from pyro_vae.errors import InputError
 
 from iwae import markdown  # benchmarks/ is on the path when a script here runs
@@ -50,7 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, nargs="+", default=[100, 500, 2000], help="annealing steps of each run")
     p.add_argument("--points", type=int, default=100, help="simulated images")
     p.add_argument("--chains", type=int, default=16)
-    p.add_argument("--leapfrog", type=int, default=None, help="leapfrog steps per transition (default: ais's)")
+    p.add_argument("--leapfrog", type=int, default=gaps.AIS_LEAPFROG, help="leapfrog steps per transition")
     p.add_argument("--epochs", type=int, default=300, help="epochs of the decoder trained here (without --run)")
     p.add_argument("--run", type=Path, help="a trained run's folder: its decoder instead of one trained here")
     p.add_argument("--at", help="with --run: 'selected' or a kept epoch (pyro-vae evaluate's --at)")
@@ -86,17 +85,17 @@ def main(argv=None) -> int:
         p.error(f"{args.run} has a per-datapoint guide, which has no q for new images: give --from-qstar")
     iwae = estimators.log_likelihood(model.model, guide, x, rows_of_x if args.from_qstar else None,
                                      num_samples=args.ll_samples)
-    ais_kwargs = {} if args.leapfrog is None else {"leapfrog_steps": args.leapfrog}
     rows = []
     for steps in args.steps:
         pyro.set_rng_seed(1)
         t0 = time.perf_counter()
-        table = bdmc(model.model, x, z, init=init, num_chains=args.chains, num_steps=steps, **ais_kwargs)
+        table = bdmc(model.model, x, z, init=init, num_chains=args.chains, num_steps=steps,
+                     leapfrog_steps=args.leapfrog)
         seconds = time.perf_counter() - t0
         lower, upper, width = (torch.tensor(table[c].values) for c in ("lower", "upper", "width"))
         row = {"num_steps": steps, "chains": args.chains, "points": args.points, "seconds": seconds,
                "start": "q*" if args.from_qstar else "prior",
-               "leapfrog": args.leapfrog or inspect.signature(ais).parameters["leapfrog_steps"].default}
+               "leapfrog": args.leapfrog}
         for name, values in (("lower", lower), ("upper", upper), ("width", width),
                              ("iwae_minus_lower", iwae.value.double() - lower)):
             row[name], row[f"{name}_se"] = mean_se(values)
