@@ -1,15 +1,16 @@
-"""Re-render the tables of docs/results.md's answer from docs/q3 and the q*-starts files, in place.
+"""Re-render the tables of docs/results.md's answers from their joined studies and q*-starts files, in place.
 
     python docs/digits-study/render_results.py      # after `pyro-vae join ... --out docs/q3 --overwrite`
 
-The answer's part of the page (above "## The linear-Gaussian oracle") holds, in this order, the tables of
-:data:`TABLES`; each is replaced by pyro_vae.report's rendering of the committed files, and the prose around them is
-left as it is (re-read it: the numbers it quotes are not rewritten). tests/test_readme.py checks that the page
-holds exactly these renderings.
+Each answer the page holds (:data:`ANSWERS`: one per data set) is the part of the page between two of its headings,
+and holds, in this order, the tables of :data:`TABLES`; each is replaced by pyro_vae.report's rendering of the
+answer's committed files, and the prose around them is left as it is (re-read it: the numbers it quotes are not
+rewritten). tests/test_readme.py checks that the page holds exactly these renderings.
 """
 
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -18,12 +19,27 @@ from pyro_vae import data, report
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "results.md"
-END = "## The linear-Gaussian oracle"
-#: the answer's tables, in the page's order
+#: an answer's tables, in the page's order
 TABLES = ("IWAE differences", "AIS differences", "sign changes", "selection", "gaps", "q* starts", "cost")
 
 
-def qstar_starts(study: Path = ROOT / "docs" / "digits-study") -> pd.DataFrame:
+@dataclass(frozen=True)
+class Answer:
+    """One data set's answer: its join (``q3``), its study's folder (``study``, holding ``qstar-ARM/``), the data
+    set its cost table counts rows of, and the page's part that holds its tables: from the line ``start`` to the
+    line ``end`` (headings)."""
+    q3: Path
+    study: Path
+    data: str
+    start: str
+    end: str
+
+
+ANSWERS = (Answer(ROOT / "docs" / "q3", ROOT / "docs" / "digits-study", "digits",
+                  start="# The answer", end="## The linear-Gaussian oracle"),)
+
+
+def qstar_starts(study: Path = ANSWERS[0].study) -> pd.DataFrame:
     """Every run's q*-starts evaluation (``qstar-ARM/RUN.csv``), its ``guide`` the arm."""
     files = sorted(study.glob("qstar-*/*.csv"))
     return pd.concat([pd.read_csv(f).assign(guide=f.parent.name.removeprefix("qstar-")) for f in files])
@@ -35,9 +51,9 @@ def joined(starts: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     return starts[starts["guide"].isin(results["guide"])]
 
 
-def tables(q3: Path = ROOT / "docs" / "q3") -> dict:
-    """Each table of :data:`TABLES`, rendered from ``q3``."""
-    read = lambda name: pd.read_csv(q3 / f"{name}.csv")
+def tables(answer: Answer = ANSWERS[0]) -> dict:
+    """Each table of :data:`TABLES`, rendered from ``answer``'s files."""
+    read = lambda name: pd.read_csv(answer.q3 / f"{name}.csv")
     d = read("differences")
     return {
         "IWAE differences": report.difference_table(d),
@@ -45,29 +61,42 @@ def tables(q3: Path = ROOT / "docs" / "q3") -> dict:
         "sign changes": report.sign_change_table(d),
         "selection": report.selection_table(read("selection"), read("test_at_budgets")),
         "gaps": report.gap_table(read("results")),
-        "q* starts": report.qstar_starts_table(joined(qstar_starts(), read("results")), read("results")),
-        "cost": report.cost_table(read("cost"), len(data.load("digits").train)),
+        "q* starts": report.qstar_starts_table(joined(qstar_starts(answer.study), read("results")), read("results")),
+        "cost": report.cost_table(read("cost"), len(data.load(answer.data).train)),
     }
 
 
-def render(page: str, fresh: dict = None) -> str:
-    """``page`` with its answer's tables replaced by ``fresh`` renderings (default: :func:`tables`)."""
-    answer, rest = page[:page.index(END)], page[page.index(END):]
-    found = list(re.finditer(r"(?m)^\|.*\|\n(?:^\|.*\|\n)*", answer))
+def part(page: str, answer: Answer) -> tuple:
+    """Where ``answer``'s part of ``page`` begins and ends (character offsets)."""
+    begin = re.search(rf"(?m)^{re.escape(answer.start)}", page)
+    end = begin and re.search(rf"(?m)^{re.escape(answer.end)}", page[begin.end():])
+    if not end:
+        raise SystemExit(f"render_results: {PAGE} has no part from {answer.start!r} to {answer.end!r}: put its "
+                         f"headings back.")
+    return begin.start(), begin.end() + end.start()
+
+
+def render(page: str, fresh: dict = None, answer: Answer = ANSWERS[0]) -> str:
+    """``page`` with ``answer``'s tables replaced by ``fresh`` renderings (default: :func:`tables` of it)."""
+    begin, end = part(page, answer)
+    section = page[begin:end]
+    found = list(re.finditer(r"(?m)^\|.*\|\n(?:^\|.*\|\n)*", section))
     if len(found) != len(TABLES):
-        raise SystemExit(f"render_results: {PAGE} has {len(found)} tables above {END!r}, not {len(TABLES)} "
-                         f"({', '.join(TABLES)}): put them back in that order.")
-    fresh = fresh or tables()
+        raise SystemExit(f"render_results: {PAGE} has {len(found)} tables from {answer.start!r} to {answer.end!r}, "
+                         f"not {len(TABLES)} ({', '.join(TABLES)}): put them back in that order.")
+    fresh = fresh or tables(answer)
     out, last = [], 0
     for match, name in zip(found, TABLES):
-        out += [answer[last:match.start()], fresh[name] + "\n"]
+        out += [section[last:match.start()], fresh[name] + "\n"]
         last = match.end()
-    return "".join(out) + answer[last:] + rest
+    return page[:begin] + "".join(out) + section[last:] + page[end:]
 
 
 if __name__ == "__main__":
-    new = render(PAGE.read_text(encoding="utf-8"))
-    changed = new != PAGE.read_text(encoding="utf-8")
+    old = PAGE.read_text(encoding="utf-8")
+    new = old
+    for answer in ANSWERS:
+        new = render(new, answer=answer)
     PAGE.write_text(new, encoding="utf-8")
-    print(f"{PAGE}: {'tables re-rendered' if changed else 'already up to date'}")
+    print(f"{PAGE}: {'tables re-rendered' if new != old else 'already up to date'}")
     sys.exit(0)
