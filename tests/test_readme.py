@@ -302,6 +302,24 @@ def test_the_digits_study_page_shows_its_tuning():
     assert report.tuning_table(bests) in page, "docs/digits-study.md does not show the tuning of docs/digits-study/"
 
 
+def test_the_mnist_5k_study_page_shows_its_tuning():
+    """docs/mnist-5k-study.md's tuning table is pyro_vae.report's rendering of every committed best.json of the
+    mnist-5k study (an arm has one once its tuning and re-scoring are done), at the declared cap and trials."""
+    import json
+
+    from pyro_vae import report
+
+    declared = {"normal": 10, "mvn": 10, "meanfield": 12, "meanfield-T": 15}
+    study = ROOT / "docs" / "mnist-5k-study"
+    bests = {arm: json.loads((study / f"tune-{arm}" / "best.json").read_text()) for arm in declared
+             if (study / f"tune-{arm}" / "best.json").exists()}
+    assert {"normal", "mvn"} <= set(bests)
+    for arm, best in bests.items():
+        assert (best["trials"], best["seconds_cap"], len(best["rescored"])) == (declared[arm], 120, 2), arm
+    page = (ROOT / "docs" / "mnist-5k-study.md").read_text(encoding="utf-8")
+    assert report.tuning_table(bests) in page, "docs/mnist-5k-study.md does not show the tuning of its committed arms"
+
+
 def test_the_scaling_page_shows_the_committed_measurements():
     """docs/scaling.md's before/after tables are benchmarks/scale.py's rendering of its committed CSVs."""
     import importlib.util
