@@ -313,7 +313,7 @@ def test_the_mnist_5k_study_page_shows_its_tuning():
     study = ROOT / "docs" / "mnist-5k-study"
     bests = {arm: json.loads((study / f"tune-{arm}" / "best.json").read_text()) for arm in declared
              if (study / f"tune-{arm}" / "best.json").exists()}
-    assert {"normal", "mvn"} <= set(bests)
+    assert set(bests) == set(declared)
     for arm, best in bests.items():
         assert (best["trials"], best["seconds_cap"], len(best["rescored"])) == (declared[arm], 120, 2), arm
     page = (ROOT / "docs" / "mnist-5k-study.md").read_text(encoding="utf-8")
