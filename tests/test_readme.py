@@ -288,36 +288,29 @@ def test_the_tuned_arms_page_shows_its_committed_tables():
         assert table in page, f"docs/tuned.md does not show the {name} of docs/tuned/"
 
 
-def test_the_digits_study_page_shows_its_tuning():
-    """docs/digits-study.md's tuning table is pyro_vae.report's rendering of the six arms' committed best.json."""
+#: each study's declared tuning: its arms' trials, the seconds cap, and how many best trials were re-scored
+DECLARED_TUNINGS = {
+    "digits-study": ({"normal": 20, "normal-T": 20, "mvn": 20, "meanfield": 20, "meanfield-T": 30,
+                      "semi_amortized": 20}, 10, 3),
+    "mnist-5k-study": ({"normal": 10, "mvn": 10, "meanfield": 12, "meanfield-T": 15}, 120, 2),
+}
+
+
+@pytest.mark.parametrize("name", DECLARED_TUNINGS)
+def test_a_study_page_shows_its_tuning(name):
+    """docs/STUDY.md's tuning table is pyro_vae.report's rendering of every declared arm's committed best.json, each
+    tuned with the declared trials, seconds cap and re-scoring."""
     import json
 
     from pyro_vae import report
 
-    arms = ["normal", "normal-T", "mvn", "meanfield", "meanfield-T", "semi_amortized"]
-    study = ROOT / "docs" / "digits-study"
-    bests = {arm: json.loads((study / f"tune-{arm}" / "best.json").read_text()) for arm in arms}
-    assert all(best["trials"] >= 20 and best["seconds_cap"] == 10 for best in bests.values())
-    page = (ROOT / "docs" / "digits-study.md").read_text(encoding="utf-8")
-    assert report.tuning_table(bests) in page, "docs/digits-study.md does not show the tuning of docs/digits-study/"
-
-
-def test_the_mnist_5k_study_page_shows_its_tuning():
-    """docs/mnist-5k-study.md's tuning table is pyro_vae.report's rendering of every committed best.json of the
-    mnist-5k study (an arm has one once its tuning and re-scoring are done), at the declared cap and trials."""
-    import json
-
-    from pyro_vae import report
-
-    declared = {"normal": 10, "mvn": 10, "meanfield": 12, "meanfield-T": 15}
-    study = ROOT / "docs" / "mnist-5k-study"
-    bests = {arm: json.loads((study / f"tune-{arm}" / "best.json").read_text()) for arm in declared
-             if (study / f"tune-{arm}" / "best.json").exists()}
-    assert set(bests) == set(declared)
+    trials, cap, rescored = DECLARED_TUNINGS[name]
+    study = ROOT / "docs" / name
+    bests = {arm: json.loads((study / f"tune-{arm}" / "best.json").read_text()) for arm in trials}
     for arm, best in bests.items():
-        assert (best["trials"], best["seconds_cap"], len(best["rescored"])) == (declared[arm], 120, 2), arm
-    page = (ROOT / "docs" / "mnist-5k-study.md").read_text(encoding="utf-8")
-    assert report.tuning_table(bests) in page, "docs/mnist-5k-study.md does not show the tuning of its committed arms"
+        assert (best["trials"], best["seconds_cap"], len(best["rescored"])) == (trials[arm], cap, rescored), arm
+    page = (ROOT / "docs" / f"{name}.md").read_text(encoding="utf-8")
+    assert report.tuning_table(bests) in page, f"docs/{name}.md does not show the tuning of docs/{name}/"
 
 
 def test_the_scaling_page_shows_the_committed_measurements():
