@@ -3,9 +3,10 @@
     python docs/digits-study/render_results.py      # after `pyro-vae join ... --out docs/q3 --overwrite`
 
 Each answer the page holds (:data:`ANSWERS`: one per data set) is the part of the page between two of its headings,
-and holds, in this order, the tables of :data:`TABLES`; each is replaced by pyro_vae.report's rendering of the
-answer's committed files, and the prose around them is left as it is (re-read it: the numbers it quotes are not
-rewritten). tests/test_readme.py checks that the page holds exactly these renderings.
+and holds, in this order, the tables of :data:`TABLES` that there are (the sign changes only where a difference
+turns sign, the q* starts only once ``qstar.sh`` has read a joined arm); each is replaced by pyro_vae.report's rendering of the answer's committed files,
+and the prose around them is left as it is (re-read it: the numbers it quotes are not rewritten).
+tests/test_readme.py checks that the page holds exactly these renderings.
 """
 
 import re
@@ -36,13 +37,17 @@ class Answer:
 
 
 ANSWERS = (Answer(ROOT / "docs" / "q3", ROOT / "docs" / "digits-study", "digits",
-                  start="# The answer", end="## The linear-Gaussian oracle"),)
+                  start="## On 8×8 digits", end="## On 28×28 digits"),
+           Answer(ROOT / "docs" / "mnist-5k" / "study", ROOT / "docs" / "mnist-5k-study", "mnist-5k",
+                  start="## On 28×28 digits", end="## Beside the papers"))
 
 
 def qstar_starts(study: Path = ANSWERS[0].study) -> pd.DataFrame:
-    """Every run's q*-starts evaluation (``qstar-ARM/RUN.csv``), its ``guide`` the arm."""
+    """Every run's q*-starts evaluation (``qstar-ARM/RUN.csv``), its ``guide`` the arm; no rows before ``qstar.sh``
+    has read a run."""
     files = sorted(study.glob("qstar-*/*.csv"))
-    return pd.concat([pd.read_csv(f).assign(guide=f.parent.name.removeprefix("qstar-")) for f in files])
+    frames = [pd.read_csv(f).assign(guide=f.parent.name.removeprefix("qstar-")) for f in files]
+    return pd.concat(frames) if frames else pd.DataFrame(columns=["guide", "run", "split"])
 
 
 def joined(starts: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
@@ -52,18 +57,20 @@ def joined(starts: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
 
 
 def tables(answer: Answer = ANSWERS[0]) -> dict:
-    """Each table of :data:`TABLES`, rendered from ``answer``'s files."""
+    """Each table of :data:`TABLES` whose files are there, rendered from ``answer``'s files, in that order."""
     read = lambda name: pd.read_csv(answer.q3 / f"{name}.csv")
-    d = read("differences")
-    return {
+    d, results = read("differences"), read("results")
+    starts = joined(qstar_starts(answer.study), results)
+    fresh = {
         "IWAE differences": report.difference_table(d),
         "AIS differences": report.difference_table(d, estimator="ais"),
-        "sign changes": report.sign_change_table(d),
+        "sign changes": None if report.sign_change_table(d) == "none" else report.sign_change_table(d),
         "selection": report.selection_table(read("selection"), read("test_at_budgets")),
-        "gaps": report.gap_table(read("results")),
-        "q* starts": report.qstar_starts_table(joined(qstar_starts(answer.study), read("results")), read("results")),
+        "gaps": report.gap_table(results),
+        "q* starts": report.qstar_starts_table(starts, results) if len(starts) else None,
         "cost": report.cost_table(read("cost"), len(data.load(answer.data).train)),
     }
+    return {name: table for name, table in fresh.items() if table is not None}
 
 
 def part(page: str, answer: Answer) -> tuple:
@@ -81,12 +88,12 @@ def render(page: str, fresh: dict = None, answer: Answer = ANSWERS[0]) -> str:
     begin, end = part(page, answer)
     section = page[begin:end]
     found = list(re.finditer(r"(?m)^\|.*\|\n(?:^\|.*\|\n)*", section))
-    if len(found) != len(TABLES):
-        raise SystemExit(f"render_results: {PAGE} has {len(found)} tables from {answer.start!r} to {answer.end!r}, "
-                         f"not {len(TABLES)} ({', '.join(TABLES)}): put them back in that order.")
     fresh = fresh or tables(answer)
+    if len(found) != len(fresh):
+        raise SystemExit(f"render_results: {PAGE} has {len(found)} tables from {answer.start!r} to {answer.end!r}, "
+                         f"not {len(fresh)} ({', '.join(fresh)}): put them back in that order.")
     out, last = [], 0
-    for match, name in zip(found, TABLES):
+    for match, name in zip(found, fresh):
         out += [section[last:match.start()], fresh[name] + "\n"]
         last = match.end()
     return page[:begin] + "".join(out) + section[last:] + page[end:]
