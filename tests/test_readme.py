@@ -186,14 +186,14 @@ def test_the_readmes_answer_is_the_studys():
     flat = " ".join(text.split())
     numbers = re.search(r"q for new points at ([\d ]+) a second against (\d+) for q\\\* fits \(one thread, digits; "
                         r"([\d ]+) against (\d+) on mnist-5k.*?\((\d+) kB of encoder against ([\d.]+) MB of rows at "
-                        r"N = 60 000\); the selected checkpoint in the same time on digits \(([\d.]+) s against "
+                        r"N = 60 000, with Adam's moments\); the selected checkpoint in the same time on digits \(([\d.]+) s against "
                         r"([\d.]+) s\), later on mnist-5k \((\d+) s against (\d+) s\)\. Its price is the amortization "
                         r"gap: ([\d.]+) nats per test digit at the study's decoders, against an approximation gap of "
                         r"([\d.]+) \(([\d.]+) against ([\d.]+) on mnist-5k\)\.", flat)
     assert numbers, "the README no longer says what the encoder buys in the words this test reads"
     values = [speed("throughput-digits", "encoder, 1 thread(s)"), speed("throughput-digits", "q* normal fit, 1 thread(s)"),
               speed("throughput-mnist", "encoder, 1 thread(s)"), speed("throughput-mnist", "q* normal fit, 1 thread(s)"),
-              bench.loc[("throughput-digits", "meanfield rows in memory"), "encoder_bytes"] / 1e3,
+              3 * bench.loc[("throughput-digits", "meanfield rows in memory"), "encoder_bytes"] / 1e3,  # + moments
               bench.loc[("throughput-digits", "meanfield rows in memory"), "bytes_at_60000"] / 1e6,
               selection[digits]["normal"], selection[digits]["meanfield"],
               selection[mnist]["normal"], selection[mnist]["meanfield"],
