@@ -269,6 +269,16 @@ def test_the_results_page_shows_each_studys_answer(name):
         assert set(starts["guide"]) == set(arms) and starts.filter(like="_spread").columns.size >= 2
 
 
+def test_the_results_page_quotes_the_mnist_5k_bdmc_bracket():
+    """docs/results.md's BDMC bracket on mnist-5k is the committed benchmarks/bdmc.py table's, at the digits shown."""
+    bracket = pd.read_csv(ROOT / "docs" / "mnist-5k-study" / "bdmc" / "bdmc.csv").iloc[0]
+    page = " ".join((ROOT / "docs" / "results.md").read_text(encoding="utf-8").split())
+    quoted = re.search(r"upper bounds of log p\(x\) ([\d.]+) ± ([\d.]+) nats apart, with IWAE ([\d.]+) above the lower", page)
+    assert quoted, "docs/results.md no longer quotes the mnist-5k BDMC bracket in the words this test reads"
+    for shown, value in zip(quoted.groups(), bracket[["width", "width_se", "iwae_minus_lower"]]):
+        assert abs(float(shown) - value) <= 0.5 * 10 ** -len(shown.split(".")[1]) + 1e-12, (shown, value)
+
+
 def test_no_committed_result_folder_is_ignored_by_git():
     """Result files under docs/ are committed: a .gitignore pattern that matches them (``runs/`` once matched
     docs/digits-study/compare-ARM/runs/, and five seeds' files were lost with their machine) fails here."""
