@@ -186,8 +186,8 @@ def test_the_readmes_answer_is_the_studys():
     flat = " ".join(text.split())
     numbers = re.search(r"q for new points at ([\d ]+) a second against (\d+) for q\\\* fits \(one thread, digits; "
                         r"([\d ]+) against (\d+) on mnist-5k.*?\((\d+) kB of encoder against ([\d.]+) MB of rows at "
-                        r"N = 60 000, with Adam's moments\); the selected checkpoint in the same time on digits \(([\d.]+) s against "
-                        r"([\d.]+) s\), later on mnist-5k \((\d+) s against (\d+) s\)\. Its price is the amortization "
+                        r"N = 60 000, with Adam's moments\); the selected checkpoint in the same time on digits "
+                        r"\(([\d.]+) s against ([\d.]+) s\), later on mnist-5k \((\d+) s against (\d+) s\)\. Its price is the amortization "
                         r"gap: ([\d.]+) nats per test digit at the study's decoders, against an approximation gap of "
                         r"([\d.]+) \(([\d.]+) against ([\d.]+) on mnist-5k\)\.", flat)
     assert numbers, "the README no longer says what the encoder buys in the words this test reads"
@@ -273,7 +273,8 @@ def test_the_results_page_quotes_the_mnist_5k_bdmc_bracket():
     """docs/results.md's BDMC bracket on mnist-5k is the committed benchmarks/bdmc.py table's, at the digits shown."""
     bracket = pd.read_csv(ROOT / "docs" / "mnist-5k-study" / "bdmc" / "bdmc.csv").iloc[0]
     page = " ".join((ROOT / "docs" / "results.md").read_text(encoding="utf-8").split())
-    quoted = re.search(r"upper bounds of log p\(x\) ([\d.]+) ± ([\d.]+) nats apart, with IWAE ([\d.]+) above the lower", page)
+    quoted = re.search(r"upper bounds of log p\(x\) ([\d.]+) ± ([\d.]+) nats apart, with IWAE ([\d.]+) above the "
+                       r"lower", page)
     assert quoted, "docs/results.md no longer quotes the mnist-5k BDMC bracket in the words this test reads"
     for shown, value in zip(quoted.groups(), bracket[["width", "width_se", "iwae_minus_lower"]]):
         assert abs(float(shown) - value) <= 0.5 * 10 ** -len(shown.split(".")[1]) + 1e-12, (shown, value)

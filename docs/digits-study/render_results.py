@@ -4,9 +4,9 @@
 
 Each answer the page holds (:data:`ANSWERS`: one per data set) is the part of the page between two of its headings,
 and holds, in this order, the tables of :data:`TABLES` that there are (the sign changes only where a difference
-turns sign, the q* starts only once ``qstar.sh`` has read a joined arm); each is replaced by pyro_vae.report's rendering of the answer's committed files,
-and the prose around them is left as it is (re-read it: the numbers it quotes are not rewritten).
-tests/test_readme.py checks that the page holds exactly these renderings.
+turns sign, the q* starts only once ``qstar.sh`` has read a joined arm); each is replaced by pyro_vae.report's
+rendering of the answer's committed files, and the prose around them is left as it is (re-read it: the numbers it
+quotes are not rewritten). tests/test_readme.py checks that the page holds exactly these renderings.
 """
 
 import re
@@ -57,7 +57,7 @@ def joined(starts: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
 
 
 def tables(answer: Answer = ANSWERS[0]) -> dict:
-    """Each table of :data:`TABLES` whose files are there, rendered from ``answer``'s files, in that order."""
+    """Each table of :data:`TABLES` that there is, rendered from ``answer``'s files, in that order."""
     read = lambda name: pd.read_csv(answer.q3 / f"{name}.csv")
     d, results = read("differences"), read("results")
     starts = joined(qstar_starts(answer.study), results)
