@@ -188,7 +188,8 @@ def test_the_readmes_answer_is_the_studys():
                         r"([\d ]+) against (\d+) on mnist-5k.*?\((\d+) kB of encoder against ([\d.]+) MB of rows at "
                         r"N = 60 000, with Adam's moments\); the selected checkpoint in the same time on digits "
                         r"\(([\d.]+) s against ([\d.]+) s\), later on mnist-5k \((\d+) s against (\d+) s\)\. Its price "
-                        r"is the amortization gap: ([\d.]+) nats per test digit at the study's decoders, against an approximation gap of "
+                        r"is the amortization gap: ([\d.]+) nats per test digit at the study's decoders, against an "
+                        r"approximation gap of "
                         r"([\d.]+) \(([\d.]+) against ([\d.]+) on mnist-5k\)\.", flat)
     assert numbers, "the README no longer says what the encoder buys in the words this test reads"
     values = [speed("throughput-digits", "encoder, 1 thread(s)"), speed("throughput-digits", "q* normal fit, 1 thread(s)"),
